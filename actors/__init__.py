@@ -1,0 +1,1 @@
+"""Ray actors: thin shells (resources, lifecycle, transport) over the memrl library."""
