@@ -62,6 +62,8 @@ class ArithConfig(_Section):
     min_steps: int = Field(1, ge=1)
     max_steps: int = Field(1, ge=1)
     max_value: int = Field(50, ge=2)
+    operations: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"])
+    max_factor: int = Field(5, ge=2)
 
     @model_validator(mode="after")
     def _ordered(self) -> "ArithConfig":
@@ -74,17 +76,20 @@ class ArithConfig(_Section):
 
 
 class CountdownConfig(_Section):
+    source: Literal["generated", "hub"] = "generated"
     min_numbers: int = Field(3, ge=2)
     max_numbers: int = Field(4, ge=2)
     max_number: int = Field(100, ge=2)
+    max_target: int = Field(100, ge=1)
 
 
 class TaskConfig(_Section):
     name: Literal["arith", "gsm8k", "aimo", "math500", "aime24", "countdown"] = "arith"
     num_shots: int = Field(0, ge=0, le=9)
     verifier: Literal["exact", "math"] = "math"  # exact: the paper's GSM8K string match
-    train_size: int = Field(100_000, ge=1)  # procedural tasks: records in the train split
-    eval_size: int = Field(200, ge=1)  # held-out records used by before/after evaluation
+    # None: the task's default (procedural tasks: 100,000 train records; datasets: every row).
+    train_size: Optional[int] = Field(None, ge=1)
+    eval_size: Optional[int] = Field(200, ge=1)  # held-out records for evaluation (None: all)
     arith: ArithConfig = Field(default_factory=ArithConfig)
     countdown: CountdownConfig = Field(default_factory=CountdownConfig)
 
@@ -94,9 +99,10 @@ class DataConfig(_Section):
 
     path: Optional[str] = None  # train split: JSONL or Parquet
     eval_path: Optional[str] = None  # held-out split: JSONL or Parquet
-    question_field: str = "question"
-    answer_field: str = "answer"
+    question_field: Optional[str] = None  # None: the task's own field name
+    answer_field: Optional[str] = None
     id_field: Optional[str] = None
+    plain_answers: bool = False  # the answer field is the bare final answer (no '####')
 
 
 class GRPOConfig(_Section):

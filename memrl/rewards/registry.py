@@ -1,0 +1,252 @@
+"""Reward registry: named built-in rewards, user rewards by import path, weighted composition.
+
+A reward is any function ::
+
+    def my_reward(batch: RewardBatch, **kwargs) -> list[float]:
+        ...  # one finite float per completion, len(batch) values
+
+(``RewardBatch`` is in ``memrl.rewards.batch``). Config names it either by a built-in name
+(:data:`BUILTIN_REWARDS`) or by import path ``"package.module:function"``; the keyword arguments
+of its :class:`RewardSpec` are passed on every call. Rewards should be pure: when one raises,
+the composer re-runs it on each sample alone to name the sample at fault.
+
+:class:`RewardComposer` scores a batch with every configured reward and returns the
+unweighted value of each (``components``) and their weighted sum (``total``). Rewards computed
+elsewhere (the episodic-memory rewards) join the same sum with
+:meth:`RewardScores.add_component`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from memrl.rewards.batch import RewardBatch, RewardFn
+from memrl.rewards.length import cosine_length_reward
+from memrl.rewards.rule import (
+    correctness_reward,
+    integer_reward,
+    soft_format_reward,
+    strict_format_reward,
+    xmlcount_reward,
+)
+
+
+class RewardError(RuntimeError):
+    """A reward function failed or returned values that are not one finite number per sample."""
+
+
+def _import_path(path: str, spec: str) -> Any:
+    """The object at ``"package.module:attr"`` (``attr`` may be dotted).
+
+    ``spec`` is the configured reward name, quoted in errors.
+    """
+    module_name, sep, attr_path = path.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(
+            f"reward {spec!r}: expected a built-in reward name ({', '.join(BUILTIN_REWARDS)}) "
+            f"or an import path 'package.module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise ValueError(
+                f"reward {spec!r}: module {module_name!r} not found (is it installed or on "
+                f"PYTHONPATH?)"
+            ) from exc
+        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: {exc}") from exc
+    obj: Any = module
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            raise ValueError(f"reward {spec!r}: {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, attr)
+    return obj
+
+
+class _LazyReward:
+    """A built-in reward whose module is imported on first use (it may be optional)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def resolve(self, spec: str) -> RewardFn:
+        """The function itself; ``spec`` is the configured name, for error messages."""
+        return _import_path(self.path, spec)
+
+    def __call__(self, batch: RewardBatch, **kwargs: Any) -> Sequence[float]:
+        return self.resolve(self.path)(batch, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"_LazyReward({self.path!r})"
+
+
+BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "correctness": correctness_reward,
+    "integer": integer_reward,
+    "strict_format": strict_format_reward,
+    "soft_format": soft_format_reward,
+    "xmlcount": xmlcount_reward,
+    "cosine_length": cosine_length_reward,
+    "countdown_format": _LazyReward("memrl.rewards.countdown:countdown_format_reward"),
+    "countdown_equation": _LazyReward("memrl.rewards.countdown:countdown_equation_reward"),
+}
+
+
+def resolve_reward(name: str) -> RewardFn:
+    """The reward function for a built-in name or a ``"package.module:function"`` path."""
+    fn = BUILTIN_REWARDS.get(name)
+    if isinstance(fn, _LazyReward):
+        fn = fn.resolve(name)
+    if fn is None:
+        fn = _import_path(name, name)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is a {type(fn).__name__}, not a callable")
+    return fn
+
+
+@dataclass
+class RewardSpec:
+    """One configured reward: which function, its weight in the total, its keyword arguments.
+
+    ``name`` labels its component (default: ``fn``); give one when the same function appears
+    twice with different arguments.
+    """
+
+    fn: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else self.fn
+
+
+@dataclass
+class RewardScores:
+    """Scores of one batch of ``N`` completions.
+
+    ``components[name]``: float64 [N], unweighted values of one reward; ``weights[name]``: its
+    weight; ``total``: float64 [N], the weighted sum over components.
+    """
+
+    total: np.ndarray
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def add_component(self, name: str, values: Sequence[float], weight: float = 1.0) -> None:
+        """Add one reward's unweighted ``values`` [N] and ``weight × values`` to the total."""
+        if name in self.components:
+            raise ValueError(f"reward component {name!r} is already in the scores")
+        _check_weight(name, weight)
+        array = _as_rewards(name, values, len(self.total))
+        self.components[name] = array
+        self.weights[name] = float(weight)
+        self.total = self.total + weight * array
+
+
+def _check_weight(name: str, weight: float) -> None:
+    is_number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+    if not is_number or not math.isfinite(weight):
+        raise ValueError(f"reward {name!r}: weight must be a finite number, got {weight!r}")
+
+
+def _as_rewards(name: str, values: Any, n: int) -> np.ndarray:
+    """``values`` as a float64 [n] array; RewardError unless they are n finite numbers."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise RewardError(
+            f"reward {name!r} returned a {type(values).__name__}, expected a list of {n} floats"
+        )
+    values = list(values)
+    if len(values) != n:
+        raise RewardError(f"reward {name!r} returned {len(values)} values for {n} samples")
+    out = np.empty(n, dtype=np.float64)
+    for i, value in enumerate(values):
+        try:
+            if isinstance(value, (str, bytes)):
+                raise TypeError
+            out[i] = float(value)
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"reward {name!r} returned a non-number at index {i}: {value!r}"
+            ) from None
+        if not math.isfinite(out[i]):
+            raise RewardError(f"reward {name!r} returned {float(out[i])} at index {i}")
+    return out
+
+
+def _single(batch: RewardBatch, i: int) -> RewardBatch:
+    """Sample ``i`` of ``batch`` as a batch of one."""
+    return RewardBatch(
+        questions=[batch.questions[i]],
+        completions=[batch.completions[i]],
+        answers=[batch.answers[i]],
+        completion_lengths=[batch.completion_lengths[i]],
+        max_completion_length=batch.max_completion_length,
+        metas=[batch.metas[i]] if batch.metas else (),
+    )
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} chars)"
+
+
+class RewardComposer:
+    """Weighted sum of configured rewards; functions are resolved and arguments checked upfront."""
+
+    def __init__(self, specs: Sequence[RewardSpec]):
+        self.specs = list(specs)
+        self._fns: list[RewardFn] = []
+        labels: set[str] = set()
+        for spec in self.specs:
+            if spec.label in labels:
+                raise ValueError(
+                    f"reward {spec.label!r} is configured twice; give each a distinct name"
+                )
+            labels.add(spec.label)
+            _check_weight(spec.label, spec.weight)
+            fn = resolve_reward(spec.fn)
+            try:
+                inspect.signature(fn).bind(None, **spec.kwargs)
+            except TypeError as exc:
+                raise ValueError(
+                    f"reward {spec.label!r}: arguments {spec.kwargs} do not fit {spec.fn}: {exc}"
+                ) from exc
+            except ValueError:  # no signature to inspect (some builtins): checked at call time
+                pass
+            self._fns.append(fn)
+
+    def score(self, batch: RewardBatch) -> RewardScores:
+        """Score ``batch`` with every configured reward (RewardError names the reward at fault)."""
+        scores = RewardScores(total=np.zeros(len(batch), dtype=np.float64))
+        for spec, fn in zip(self.specs, self._fns):
+            scores.add_component(spec.label, self._call(spec, fn, batch), spec.weight)
+        return scores
+
+    @staticmethod
+    def _call(spec: RewardSpec, fn: RewardFn, batch: RewardBatch) -> Sequence[float]:
+        try:
+            return fn(batch, **spec.kwargs)
+        except Exception as exc:
+            error = exc
+        for i in range(len(batch)):
+            try:
+                fn(_single(batch, i), **spec.kwargs)
+            except Exception as sample_exc:  # noqa: BLE001 - re-raised with the sample named
+                raise RewardError(
+                    f"reward {spec.label!r} ({spec.fn}) raised {type(sample_exc).__name__}: "
+                    f"{sample_exc} on sample {i}: question {_clip(batch.questions[i])}, "
+                    f"completion {_clip(batch.completions[i])}"
+                ) from sample_exc
+        raise RewardError(
+            f"reward {spec.label!r} ({spec.fn}) raised {type(error).__name__}: {error} on a "
+            f"batch of {len(batch)} (no single sample raises alone)"
+        ) from error

@@ -1,0 +1,213 @@
+"""What a task is: its prompts, its rule rewards and its records, split by split.
+
+A task's records come from its own source (a procedural generator or a Hugging Face dataset)
+or, for any task, from local files: ``path`` for the train split and ``eval_path`` for the
+test split (the config keys ``data.path`` / ``data.eval_path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Mapping, Optional, Sequence, overload
+
+from memrl.prompts import GSM8K_EXEMPLARS, SYSTEM_PROMPT
+from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
+from memrl.tasks.hub import load_hub_split
+from memrl.types import Record
+
+# Config key that takes a local file for each split, for error messages.
+PATH_OPTIONS: Mapping[str, str] = {"train": "data.path", "test": "data.eval_path"}
+
+# The paper's R1 rule rewards for the XML answer format (names in the reward registry).
+XML_RULE_REWARDS = ("xmlcount", "soft_format", "strict_format", "integer", "correctness")
+
+HELD_OUT_BUCKETS = 10  # procedural tasks: one problem in ten (by content hash) is test-only
+
+
+class Task(ABC):
+    """A task: prompts, reward names and ``dataset(split)``.
+
+    ``rule_rewards`` are the registry names of the task's R1 rewards; ``correctness_reward`` is
+    the one whose value decides success (> 0.5) or failure for the episodic memory.
+    """
+
+    name: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    system_prompt: ClassVar[str] = SYSTEM_PROMPT
+    exemplars: ClassVar[tuple[tuple[str, str], ...]] = GSM8K_EXEMPLARS
+    rule_rewards: ClassVar[tuple[str, ...]] = XML_RULE_REWARDS
+    correctness_reward: ClassVar[str] = "correctness"
+
+    def __init__(
+        self,
+        *,
+        path: Optional[str] = None,
+        eval_path: Optional[str] = None,
+        train_size: Optional[int] = None,
+        eval_size: Optional[int] = None,
+        seed: int = 0,
+    ):
+        files = {"train": path, "test": eval_path}
+        sizes = {"train": train_size, "test": eval_size}
+        for split, file in files.items():
+            if file is not None and split not in self.splits:
+                raise ValueError(
+                    f"task {self.name!r} has no {split!r} split (splits: {list(self.splits)}); "
+                    f"pass its file as {PATH_OPTIONS[self.splits[0]]} instead of "
+                    f"{PATH_OPTIONS[split]}"
+                )
+        for split, size in sizes.items():
+            if size is not None and size < 1:
+                raise ValueError(f"task {self.name!r}: {split} size must be >= 1, got {size}")
+        self.seed = seed
+        self._files = files
+        self._sizes = sizes
+        self._loaded: dict[str, Sequence[Record]] = {}
+
+    def dataset(self, split: str) -> Sequence[Record]:
+        """The records of ``split`` (loaded once, then cached)."""
+        if split not in self.splits:
+            raise ValueError(
+                f"task {self.name!r} has no split {split!r}; splits: {list(self.splits)}"
+            )
+        if split not in self._loaded:
+            file = self._files[split]
+            records = self._load_file(file, split) if file else self._load(split)
+            self._loaded[split] = self._subsample(records, split)
+        return self._loaded[split]
+
+    @abstractmethod
+    def _load(self, split: str) -> Sequence[Record]:
+        """The split's records from the task's own source (no local file given)."""
+
+    @abstractmethod
+    def _load_file(self, path: str, split: str) -> Sequence[Record]:
+        """The split's records from a local JSONL/Parquet file."""
+
+    def _subsample(self, records: Sequence[Record], split: str) -> Sequence[Record]:
+        """A seeded random subset of ``size`` records, in source order (all if size is None or
+        at least the number of records). Generated splits already have their size."""
+        size = self._sizes[split]
+        if size is None or size >= len(records):
+            return records
+        rng = random.Random(f"{self.name}:{self.seed}:{split}")
+        return [records[i] for i in sorted(rng.sample(range(len(records)), size))]
+
+
+class TableTask(Task):
+    """A task whose records are rows of a Hugging Face dataset (or of a local file).
+
+    Subclasses set the hub dataset, the split map, the field names and the answer parser.
+    """
+
+    hub_id: ClassVar[str]
+    hub_config: ClassVar[Optional[str]] = None
+    hub_splits: ClassVar[Mapping[str, str]] = {"train": "train", "test": "test"}
+    hub_id_field: ClassVar[Optional[str]] = None
+    question_field_default: ClassVar[str] = "question"
+    answer_field_default: ClassVar[str] = "answer"
+    keep_solution: ClassVar[bool] = False  # the answer field holds a worked solution
+
+    def __init__(
+        self,
+        *,
+        path: Optional[str] = None,
+        eval_path: Optional[str] = None,
+        question_field: Optional[str] = None,
+        answer_field: Optional[str] = None,
+        id_field: Optional[str] = None,
+        plain_answers: bool = False,
+        train_size: Optional[int] = None,
+        eval_size: Optional[int] = None,
+        seed: int = 0,
+    ):
+        """Field names apply to local files (None: the hub dataset's names). ``plain_answers``:
+        a local file's answer field is the final answer itself, not a solution to parse.
+        ``train_size`` / ``eval_size`` take a seeded random subset (None: every row)."""
+        super().__init__(
+            path=path, eval_path=eval_path, train_size=train_size, eval_size=eval_size, seed=seed
+        )
+        self.question_field = question_field or self.question_field_default
+        self.answer_field = answer_field or self.answer_field_default
+        self.id_field = id_field
+        self.plain_answers = plain_answers
+
+    def parse_answer(self, raw: str) -> Optional[str]:
+        """The gold answer from the text of the answer field, in the hub dataset's format
+        (None: the row has none). Subclasses whose answer field is a solution override it."""
+        return raw.strip()
+
+    def _load_file(self, path: str, split: str) -> Sequence[Record]:
+        return load_records_file(
+            path,
+            question_field=self.question_field,
+            answer_field=self.answer_field,
+            id_field=self.id_field,
+            answer_parser=None if self.plain_answers else self.parse_answer,
+            keep_solution=self.keep_solution and not self.plain_answers,
+        )
+
+    def _load(self, split: str) -> Sequence[Record]:
+        hub_split = self.hub_splits[split]
+        table = load_hub_split(
+            self.hub_id,
+            hub_split,
+            config=self.hub_config,
+            path_option=PATH_OPTIONS[split],
+            fields=(self.question_field_default, self.answer_field_default),
+        )
+        source = f"{self.hub_id} ({hub_split})"
+        records = rows_to_records(
+            enumerate(table, start=1),
+            source=source,
+            unit="row",
+            make_record=qa_record_maker(
+                id_prefix=f"{self.name}:{split}",
+                question_field=self.question_field_default,
+                answer_field=self.answer_field_default,
+                id_field=self.hub_id_field,
+                answer_parser=self.parse_answer,
+                keep_solution=self.keep_solution,
+            ),
+        )
+        check_unique_ids(records, source)
+        return records
+
+
+class GeneratedRecords(Sequence[Record]):
+    """A read-only sequence of ``size`` records made on demand by ``make(index)``.
+
+    Nothing is stored, so ``size`` can be huge; ``make`` must be deterministic (and picklable,
+    e.g. a ``functools.partial`` of a task method, for the sequence to travel to Ray actors).
+    """
+
+    def __init__(self, size: int, make: Callable[[int], Record]):
+        self._size = size
+        self._make = make
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Record]: ...
+
+    def __getitem__(self, index: int | slice) -> Record | list[Record]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(self._size))]
+        if index < 0:
+            index += self._size
+        if not 0 <= index < self._size:
+            raise IndexError(f"record index {index} out of range for {self._size} records")
+        return self._make(index)
+
+
+def held_out(key: str) -> bool:
+    """Whether a procedurally generated problem, identified by ``key`` (its content), belongs to
+    the test split. Train and test draw only problems on their side, so they never overlap."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HELD_OUT_BUCKETS == 0

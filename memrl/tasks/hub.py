@@ -1,0 +1,105 @@
+"""Load a Hugging Face dataset split, failing fast and clearly when the hub cannot be reached.
+
+``datasets.load_dataset`` without network retries for ≈25 s before failing; with
+``HF_HUB_OFFLINE=1`` it fails in milliseconds (or loads the local cache). So: in offline mode
+we call it directly; otherwise one HEAD request to the hub endpoint (huggingface_hub's own HTTP
+session, so proxies and ``HF_ENDPOINT`` apply) must answer within a few seconds, or we stop.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    import datasets
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A hub dataset cannot be loaded; the message says how to use a local file instead."""
+
+
+def load_hub_split(
+    dataset_id: str,
+    split: str,
+    *,
+    config: Optional[str] = None,
+    path_option: str = "data.path",
+    fields: Sequence[str] = ("question", "answer"),
+    probe_timeout_s: float = 3.0,
+) -> "datasets.Dataset":
+    """``datasets.load_dataset(dataset_id, config, split=split)``, or DatasetUnavailableError.
+
+    ``path_option`` and ``fields`` only shape the error message: the config key that takes a
+    local file for this split and the fields each row of that file needs.
+    """
+    import datasets
+
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    if not offline:
+        reason = unreachable_reason(_hub_endpoint(), probe_timeout_s)
+        if reason is not None:
+            raise DatasetUnavailableError(
+                _message(dataset_id, config, split, reason, path_option, fields, offline=False)
+            )
+    try:
+        return datasets.load_dataset(dataset_id, config, split=split)
+    except OSError as exc:  # ConnectionError, DatasetNotFoundError, LocalEntryNotFoundError
+        reason = f"{type(exc).__name__}: {exc}"
+        if offline:
+            reason = (
+                f"offline mode (HF_HUB_OFFLINE) is on and it is not in the local cache ({reason})"
+            )
+        raise DatasetUnavailableError(
+            _message(dataset_id, config, split, reason, path_option, fields, offline)
+        ) from exc
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants  # ENDPOINT honours HF_ENDPOINT (mirrors)
+
+    return constants.ENDPOINT
+
+
+def unreachable_reason(endpoint: str, timeout_s: float) -> Optional[str]:
+    """None if ``endpoint`` (a URL) answers a HEAD request, with any status, within
+    ``timeout_s`` seconds; else why not. The request runs in a daemon thread so that a hanging
+    name lookup (not covered by HTTP timeouts) cannot stall the caller past ``timeout_s``."""
+    from huggingface_hub.utils import get_session
+
+    outcome: list[Optional[str]] = []
+
+    def probe() -> None:
+        try:
+            get_session().head(endpoint, timeout=timeout_s)
+            outcome.append(None)
+        except Exception as exc:  # the HTTP client's own error types, not OSError subclasses
+            outcome.append(f"{endpoint} cannot be reached ({type(exc).__name__}: {exc})")
+
+    worker = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        return f"{endpoint} did not answer within {timeout_s:g} s"
+    return outcome[0]
+
+
+def _message(
+    dataset_id: str,
+    config: Optional[str],
+    split: str,
+    reason: str,
+    path_option: str,
+    fields: Sequence[str],
+    offline: bool,
+) -> str:
+    name = dataset_id + (f" (config {config!r})" if config else "")
+    field_list = ", ".join(repr(f) for f in fields)
+    text = (
+        f"cannot load the Hugging Face dataset {name}, split {split!r}: {reason}. "
+        f"To run without the hub, pass a local JSONL or Parquet file instead, e.g. "
+        f"{path_option}=/path/to/{split}.jsonl, one row per problem with the fields {field_list}."
+    )
+    if not offline:
+        text += " To use a copy already in the Hugging Face cache, set HF_HUB_OFFLINE=1."
+    return text

@@ -1,0 +1,389 @@
+"""Answer extraction and answer checking (exact string match or math-verify equivalence).
+
+Extraction follows the Memory-R+ format (``<reasoning>…</reasoning><answer>…</answer>``) with
+Python ``split`` semantics, plus the last top-level ``\\boxed{}``.
+
+Checking has two modes:
+
+- ``"exact"``: the stripped strings are equal (the paper's GSM8K correctness);
+- ``"math"``: both sides are numbers (:func:`normalize_number`) and equal exactly, or else
+  math-verify finds them equivalent (LaTeX, fractions, ``\\boxed{}``, sets, …).
+
+math-verify bounds its own run time with ``signal.alarm``, which only works in the main thread.
+In the main thread its own timeouts are used (whole seconds, at least one). Anywhere else
+(threads, threaded Ray actors) the work goes to one long-lived worker process with math-verify's
+timeouts off; the caller waits at most ``timeout_s`` per item and kills and restarts the worker
+when an item overruns. A timed-out or unparseable item counts as "no match" and is logged; it
+never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import re
+import threading
+from fractions import Fraction
+from multiprocessing.connection import Connection
+from typing import Callable, Literal, Sequence
+
+from math_verify import parse, verify
+
+logger = logging.getLogger(__name__)
+
+CheckMode = Literal["exact", "math"]
+CHECK_MODES: tuple[str, ...] = ("exact", "math")
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+
+
+def extract_xml_answer(text: str) -> str:
+    """Text between the last ``<answer>`` and the next ``</answer>``, stripped.
+
+    A missing tag keeps the whole remaining text, exactly as
+    ``text.split("<answer>")[-1].split("</answer>")[0].strip()``.
+    """
+    return text.split("<answer>")[-1].split("</answer>")[0].strip()
+
+
+def extract_xml_reasoning(text: str) -> str:
+    """Text between the last ``<reasoning>`` and the next ``</reasoning>``, stripped.
+
+    Same ``split`` semantics as :func:`extract_xml_answer`.
+    """
+    return text.split("<reasoning>")[-1].split("</reasoning>")[0].strip()
+
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index of the ``}`` closing the group that starts just before ``start``, or None.
+
+    ``\\{`` and ``\\}`` are LaTeX literals, not grouping braces, so they are skipped.
+    """
+    depth = 1
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last top-level ``\\boxed{…}`` or ``\\fbox{…}``, braces balanced.
+
+    Boxes nested inside another box are part of the outer content. None when there is no box,
+    or when the last box is never closed (a truncated generation: its answer is incomplete).
+    """
+    content: str | None = None
+    pos = 0
+    while (match := _BOX_OPEN.search(text, pos)) is not None:
+        end = _closing_brace(text, match.end())
+        if end is None:
+            return None
+        content = text[match.end() : end]
+        pos = end + 1
+    return content
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+_DECIMAL = re.compile(r"([+-]?)(\d{1,3}(?:,\d{3})+|\d+)?(?:\.(\d*))?")
+_FRACTION = re.compile(r"([+-]?)(\d+)\s*/\s*(\d+)")
+
+
+def _parse_number(text: str) -> Fraction | None:
+    """The exact rational value of a plain number string, or None (see normalize_number)."""
+    s = text.strip().replace("\\$", "").replace("$", "").strip()
+    # A percentage keeps its number: GSM8K writes the gold of "what percent…" as the bare number.
+    for percent in ("\\%", "%"):
+        if s.endswith(percent):
+            s = s[: -len(percent)].rstrip()
+            break
+    if (m := _FRACTION.fullmatch(s)) is not None:
+        sign, num, den = m.groups()
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return -value if sign == "-" else value
+    m = _DECIMAL.fullmatch(s)
+    if m is None:
+        return None
+    sign, whole, frac = m.groups()
+    if not whole and not frac:  # "", "+", ".", "-." carry no digit
+        return None
+    value = Fraction(f"{(whole or '0').replace(',', '')}.{frac or '0'}")
+    return -value if sign == "-" else value
+
+
+def _canonical(value: Fraction) -> str:
+    """Unique string of a rational: integer, terminating decimal, or ``p/q``."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    den = value.denominator
+    twos = fives = 0
+    while den % 2 == 0:
+        den //= 2
+        twos += 1
+    while den % 5 == 0:
+        den //= 5
+        fives += 1
+    if den != 1:
+        return f"{value.numerator}/{value.denominator}"
+    # Lowest terms and the smallest power of ten: the scaled numerator has no trailing zero.
+    places = max(twos, fives)
+    scaled = abs(value.numerator) * 10**places // value.denominator
+    digits = str(scaled).rjust(places + 1, "0")
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[:-places]}.{digits[-places:]}"
+
+
+def normalize_number(s: str) -> str | None:
+    """Canonical string of ``s`` if it is a plain number, else None.
+
+    Accepted: optional sign, digits with optional thousands commas (``1,000``; commas elsewhere
+    make it not a number), optional decimal part (``12.`` is 12), or a fraction ``p/q``;
+    surrounding spaces, ``$`` / ``\\$`` (currency or LaTeX math delimiters) and one trailing
+    ``%`` / ``\\%`` are ignored (``50%`` is 50, not 0.5). Scientific notation and units are not
+    numbers here (math-verify handles them).
+
+    The result is unique per rational value: an integer (``"1000"``), else a terminating decimal
+    without trailing zeros (``"0.5"``, ``"0.75"`` also for ``"3/4"``), else ``"p/q"``
+    (``"1/3"``). Two strings denote the same number exactly when their canonical forms match.
+    """
+    value = _parse_number(s)
+    return None if value is None else _canonical(value)
+
+
+# --------------------------------------------------------------------------------------------
+# math-verify
+
+_ANCHORS = ("$", "\\boxed", "\\fbox", "\\(", "\\[")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def _parse_math(text: str, timeout: int | None) -> list:
+    """math-verify parse of one answer string; [] when nothing parses.
+
+    math-verify reads LaTeX only between anchors (``$…$``, ``\\boxed{}``) and otherwise picks
+    numbers out of free text, so a bare answer such as ``1+x^2`` or ``3, 5`` would parse as its
+    first or last number. Answer strings are therefore read as one math expression (wrapped in
+    ``$…$``) unless they are anchored already or contain a word of three or more letters outside
+    LaTeX commands (``12 dollars``, ``The answer is 12``), which are parsed as free text, and as
+    one expression only if that finds nothing (``xyz+1``).
+    """
+    if not text.strip():
+        return []
+    if any(anchor in text for anchor in _ANCHORS):
+        return parse(text, parsing_timeout=timeout)
+    if _WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None:
+        parsed = parse(text, parsing_timeout=timeout)
+        if parsed:
+            return parsed
+    return parse(f"${text}$", parsing_timeout=timeout)
+
+
+def _math_verify_match(pred: str, gold: str, timeout: int | None) -> tuple[bool, str | None]:
+    """Whether math-verify finds ``pred`` equivalent to ``gold``, and a problem to log (or None).
+
+    ``timeout`` is math-verify's own per-operation limit in seconds (None: off).
+    """
+    gold_parsed = _parse_math(gold, timeout)
+    if not gold_parsed:
+        return False, f"gold answer {gold!r} could not be parsed by math-verify"
+    pred_parsed = _parse_math(pred, timeout)
+    if not pred_parsed:
+        logger.debug("prediction %r could not be parsed by math-verify", pred)
+        return False, None
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout)), None
+
+
+def _match_without_timeout(pred: str, gold: str) -> tuple[bool, str | None]:
+    """Worker-side comparison: the worker's caller enforces the time limit."""
+    return _math_verify_match(pred, gold, None)
+
+
+Compare = Callable[[str, str], tuple[bool, "str | None"]]
+
+
+def _worker_main(conn: Connection, compare: Compare) -> None:
+    """Worker process loop: receive a list of (pred, gold), send (index, match, problem) each."""
+    # Timeouts are off on purpose here; math-verify's warning about that is noise.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    conn.send("ready")
+    while True:
+        try:
+            pairs = conn.recv()
+        except EOFError:
+            return
+        for i, (pred, gold) in enumerate(pairs):
+            try:
+                match, problem = compare(pred, gold)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, item = no match
+                match, problem = False, f"{type(exc).__name__}: {exc}"
+            conn.send((i, bool(match), problem))
+
+
+class VerifyWorker:
+    """One spawned process that runs ``compare(pred, gold)`` on batches of answer pairs.
+
+    ``compare`` must be a module-level function (it is pickled into the spawned process) that
+    returns ``(match, problem)``. The process starts on first use and is restarted after an item
+    overruns its time limit or the process dies. Not thread-safe: callers hold a lock.
+    """
+
+    def __init__(self, compare: Compare = _match_without_timeout, startup_timeout_s: float = 120.0):
+        self._compare = compare
+        self._startup_timeout_s = startup_timeout_s
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def _start(self) -> Connection:
+        # spawn, not fork: the caller may be a threaded process (Ray actor), where fork can
+        # copy a held lock into the child and deadlock it.
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe()
+        process = ctx.Process(
+            target=_worker_main, args=(child_conn, self._compare), name="memrl-verify", daemon=True
+        )
+        process.start()
+        child_conn.close()
+        self._process, self._conn = process, parent_conn
+        if not parent_conn.poll(self._startup_timeout_s):
+            self.close()
+            raise RuntimeError(
+                f"the math-verify worker process did not start within {self._startup_timeout_s} s"
+            )
+        try:
+            parent_conn.recv()
+        except EOFError:
+            process.join()
+            self.close()
+            raise RuntimeError(
+                f"the math-verify worker process exited while starting (exit code "
+                f"{process.exitcode}); its stderr shows why"
+            ) from None
+        return parent_conn
+
+    def close(self) -> None:
+        """Kill the worker process (a later call starts a fresh one)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.join()
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn = None, None
+
+    def run(self, pairs: Sequence[tuple[str, str]], timeout_s: float) -> list[bool]:
+        """Match of each (pred, gold) pair; an item taking over ``timeout_s`` seconds is False."""
+        results = [False] * len(pairs)
+        start = 0
+        while start < len(pairs):
+            if self._process is not None and not self._process.is_alive():
+                self.close()  # died between calls (killed from outside)
+            conn = self._conn or self._start()
+            conn.send(list(pairs[start:]))
+            done = start
+            while done < len(pairs):
+                failure = None
+                if not conn.poll(timeout_s):
+                    failure = f"took over {timeout_s} s"
+                else:
+                    try:
+                        index, match, problem = conn.recv()
+                    except EOFError:
+                        failure = "crashed the math-verify worker"
+                if failure is not None:
+                    pred, gold = pairs[done]
+                    logger.warning(
+                        "answer check of %r against gold %r %s; counted as no match",
+                        pred, gold, failure,
+                    )
+                    self.close()
+                    done += 1
+                    break
+                results[start + index] = match
+                if problem is not None:
+                    logger.warning("answer check of %r: %s", pairs[start + index][0], problem)
+                done += 1
+            start = done
+        return results
+
+
+_shared_worker = VerifyWorker()
+_shared_worker_lock = threading.Lock()
+
+
+def _check_math(pairs: Sequence[tuple[str, str]], timeout_s: float) -> list[bool]:
+    """math-verify match of each (pred, gold) pair, in-thread or through the worker process."""
+    if not pairs:
+        return []
+    if threading.current_thread() is threading.main_thread():
+        # signal.alarm counts whole seconds; 0 would switch the timeout off.
+        timeout = max(1, math.ceil(timeout_s))
+        results = []
+        for pred, gold in pairs:
+            match, problem = _math_verify_match(pred, gold, timeout)
+            if problem is not None:
+                logger.warning("answer check of %r: %s", pred, problem)
+            results.append(match)
+        return results
+    with _shared_worker_lock:
+        return _shared_worker.run(pairs, timeout_s)
+
+
+def check_answers(
+    preds: Sequence[str],
+    golds: Sequence[str],
+    *,
+    mode: CheckMode = "math",
+    timeout_s: float = 5.0,
+) -> list[bool]:
+    """Whether each prediction matches its gold answer (see the module docstring for modes).
+
+    In ``"math"`` mode pairs where both sides are plain numbers are compared exactly here; the
+    rest go through math-verify in one batch, each item limited to about ``timeout_s`` seconds.
+    """
+    if len(preds) != len(golds):
+        raise ValueError(
+            f"check_answers got {len(preds)} predictions but {len(golds)} gold answers"
+        )
+    if mode not in CHECK_MODES:
+        raise ValueError(f"unknown answer check mode {mode!r}; expected one of {CHECK_MODES}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    if mode == "exact":
+        return [p.strip() == g.strip() for p, g in zip(preds, golds)]
+    results = [False] * len(preds)
+    symbolic: list[int] = []
+    for i, (pred, gold) in enumerate(zip(preds, golds)):
+        pred_num, gold_num = normalize_number(pred), normalize_number(gold)
+        if pred_num is not None and gold_num is not None:
+            results[i] = pred_num == gold_num
+        else:
+            symbolic.append(i)
+    matches = _check_math([(preds[i], golds[i]) for i in symbolic], timeout_s)
+    for i, match in zip(symbolic, matches):
+        results[i] = match
+    return results
+
+
+def answers_match(
+    pred: str, gold: str, *, mode: CheckMode = "math", timeout_s: float = 5.0
+) -> bool:
+    """Whether one prediction matches its gold answer (see :func:`check_answers`)."""
+    return check_answers([pred], [gold], mode=mode, timeout_s=timeout_s)[0]
