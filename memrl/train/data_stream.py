@@ -1,0 +1,62 @@
+"""The training prompt stream: a seeded, resumable order over a task's train split.
+
+Each epoch is a fresh permutation drawn from ``(seed, epoch)``, so the order depends only on the
+seed and the position — a resumed run that restores ``state()`` consumes exactly the prompts
+the uninterrupted run would have, including across epoch boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from memrl.types import Record
+
+
+@dataclass
+class StreamState:
+    epoch: int = 0
+    position: int = 0  # index into the current epoch's permutation
+    consumed: int = 0  # prompts handed out since the start of training
+
+    def to_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "consumed": self.consumed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, int]) -> "StreamState":
+        try:
+            return cls(int(data["epoch"]), int(data["position"]), int(data["consumed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"prompt stream state is malformed: {data!r}") from exc
+
+
+class PromptStream:
+    """Hands out records in a seeded per-epoch order; ``state`` makes it resumable."""
+
+    def __init__(self, dataset: Sequence[Record], seed: int, state: StreamState | None = None):
+        if len(dataset) == 0:
+            raise ValueError("the training split is empty: nothing to train on")
+        self._dataset = dataset
+        self._seed = seed
+        self.state = state or StreamState()
+        self._order = self._permutation(self.state.epoch)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self._seed, epoch]).permutation(len(self._dataset))
+
+    def next_batch(self, n: int) -> list[Record]:
+        """The next ``n`` records, rolling into the next epoch when this one runs out."""
+        out: list[Record] = []
+        while len(out) < n:
+            if self.state.position >= len(self._order):
+                self.state.epoch += 1
+                self.state.position = 0
+                self._order = self._permutation(self.state.epoch)
+            take = min(n - len(out), len(self._order) - self.state.position)
+            idx = self._order[self.state.position : self.state.position + take]
+            out.extend(self._dataset[int(i)] for i in idx)
+            self.state.position += take
+        self.state.consumed += n
+        return out
