@@ -1,0 +1,1 @@
+"""The training driver: prompt stream, dispatch to rollout workers, scoring, learner steps."""
