@@ -1,0 +1,365 @@
+"""Rollout engines and the Ray rollout worker, on a tiny random Llama model."""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from transformers import AutoModelForCausalLM
+
+from actors.rollout import make_rollout_worker_class
+from memrl.model.tiny import build_tiny_model
+from memrl.rollout.engine import (
+    SamplingSettings,
+    check_request,
+    completion_mask,
+    pad_rows,
+    resolve_engine_kind,
+)
+from memrl.rollout.hf_engine import HFEngine
+from memrl.weights import pack_state_dict, unpack
+
+TEXTS = [
+    "Natalia sold clips to 48 of her friends in April. How many clips did she sell?",
+    "Tom has 3 apples and buys 5 more. The answer is 8.",
+    "<reasoning>12 plus 7 is 19</reasoning><answer>19</answer>",
+] * 20
+QUESTIONS = ["What is 12 plus 7?", "Tom has 3 apples and buys 5 more. How many now?", "Hi"]
+RECORD_IDS = ["q0", "q1", "q2"]
+SETTINGS = SamplingSettings(temperature=0.9, top_p=1.0, max_tokens=16, num_generations=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A tiny Llama whose EOS logit is scaled up, so that some completions end early.
+
+    A random model emits EOS about once in ``vocab_size`` tokens; scaling EOS's (tied)
+    embedding row makes EOS likely wherever the hidden state points its way, which gives a
+    batch with both EOS-terminated and length-capped completions.
+    """
+    path = build_tiny_model(
+        tmp_path_factory.mktemp("tiny"),
+        TEXTS,
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        seed=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(path)
+    eos = model.generation_config.eos_token_id
+    with torch.no_grad():
+        model.get_input_embeddings().weight[eos] *= 20
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine(model_path) -> HFEngine:
+    return HFEngine(str(model_path), device="cpu")
+
+
+def chat_prompts(tokenizer) -> list[str]:
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        for question in QUESTIONS
+    ]
+
+
+def perturb(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add fixed noise to every tensor; tensors that share memory (tied) stay shared."""
+    generator = torch.Generator().manual_seed(123)
+    by_storage: dict[int, torch.Tensor] = {}
+    result = {}
+    for name, tensor in state.items():
+        key = tensor.data_ptr()
+        if key not in by_storage:
+            by_storage[key] = tensor + 0.05 * torch.randn(tensor.shape, generator=generator)
+        result[name] = by_storage[key]
+    return result
+
+
+@pytest.fixture(scope="module")
+def prompts(engine) -> list[str]:
+    return chat_prompts(engine.tokenizer)
+
+
+def teacher_forced(model, batch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs ([N, L]) of the batch's completion tokens and argmax tokens, in one forward."""
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, torch.ones_like(batch.completion_ids)], dim=1)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    prompt_len = batch.prompt_ids.shape[1]
+    step_logits = logits[:, prompt_len - 1 : -1].float()
+    logprobs = torch.log_softmax(step_logits / temperature, dim=-1)
+    chosen = logprobs.gather(2, batch.completion_ids.unsqueeze(2)).squeeze(2)
+    return chosen, step_logits.argmax(dim=-1)
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+
+
+def test_completion_mask_ends_at_first_eos_within_generated_tokens():
+    ids = torch.tensor([[5, 2, 7, 2], [5, 5, 5, 5], [2, 9, 9, 9]])
+    generated = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    assert torch.equal(completion_mask(ids, generated, eos_ids=[2]), expected)
+
+
+def test_pad_rows_left_and_right():
+    values, mask = pad_rows([[1, 2], [3]], 0, side="left", dtype=torch.int64)
+    assert values.tolist() == [[1, 2], [0, 3]] and mask.tolist() == [[1, 1], [0, 1]]
+    values, mask = pad_rows([[1.5], [2.5, 3.5]], -1.0, side="right", dtype=torch.float32)
+    assert values.tolist() == [[1.5, -1.0], [2.5, 3.5]] and mask.tolist() == [[1, 0], [1, 1]]
+
+
+def test_settings_and_requests_are_validated():
+    bad = [("temperature", 0.0), ("top_p", 1.5), ("max_tokens", 0), ("num_generations", 0)]
+    for field, value in bad:
+        with pytest.raises(ValueError, match=field):
+            SamplingSettings(**{field: value})
+    with pytest.raises(ValueError, match="2 prompts but 1 record ids"):
+        check_request(["a", "b"], ["r"])
+
+
+def test_auto_engine_is_hf_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_engine_kind("auto") == "hf"
+    with pytest.raises(ValueError, match="'tpu'"):
+        resolve_engine_kind("tpu")
+
+
+# ---- HF engine ------------------------------------------------------------------------------
+
+
+def test_batch_fields_shapes_and_group_order(engine, prompts):
+    batch = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    n, group = 12, SETTINGS.num_generations
+    prompt_len, length = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    assert length <= SETTINGS.max_tokens
+    for name in ("prompt_ids", "prompt_mask"):
+        assert getattr(batch, name).shape == (n, prompt_len), name
+        assert getattr(batch, name).dtype == torch.int64, name
+    for name in ("completion_ids", "completion_mask", "token_versions"):
+        assert getattr(batch, name).shape == (n, length), name
+        assert getattr(batch, name).dtype == torch.int64, name
+    assert batch.behaviour_logprobs.shape == (n, length)
+    assert batch.behaviour_logprobs.dtype == torch.float32
+    assert batch.group_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert batch.record_ids == ["q0"] * 4 + ["q1"] * 4 + ["q2"] * 4
+    assert len(batch.texts) == n
+    assert batch.weight_version == 0 and batch.token_versions.eq(0).all()
+    tokenizer = engine.tokenizer
+    for row in range(n):
+        group_first = (row // group) * group
+        assert torch.equal(batch.prompt_ids[row], batch.prompt_ids[group_first])
+        mask = batch.prompt_mask[row]
+        real = int(mask.sum())
+        assert mask[: prompt_len - real].eq(0).all() and mask[prompt_len - real :].eq(1).all()
+        assert tokenizer.decode(batch.prompt_ids[row][mask.bool()]) == prompts[row // group]
+    # Four samples of one prompt are not all the same completion.
+    assert len({tuple(batch.completion_ids[i].tolist()) for i in range(4)}) > 1
+
+
+def test_completion_mask_ends_at_eos_and_padding_is_neutral(engine, prompts):
+    batch = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
+    ended, capped = 0, 0
+    for ids, mask, logprobs, text in zip(
+        batch.completion_ids, batch.completion_mask, batch.behaviour_logprobs, batch.texts
+    ):
+        kept = int(mask.sum())
+        assert mask[:kept].eq(1).all() and mask[kept:].eq(0).all()
+        assert ids[kept:].eq(pad).all() and logprobs[kept:].eq(0).all()
+        assert logprobs[:kept].lt(0).all()
+        assert eos not in ids[: kept - 1].tolist()
+        if ids[kept - 1] == eos:
+            ended += 1
+        else:
+            assert kept == SETTINGS.max_tokens
+            capped += 1
+        assert text == engine.tokenizer.decode(ids[:kept], skip_special_tokens=True)
+    assert ended > 0 and capped > 0, (ended, capped)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_behaviour_logprobs_match_teacher_forced_recomputation(engine, prompts, top_p):
+    """log_softmax(logits / T) of each sampled token, untruncated by top-p (documented)."""
+    settings = SamplingSettings(
+        temperature=0.7, top_p=top_p, max_tokens=16, num_generations=4, seed=5
+    )
+    batch = engine.generate(prompts, RECORD_IDS, settings)
+    recomputed, _ = teacher_forced(engine.model, batch, settings.temperature)
+    mask = batch.completion_mask.bool()
+    assert (recomputed[mask] - batch.behaviour_logprobs[mask]).abs().max() < 1e-4
+
+
+def test_sampling_is_not_truncated_by_a_default_top_k(engine, prompts):
+    """transformers applies top-k 50 unless told otherwise; the engine samples the full vocab."""
+    settings = SamplingSettings(temperature=100.0, max_tokens=1, num_generations=64, seed=0)
+    batch = engine.generate(prompts[:1], RECORD_IDS[:1], settings)
+    with torch.no_grad():
+        output = engine.model(input_ids=batch.prompt_ids[:1], attention_mask=batch.prompt_mask[:1])
+    logits = output.logits[0, -1]
+    rank_of = {int(token): rank for rank, token in enumerate(logits.argsort(descending=True))}
+    ranks = [rank_of[int(token)] for token in batch.completion_ids[:, 0]]
+    # Nearly uniform over ~300 tokens: 64 draws all inside the top 50 would have odds (1/6)^64.
+    assert max(ranks) >= 50
+
+
+def test_same_seed_same_completions_and_global_rng_untouched(engine, prompts):
+    state = torch.get_rng_state()
+    first = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    second = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    other = engine.generate(prompts, RECORD_IDS, dataclasses.replace(SETTINGS, seed=2))
+    unseeded = engine.generate(prompts, RECORD_IDS, dataclasses.replace(SETTINGS, seed=None))
+    assert torch.equal(first.completion_ids, second.completion_ids)
+    assert torch.equal(first.behaviour_logprobs, second.behaviour_logprobs)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+    assert unseeded.num_completions == 12
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_greedy_is_the_argmax_continuation(engine, prompts):
+    batch = engine.generate(prompts, RECORD_IDS, SETTINGS, greedy=True)
+    for row in range(12):
+        assert torch.equal(batch.completion_ids[row], batch.completion_ids[(row // 4) * 4])
+    logprobs, argmax = teacher_forced(engine.model, batch, temperature=1.0)
+    mask = batch.completion_mask.bool()
+    assert torch.equal(batch.completion_ids[mask], argmax[mask])
+    assert (logprobs[mask] - batch.behaviour_logprobs[mask]).abs().max() < 1e-4
+
+
+def test_load_weights_changes_outputs_and_bumps_version(model_path, prompts):
+    engine = HFEngine(str(model_path), device="cpu")
+    original = unpack(pack_state_dict(engine.model.state_dict()))  # a copy that keeps ties
+    before = engine.generate(prompts, RECORD_IDS, SETTINGS)
+
+    perturbed = perturb(original)
+    engine.load_weights(pack_state_dict(perturbed, version=1))
+    after = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert engine.weight_version == 1 and after.weight_version == 1
+    assert after.token_versions.eq(1).all()
+    assert not torch.equal(before.completion_ids, after.completion_ids)
+
+    # named_parameters() lists a tied lm_head once: loading without it is complete.
+    untied_names = {name: t for name, t in original.items() if name != "lm_head.weight"}
+    engine.load_weights(pack_state_dict(untied_names, version=2))
+    restored = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert torch.equal(restored.completion_ids, before.completion_ids)
+    assert torch.equal(restored.behaviour_logprobs, before.behaviour_logprobs)
+
+    with pytest.raises(ValueError, match="version 3 .*unexpected \\['bogus.weight'\\]"):
+        bogus = {**original, "bogus.weight": torch.zeros(1)}
+        engine.load_weights(pack_state_dict(bogus, version=3))
+    partial = {name: t for name, t in original.items() if "layers.1." not in name}
+    with pytest.raises(ValueError, match="missing \\['model.layers.1"):
+        engine.load_weights(pack_state_dict(partial, version=4))
+    assert engine.weight_version == 2
+
+
+# ---- Ray rollout workers --------------------------------------------------------------------
+
+
+
+
+def wait_for_ping(worker, *, not_pid: int | None = None, timeout_s: float = 90.0) -> dict:
+    """Ping until the actor answers (from a process other than ``not_pid``, when given)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ping = ray.get(worker.ping.remote(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:  # dead or restarting
+            ping = None
+        if ping is not None and ping["pid"] != not_pid:
+            return ping
+        time.sleep(0.5)
+    raise TimeoutError(f"no answer from a new process within {timeout_s} s")
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: Ray start, two actor starts, one restart
+def test_workers_sync_published_weights_and_recover_after_a_kill(ray_cluster, model_path, prompts):
+    worker_class = make_rollout_worker_class(num_cpus=1)
+    workers = [worker_class.remote(f"w{i}", str(model_path), "hf", {}, seed=i) for i in range(2)]
+    first_pings = [wait_for_ping(worker) for worker in workers]
+    assert [p["weight_version"] for p in first_pings] == [0, 0]
+    assert [p["threads"] for p in first_pings] == [1, 1]
+
+    state = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
+    packed = pack_state_dict(perturb(state), version=1)
+    weights = (1, ray.put(packed))
+
+    requests = [w.generate.remote(prompts, RECORD_IDS, SETTINGS, weights)[0] for w in workers]
+    batches = ray.get(requests, timeout=120)
+    local = HFEngine(str(model_path), device="cpu")
+    local.load_weights(packed)
+    expected = local.generate(prompts, RECORD_IDS, SETTINGS)
+    for worker_id, batch in zip(["w0", "w1"], batches):
+        assert batch.worker_id == worker_id
+        assert batch.weight_version == 1 and batch.token_versions.eq(1).all()
+        assert torch.equal(batch.completion_ids, expected.completion_ids)
+    for worker in workers:
+        ping = ray.get(worker.ping.remote(), timeout=30)
+        stats = ray.get(worker.stats.remote(), timeout=30)
+        assert ping["weight_version"] == 1 and ping["busy"] is False
+        assert stats["num_batches"] == 1 and stats["num_syncs"] == 1
+        assert stats["last_sync_s"] > 0 and stats["last_tokens_per_s"] > 0
+
+    # Same version again: no second fetch.
+    ray.get(workers[0].generate.remote(prompts, RECORD_IDS, SETTINGS, weights)[0], timeout=120)
+    assert ray.get(workers[0].stats.remote(), timeout=30)["num_syncs"] == 1
+
+    old_pid = first_pings[0]["pid"]
+    ray.kill(workers[0], no_restart=False)
+    reborn = wait_for_ping(workers[0], not_pid=old_pid)
+    assert reborn["weight_version"] == 0
+    batch = ray.get(workers[0].generate.remote(prompts, RECORD_IDS, SETTINGS, weights)[0], timeout=120)
+    assert batch.weight_version == 1
+    assert torch.equal(batch.completion_ids, expected.completion_ids)
+    assert ray.get(workers[0].ping.remote(), timeout=30)["weight_version"] == 1
+    for worker in workers:
+        ray.kill(worker, no_restart=True)
+
+
+# ---- vLLM (GPU only) ------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_vllm_engine_generates_and_loads_weights_in_place(tmp_path):
+    pytest.importorskip("vllm")
+    from memrl.rollout.vllm_engine import VLLMEngine
+
+    # head_dim 64: a size every vLLM attention backend supports.
+    path = build_tiny_model(
+        tmp_path / "tiny", TEXTS, vocab_size=300, hidden_size=128, num_layers=2, num_heads=2,
+        intermediate_size=256, max_position_embeddings=256, seed=0,
+    )
+    engine = VLLMEngine(str(path), dtype="float32", gpu_memory_utilization=0.2, enforce_eager=True)
+    prompts = chat_prompts(engine.tokenizer)
+    before = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert before.completion_ids.shape[0] == 12
+    assert before.group_index == [0] * 4 + [1] * 4 + [2] * 4
+    again = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert torch.equal(before.completion_ids, again.completion_ids)
+
+    hf_model = AutoModelForCausalLM.from_pretrained(path)
+    recomputed, _ = teacher_forced(hf_model, before, SETTINGS.temperature)
+    mask = before.completion_mask.bool()
+    assert (recomputed[mask] - before.behaviour_logprobs[mask]).abs().max() < 1e-3
+
+    original = hf_model.state_dict()
+    engine.load_weights(pack_state_dict(perturb(original), version=1))
+    after = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert engine.weight_version == 1 and after.token_versions.eq(1).all()
+    assert not torch.equal(before.completion_ids, after.completion_ids)
+    engine.load_weights(pack_state_dict(original, version=2))
+    restored = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert torch.equal(restored.completion_ids, before.completion_ids)
