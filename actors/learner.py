@@ -1,0 +1,339 @@
+"""Ray shells for the learner: one ``LearnerWorker`` actor per data-parallel rank, and the
+driver-side ``LearnerGroup`` that places them, shards batches and gathers their results.
+
+The work happens in ``memrl.learner.PolicyTrainer``; these classes only set resources, the
+rendezvous and timeouts. Learner actors do not restart (``max_restarts=0``): a restarted rank
+could not rejoin the running process group, so a failure surfaces as a ``LearnerError`` naming
+the rank, its node and the method, and the driver rebuilds the group from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from memrl.learner.batching import (
+    concat_batches,
+    micro_batches_needed,
+    shard_bounds,
+    slice_batch,
+    take_rows,
+)
+from memrl.learner.distributed import free_port, node_address, set_rank_env
+from memrl.learner.policy import LearnerSettings, PolicyTrainer
+from memrl.learner.stats import merge_rank_stats
+from memrl.types import RolloutBatch
+from memrl.weights import PackedWeights, pack_state_dict
+
+
+class LearnerError(RuntimeError):
+    """A learner rank failed or did not answer in time; the message names rank, node, method."""
+
+
+@ray.remote(max_restarts=0)
+class LearnerWorker:
+    """One data-parallel rank: joins the process group and owns a ``PolicyTrainer``.
+
+    Torch uses as many threads as the actor was given CPUs (Ray sets ``OMP_NUM_THREADS`` from
+    ``num_cpus`` too, but torch's pool may already exist).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        settings: LearnerSettings,
+    ) -> None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
+        set_rank_env(rank, world_size, master_addr, master_port)
+        self.rank = rank
+        self.world_size = world_size
+        self.trainer = PolicyTrainer(settings)
+        self._step: dict[str, Any] | None = None
+
+    def ping(self) -> dict[str, Any]:
+        """Who and where this rank is, and its progress (cheap; for health checks)."""
+        return {
+            "rank": self.rank,
+            "node": node_address(),
+            "pid": os.getpid(),
+            "device": self.trainer.device,
+            "steps": self.trainer.steps,
+            "weight_version": self.trainer.weight_version,
+        }
+
+    def ref_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, L] log-probs of ``batch``'s completions under the frozen reference model."""
+        return self.trainer.ref_logprobs(batch)
+
+    def train_step(
+        self, batch: RolloutBatch, advantages: torch.Tensor, **kwargs: Any
+    ) -> dict[str, float]:
+        """``PolicyTrainer.train_step`` on this rank's shard (keyword options passed through)."""
+        return self.trainer.train_step(batch, advantages, **kwargs)
+
+    def begin_step(self, *batches: RolloutBatch) -> dict[str, Any]:
+        """Take this rank's shard of a step and compute its old and reference log-probs.
+
+        ``batches`` are the step's rollout chunks (Ray resolves the refs the driver passed);
+        every rank sees all of them, so each derives the same shards, global token and
+        sequence counts and micro-batch count without another collective. The results are
+        kept for :meth:`finish_step`, which only needs the advantages.
+        """
+        started = time.perf_counter()
+        full = concat_batches(list(batches))
+        shards = shard_bounds(full.group_index, self.world_size)
+        start, stop = shards[self.rank]
+        shard = slice_batch(full, start, stop)
+        passes = max(
+            micro_batches_needed(b - a, self.trainer.settings.micro_batch_size) for a, b in shards
+        )
+        old_logp = self.trainer.logprobs(shard, num_micro_batches=passes)
+        ref_started = time.perf_counter()
+        ref_logp = self.trainer.ref_logprobs(shard) if self.trainer.reference is not None else None
+        self._step = {
+            "shard": shard, "rows": (start, stop), "old_logp": old_logp, "ref_logp": ref_logp,
+            "passes": passes, "global_tokens": int(full.completion_mask.sum()),
+            "global_seqs": full.num_completions, "lengths": full.completion_lengths,
+        }
+        return {
+            "rows": full.num_completions,
+            "old_logprob_seconds": ref_started - started,
+            "reference_seconds": time.perf_counter() - ref_started,
+        }
+
+    def finish_step(self, advantages: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on the shard prepared by :meth:`begin_step`.
+
+        ``advantages`` [N] and ``keep`` [N] (bool; rows to train on, None = all) cover the whole
+        step; this rank slices its rows. Dropped rows leave the loss and its normaliser.
+        """
+        if self._step is None:
+            raise RuntimeError(f"learner rank {self.rank}: finish_step without begin_step")
+        step, self._step = self._step, None
+        start, stop = step["rows"]
+        shard, adv = step["shard"], advantages[start:stop]
+        old_logp, ref_logp = step["old_logp"], step["ref_logp"]
+        global_tokens, global_seqs, passes = step["global_tokens"], step["global_seqs"], step["passes"]
+        if keep is not None:
+            # Every rank recounts the kept rows of the whole step for the shared normaliser.
+            global_tokens = int(step["lengths"][keep].sum())
+            global_seqs = int(keep.sum())
+            rows = keep[start:stop]
+            shard, adv, old_logp = take_rows(shard, rows), adv[rows], old_logp[rows]
+            ref_logp = None if ref_logp is None else ref_logp[rows]
+        return self.trainer.train_step(
+            shard, adv, ref_logp=ref_logp, old_logp=old_logp, global_tokens=global_tokens,
+            global_seqs=global_seqs, num_micro_batches=passes,
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """This rank's full weights on CPU (collective under ZeRO-3: call on every rank)."""
+        return self.trainer.state_dict_for_publish()
+
+    @ray.method(num_returns=2)
+    def publish_weights(self, version: int) -> tuple[PackedWeights | None, dict[str, Any]]:
+        """Pack the weights as ``version``: rank 0 returns them, other ranks None.
+
+        Every rank must be called (the ZeRO-3 gather is collective, and each rank records the
+        version its weights now carry). The second return value is a small summary the driver
+        can fetch without pulling the weights.
+        """
+        started = time.perf_counter()
+        packed = None
+        if self.rank == 0 or self.trainer.settings.zero_stage == 3:
+            state = self.trainer.state_dict_for_publish()
+            packed = pack_state_dict(state, version) if self.rank == 0 else None
+        self.trainer.mark_published(version)
+        summary = {
+            "version": int(version),
+            "nbytes": packed.nbytes if packed is not None else 0,
+            "seconds": time.perf_counter() - started,
+        }
+        return packed, summary
+
+    def export_hf(self, directory: str) -> None:
+        """Write the policy as a Hugging Face folder (every rank is called; rank 0 writes)."""
+        self.trainer.save_hf(directory)
+
+    def save(self, directory: str, export_hf: bool = True) -> None:
+        """Save resumable state to ``directory`` and, with ``export_hf``, an HF folder in
+        ``directory/hf`` (every rank must be called; storage must be shared by all ranks)."""
+        self.trainer.save_state(directory)
+        if export_hf:
+            self.trainer.save_hf(Path(directory) / "hf")
+
+    def load(self, directory: str) -> None:
+        """Restore the state :meth:`save` wrote."""
+        self.trainer.load_state(directory)
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    """The node IP and a free port on the node this task runs on (rank 0's bundle)."""
+    return node_address(), free_port()
+
+
+class LearnerGroup:
+    """Driver-side handle on ``num_learners`` data-parallel ``LearnerWorker`` actors.
+
+    Each rank gets a placement-group bundle of ``num_cpus_per_learner`` CPUs and
+    ``num_gpus_per_learner`` GPUs (``strategy`` "PACK" or "SPREAD"); the rendezvous is rank
+    0's node IP and a free port found there. Every remote call is awaited at most
+    ``timeout_s`` seconds; a failure or time-out raises ``LearnerError``.
+    """
+
+    def __init__(
+        self,
+        settings: LearnerSettings,
+        num_learners: int,
+        *,
+        num_cpus_per_learner: float = 1.0,
+        num_gpus_per_learner: float = 0.0,
+        timeout_s: float = 600.0,
+        strategy: str = "PACK",
+    ) -> None:
+        if num_learners < 1:
+            raise ValueError(f"num_learners = {num_learners}: must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s = {timeout_s}: must be > 0")
+        self.settings = settings
+        self.timeout_s = timeout_s
+        bundle: dict[str, float] = {"CPU": num_cpus_per_learner}
+        if num_gpus_per_learner > 0:
+            bundle["GPU"] = num_gpus_per_learner
+        self._pg = placement_group([dict(bundle) for _ in range(num_learners)], strategy=strategy)
+        try:
+            ray.get(self._pg.ready(), timeout=timeout_s)
+        except GetTimeoutError as exc:
+            remove_placement_group(self._pg)
+            raise LearnerError(
+                f"the cluster could not place {num_learners} learners of {bundle} within "
+                f"{timeout_s} s: add nodes or lower learner.num_cpus / learner.num_gpus"
+            ) from exc
+        master_addr, master_port = ray.get(
+            _rendezvous_address.options(scheduling_strategy=self._strategy(0)).remote(),
+            timeout=timeout_s,
+        )
+        self.workers = [
+            LearnerWorker.options(
+                num_cpus=num_cpus_per_learner,
+                num_gpus=num_gpus_per_learner,
+                scheduling_strategy=self._strategy(rank),
+            ).remote(rank, num_learners, master_addr, master_port, settings)
+            for rank in range(num_learners)
+        ]
+        # Nodes are known once the actors answer; until then errors name rank 0's only.
+        self.nodes = [master_addr] + ["(not yet known)"] * (num_learners - 1)
+        try:
+            self.nodes = [info["node"] for info in self.ping()]
+        except LearnerError:
+            self.shutdown()  # the caller gets no handle to clean up after a failed start
+            raise
+
+    def _strategy(self, rank: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self._pg, placement_group_bundle_index=rank
+        )
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def _wait_all(self, method: str, refs: list[ray.ObjectRef]) -> list[Any]:
+        """Results of one call per rank, in rank order; the first failure or the deadline
+        raises ``LearnerError`` naming the rank, its node and ``method``."""
+        deadline = time.monotonic() + self.timeout_s
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(
+                pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+            )
+            if not ready:
+                late = sorted(rank_of[ref] for ref in pending)
+                where = ", ".join(f"rank {r} on node {self.nodes[r]}" for r in late)
+                raise LearnerError(
+                    f"learner {method} did not finish within {self.timeout_s} s: {where} "
+                    "(a stuck collective usually means another rank died)"
+                )
+            rank = rank_of[ready[0]]
+            try:
+                results[rank] = ray.get(ready[0])
+            except RayError as exc:
+                raise LearnerError(
+                    f"learner rank {rank} on node {self.nodes[rank]} failed in {method}: {exc}"
+                ) from exc
+        return [results[rank] for rank in range(len(refs))]
+
+    def ping(self) -> list[dict[str, Any]]:
+        """Every rank's ``ping`` (rank, node, pid, device, steps, weight_version)."""
+        return self._wait_all("ping", [w.ping.remote() for w in self.workers])
+
+    def begin_step(self, batch_refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """Start the step on every rank: each takes its shard of the rollout chunks
+        ``batch_refs`` (read from the object store, never through the driver) and computes old
+        and reference log-probs. Returns at once; :meth:`finish_step` waits for it."""
+        return [w.begin_step.remote(*batch_refs) for w in self.workers]
+
+    def finish_step(self, prepared: list[ray.ObjectRef], advantages: torch.Tensor,
+                    keep: torch.Tensor | None = None) -> dict[str, float]:
+        """Wait for :meth:`begin_step`, then take one optimiser step on all ranks.
+
+        ``advantages`` [N] and ``keep`` [N] (rows to train on) cover the whole step in chunk
+        order. Returns the merged statistics plus the slowest rank's ``reference_seconds``
+        and ``old_logprob_seconds``.
+        """
+        infos = self._wait_all("begin_step", prepared)
+        n = infos[0]["rows"]
+        if advantages.shape != (n,):
+            raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({n},)")
+        refs = [w.finish_step.remote(advantages, keep) for w in self.workers]
+        stats = merge_rank_stats(self._wait_all("finish_step", refs))
+        for key in ("reference_seconds", "old_logprob_seconds"):
+            stats[key] = max(info[key] for info in infos)
+        return stats
+
+    def train_step(self, batch: RolloutBatch, advantages: torch.Tensor,
+                   keep: torch.Tensor | None = None) -> dict[str, float]:
+        """:meth:`begin_step` and :meth:`finish_step` on one batch held by the caller."""
+        return self.finish_step(self.begin_step([ray.put(batch)]), advantages, keep)
+
+    def publish_weights(self, version: int) -> tuple[ray.ObjectRef, dict[str, Any]]:
+        """Publish the weights as ``version``: an ObjectRef of rank 0's ``PackedWeights``
+        (owned by this driver; pass it on to rollout workers) and rank 0's summary."""
+        pairs = [w.publish_weights.remote(version) for w in self.workers]
+        summaries = self._wait_all("publish_weights", [summary for _, summary in pairs])
+        return pairs[0][0], summaries[0]
+
+    def save(self, directory: str | Path, *, export_hf: bool = True) -> None:
+        """Checkpoint every rank into ``directory`` (see ``LearnerWorker.save``)."""
+        self._wait_all(
+            "save", [w.save.remote(str(directory), export_hf) for w in self.workers]
+        )
+
+    def export_hf(self, directory: str | Path) -> None:
+        """Write the policy (safetensors) and tokenizer as a Hugging Face folder."""
+        self._wait_all("export_hf", [w.export_hf.remote(str(directory)) for w in self.workers])
+
+    def load(self, directory: str | Path) -> None:
+        """Restore every rank from ``directory``."""
+        self._wait_all("load", [w.load.remote(str(directory)) for w in self.workers])
+
+    def shutdown(self) -> None:
+        """Kill the actors and free their placement group."""
+        for worker in self.workers:
+            ray.kill(worker)
+        remove_placement_group(self._pg)

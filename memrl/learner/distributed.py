@@ -1,0 +1,104 @@
+"""Process-group set-up for one learner rank: device, rendezvous address, DeepSpeed import.
+
+DeepSpeed picks its accelerator when it is first imported (``DS_ACCELERATOR``), and
+``torch.distributed`` reads the rendezvous from environment variables, so both are set here,
+before anything touches DeepSpeed: gloo on CPU, NCCL on CUDA GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from types import ModuleType
+
+import torch
+
+
+def detect_device() -> str:
+    """``"cuda"`` when a CUDA GPU is visible to this process, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+
+
+def backend_for(device: str) -> str:
+    """The torch.distributed backend for a device kind: NCCL on ``cuda``, gloo on ``cpu``."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: expected 'cpu' or 'cuda'")
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def free_port() -> int:
+    """A TCP port that was free on this host a moment ago (the OS picks it).
+
+    The port is released before it is returned, so another process could take it first; the
+    rendezvous then fails with "address already in use" and a retry with a new port fixes it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def node_address() -> str:
+    """This host's IP address as other nodes of the Ray cluster see it (loopback outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return str(ray.util.get_node_ip_address())
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
+def set_rank_env(
+    rank: int, world_size: int, master_addr: str, master_port: int, local_rank: int = 0
+) -> None:
+    """Write the rendezvous variables torch.distributed reads for one rank.
+
+    ``local_rank`` is 0 for a Ray actor: Ray gives each actor its own GPUs through
+    ``CUDA_VISIBLE_DEVICES``, so the actor's GPU is always device 0.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size = {world_size}: must be >= 1")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank = {rank}: must be in [0, {world_size})")
+    if not 0 < master_port < 65536:
+        raise ValueError(f"master_port = {master_port}: not a TCP port")
+    os.environ.update(
+        MASTER_ADDR=str(master_addr),
+        MASTER_PORT=str(master_port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+    )
+
+
+def load_deepspeed(device: str | None = None) -> ModuleType:
+    """Import DeepSpeed with its accelerator chosen for ``device`` (default: detected).
+
+    ``DS_ACCELERATOR`` must be set before the first import; a value already in the environment
+    wins, so a user can force one.
+    """
+    os.environ.setdefault("DS_ACCELERATOR", device or detect_device())
+    import deepspeed
+
+    return deepspeed
+
+
+def init_distributed(device: str, timeout_s: float = 600.0) -> None:
+    """Join the process group described by the rank environment (see :func:`set_rank_env`).
+
+    ``timeout_s`` bounds every collective, so a dead peer raises instead of hanging forever.
+    Calling it again in a process that already joined is a no-op.
+    """
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        if key not in os.environ:
+            raise RuntimeError(f"environment variable {key} is not set: call set_rank_env first")
+    deepspeed = load_deepspeed(device)
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(
+        dist_backend=backend_for(device),
+        timeout=timedelta(seconds=timeout_s),
+        verbose=False,
+    )

@@ -1,0 +1,508 @@
+"""The policy trainer of one data-parallel rank: a Hugging Face causal LM under DeepSpeed.
+
+One :meth:`PolicyTrainer.train_step` is one optimiser step over the rank's shard of a
+RolloutBatch. The loss is ``memrl.grpo.loss.grpo_loss``; its normaliser is the *global* count
+of the step (all micro-batches on all ranks), so the update is the gradient of the mean over
+the whole batch however it is split. DeepSpeed averages gradients over the ``W``
+data-parallel ranks; ``loss_normaliser(..., world_size=W)`` multiplies that average back into
+a sum.
+
+Gradient accumulation is driven by hand: the number of micro-batches follows the batch (groups
+may be filtered), so the DeepSpeed config keeps ``gradient_accumulation_steps = 1`` (no loss
+division) and :meth:`train_step` marks the last micro-batch as the accumulation boundary
+before its backward, then calls ``engine.step()`` once. Every rank runs the same number of
+forward/backward passes, since ZeRO's collectives happen per pass; a rank with fewer rows runs
+zero-weighted passes.
+
+Schedule, as in the paper's TRL runs: AdamW (weight decay on matrices only, as the Hugging Face
+Trainer does), linear warm-up over ``ceil(warmup_ratio · max_steps)`` steps from 0, then cosine
+decay to 0 at ``max_steps``; one scheduler step per optimiser step; DeepSpeed clips the global
+gradient norm to ``max_grad_norm``. Dropout is switched off, so the log-probs of the update
+pass equal those computed before it (ratio 1 on the first update of a batch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from memrl.grpo.loss import (
+    LossSettings,
+    grpo_loss,
+    importance_weights,
+    loss_normaliser,
+    token_logprobs,
+)
+from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, policy_inputs
+from memrl.learner.distributed import detect_device, init_distributed, load_deepspeed
+from memrl.learner.stats import token_weighted_mean
+from memrl.model.loading import load_policy
+from memrl.types import RolloutBatch
+
+CHECKPOINT_TAG = "learner"
+_TOKEN_MEAN_STATS = ("kl", "clip_frac", "ratio_mean", "is_weight_mean")
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Everything one learner rank needs to build its trainer.
+
+    ``max_steps`` sets the length of the learning-rate schedule (optimiser steps).
+    ``micro_batch_size`` is completions per forward/backward pass (a memory budget; the result
+    does not depend on it). ``temperature`` is the rollout's sampling temperature: logits are
+    divided by it before the log-softmax, so learner and sampler log-probs are comparable.
+    ``bf16`` None means bf16 on CUDA and fp32 on CPU. ``zero_stage`` is DeepSpeed ZeRO 0–3.
+    ``collective_timeout_s`` bounds every collective (a dead peer raises instead of hanging).
+    """
+
+    model_path: str
+    max_steps: int
+    lr: float = 5e-6
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 0.1
+    zero_stage: int = 0
+    bf16: bool | None = None
+    micro_batch_size: int = 16
+    loss: LossSettings = field(default_factory=LossSettings)
+    temperature: float = 0.9
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    collective_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_steps": self.max_steps >= 1,
+            "lr": self.lr > 0,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_ratio": 0 <= self.warmup_ratio <= 1,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "zero_stage": self.zero_stage in (0, 1, 2, 3),
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "temperature": self.temperature > 0,
+            "collective_timeout_s": self.collective_timeout_s > 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"LearnerSettings.{key} = {getattr(self, key)!r} is out of range")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Linear warm-up length in optimiser steps (rounded up, as the HF Trainer does)."""
+        return math.ceil(self.warmup_ratio * self.max_steps)
+
+
+def deepspeed_config(settings: LearnerSettings, *, bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``settings`` (see the module docstring for accumulation)."""
+    return {
+        "train_micro_batch_size_per_gpu": settings.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": settings.max_grad_norm,
+        "zero_optimization": {"stage": settings.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 2**31 - 1,  # memrl reports its own metrics
+        "wall_clock_breakdown": False,
+    }
+
+
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (linear and embedding weights), none on norms and biases.
+
+    This matches the Hugging Face Trainer that the paper's TRL runs used.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0 (``nn.Dropout`` and attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def _check_batch(batch: RolloutBatch) -> None:
+    n = batch.num_completions
+    if n == 0:
+        raise ValueError("the learner got an empty RolloutBatch (0 completions)")
+    if batch.prompt_ids.shape[1] < 1 or batch.completion_ids.shape[1] < 1:
+        raise ValueError(
+            f"prompt_ids {tuple(batch.prompt_ids.shape)} and completion_ids "
+            f"{tuple(batch.completion_ids.shape)} need at least one column each"
+        )
+    for name in ("prompt_ids", "prompt_mask"):
+        if getattr(batch, name).shape != batch.prompt_ids.shape:
+            raise ValueError(f"RolloutBatch.{name} has shape {tuple(getattr(batch, name).shape)}")
+    for name in ("completion_mask", "behaviour_logprobs", "token_versions"):
+        if getattr(batch, name).shape != batch.completion_ids.shape:
+            raise ValueError(
+                f"RolloutBatch.{name} has shape {tuple(getattr(batch, name).shape)}, "
+                f"expected {tuple(batch.completion_ids.shape)} like completion_ids"
+            )
+
+
+class PolicyTrainer:
+    """DeepSpeed-wrapped policy (and optional frozen reference) of one data-parallel rank.
+
+    The process must have its rank environment set (``memrl.learner.distributed.set_rank_env``);
+    the constructor joins the process group. With ``loss.beta > 0`` a second, frozen copy of
+    the initial model is kept as the KL reference (a plain module on the same device, not
+    partitioned by ZeRO).
+
+    ``weight_version`` is the version under which the current weights were published (0 for
+    the initial weights, which rollout workers load from ``model_path`` too), or None once an
+    update has changed them since. Tokens sampled under any other version are stale.
+    """
+
+    def __init__(self, settings: LearnerSettings, *, device: str | None = None) -> None:
+        self.settings = settings
+        self.device = device or detect_device()
+        init_distributed(self.device, settings.collective_timeout_s)
+        deepspeed = load_deepspeed(self.device)
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.bf16 = self.device == "cuda" if settings.bf16 is None else settings.bf16
+        torch.manual_seed(settings.seed)
+
+        # fp32 weights: with bf16 DeepSpeed casts the module and keeps fp32 master weights.
+        model, self.tokenizer = load_policy(settings.model_path, dtype=torch.float32)
+        disable_dropout(model)
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        optimizer = torch.optim.AdamW(
+            adamw_param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
+        )
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            config=deepspeed_config(settings, bf16=self.bf16),
+            lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(
+                opt, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.max_steps
+            ),
+        )
+        self.reference = self._load_reference() if settings.loss.beta > 0 else None
+        self.weight_version: int | None = 0
+
+    # ----------------------------------------------------------------------------- forward
+
+    def _load_reference(self) -> PreTrainedModel:
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        reference, _ = load_policy(self.settings.model_path, dtype=dtype, device=self.engine.device)
+        reference.eval().requires_grad_(False)
+        return reference
+
+    def _passes(self, num_rows: int, count: int) -> Iterator[tuple[int, int, bool]]:
+        """``(start, stop, real)`` for ``count`` passes; an empty pass reruns row 0, unweighted."""
+        for start, stop in micro_batch_bounds(num_rows, count):
+            yield (start, stop, True) if stop > start else (0, 1, False)
+
+    def _completion_logprobs(
+        self, model: torch.nn.Module, batch: RolloutBatch, start: int, stop: int
+    ) -> torch.Tensor:
+        """[stop − start, L] float32 log-probs of the completion tokens, on the model's device."""
+        device = self.engine.device
+        input_ids, attention_mask, position_ids = policy_inputs(
+            batch.prompt_ids[start:stop],
+            batch.prompt_mask[start:stop],
+            batch.completion_ids[start:stop],
+            batch.completion_mask[start:stop],
+        )
+        length = batch.completion_ids.shape[1]
+        output = model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            position_ids=position_ids.to(device),
+            logits_to_keep=length + 1,  # position P − 1 predicts the first completion token
+            use_cache=False,
+        )
+        logits = output.logits[:, :-1]
+        return token_logprobs(
+            logits, batch.completion_ids[start:stop].to(device), self.settings.temperature
+        )
+
+    def _agreed_micro_batches(self, num_rows: int) -> int:
+        """The largest micro-batch count any rank needs (every rank must run as many passes)."""
+        local = micro_batches_needed(num_rows, self.settings.micro_batch_size)
+        return int(self._all_reduce([local], dist.ReduceOp.MAX)[0])
+
+    def _all_reduce(self, values: list[int], op: dist.ReduceOp) -> list[int]:
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.engine.device)
+        dist.all_reduce(tensor, op=op)
+        return [int(v) for v in tensor.tolist()]
+
+    @torch.no_grad()
+    def _logprobs_with(
+        self, model: torch.nn.Module, batch: RolloutBatch, passes: int
+    ) -> torch.Tensor:
+        n, length = batch.completion_ids.shape
+        out = torch.zeros(n, length, dtype=torch.float32)
+        for start, stop, real in self._passes(n, passes):
+            logp = self._completion_logprobs(model, batch, start, stop)
+            if real:
+                out[start:stop] = logp.float().cpu()
+        return out * batch.completion_mask.to(out.dtype)
+
+    def logprobs(
+        self, batch: RolloutBatch, *, num_micro_batches: int | None = None
+    ) -> torch.Tensor:
+        """[N, L] float32 CPU log-probs of the completions under the current policy (0 at padding).
+
+        Collective under ZeRO-3 (parameters are gathered per forward): every rank must call it
+        with the same ``num_micro_batches`` (default: agreed across ranks by an all-reduce).
+        """
+        _check_batch(batch)
+        passes = num_micro_batches or self._agreed_micro_batches(batch.num_completions)
+        self.engine.eval()
+        return self._logprobs_with(self.engine, batch, passes)
+
+    def ref_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """[N, L] float32 CPU log-probs under the frozen reference model (0 at padding)."""
+        if self.reference is None:
+            raise RuntimeError(
+                "ref_logprobs needs a reference model, which is only loaded when loss.beta > 0"
+            )
+        _check_batch(batch)
+        passes = micro_batches_needed(batch.num_completions, self.settings.micro_batch_size)
+        return self._logprobs_with(self.reference, batch, passes)
+
+    # ------------------------------------------------------------------------------ update
+
+    def _importance(
+        self, batch: RolloutBatch, old_logp: torch.Tensor
+    ) -> tuple[torch.Tensor | None, float]:
+        """IS weights when some tokens were sampled by other weights (and ``is_cap`` is set),
+        plus the fraction of stale real tokens."""
+        real = batch.completion_mask.bool()
+        current = -1 if self.weight_version is None else self.weight_version
+        stale = real & (batch.token_versions != current)
+        stale_frac = float(stale.sum()) / max(int(real.sum()), 1)
+        cap = self.settings.loss.is_cap
+        if cap is None or not stale.any():
+            return None, stale_frac
+        weights = importance_weights(
+            old_logp, batch.behaviour_logprobs, batch.completion_mask, cap
+        )
+        return weights, stale_frac
+
+    def _plain_grad_norm(self) -> float | None:
+        """Norm of the (already averaged) gradients when DeepSpeed's optimizer reports none.
+
+        Only plain fp32 without ZeRO keeps full gradients on the parameters and a torch
+        optimizer that does not record the norm; the ZeRO and bf16 optimizers record it.
+        """
+        if self.settings.zero_stage != 0 or self.bf16:
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    def train_step(
+        self,
+        batch: RolloutBatch,
+        advantages: torch.Tensor,
+        *,
+        ref_logp: torch.Tensor | None = None,
+        old_logp: torch.Tensor | None = None,
+        global_tokens: int | None = None,
+        global_seqs: int | None = None,
+        num_micro_batches: int | None = None,
+    ) -> dict[str, float]:
+        """One optimiser step on this rank's shard ``batch`` with ``advantages`` [N].
+
+        ``old_logp`` [N, L]: this policy's log-probs of the batch before the update, when the
+        caller already computed them (e.g. while the rewards were being scored).
+
+        ``global_tokens``/``global_seqs`` are the real completion tokens and completions of the
+        whole step on all ranks (default: summed across ranks by an all-reduce);
+        ``num_micro_batches`` must be equal on every rank (default: agreed by an all-reduce).
+        ``ref_logp`` [N, L] defaults to this trainer's reference model when ``beta > 0``.
+
+        Returns floats: ``loss`` (this rank's share of the step's loss; shares sum to it),
+        ``kl``, ``clip_frac``, ``ratio_mean`` (and ``is_weight_mean`` when IS weights were
+        applied), token means over this rank; ``tokens``, ``sequences`` of this rank;
+        ``grad_norm`` (global, before clipping), ``lr`` (used by this step), ``step`` (optimiser
+        steps taken so far); ``stale_token_frac`` and ``behaviour_logprob_gap`` (mean
+        |learner − sampler| log-prob over real tokens, the train/inference mismatch);
+        ``old_logprob_s``, ``ref_logprob_s``, ``update_s``, ``step_time_s`` in seconds.
+        """
+        started = time.perf_counter()
+        _check_batch(batch)
+        n = batch.num_completions
+        if advantages.shape != (n,):
+            raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({n},)")
+        if ref_logp is not None and ref_logp.shape != batch.completion_ids.shape:
+            raise ValueError(
+                f"ref_logp has shape {tuple(ref_logp.shape)}, expected "
+                f"{tuple(batch.completion_ids.shape)}"
+            )
+        mask = batch.completion_mask
+        local_tokens = int(mask.sum())
+        if global_tokens is None or global_seqs is None:
+            global_tokens, global_seqs = self._all_reduce([local_tokens, n], dist.ReduceOp.SUM)
+        passes = num_micro_batches or self._agreed_micro_batches(n)
+
+        if old_logp is None:
+            old_logp = self.logprobs(batch, num_micro_batches=passes)
+        elif old_logp.shape != batch.completion_ids.shape:
+            raise ValueError(
+                f"old_logp has shape {tuple(old_logp.shape)}, expected "
+                f"{tuple(batch.completion_ids.shape)}"
+            )
+        old_done = time.perf_counter()
+        if ref_logp is None and self.reference is not None:
+            ref_logp = self.ref_logprobs(batch)
+        ref_done = time.perf_counter()
+        is_weights, stale_frac = self._importance(batch, old_logp)
+        normaliser = loss_normaliser(
+            self.settings.loss,
+            global_tokens=global_tokens,
+            global_sequences=global_seqs,
+            world_size=self.world_size,
+        )
+
+        lr = float(self.scheduler.get_last_lr()[0])
+        steps_before = self.engine.global_steps
+        device = self.engine.device
+        self.engine.train()
+        micro_stats: list[dict[str, float]] = []
+        for i, (start, stop, real) in enumerate(self._passes(n, passes)):
+            self.engine.set_gradient_accumulation_boundary(i == passes - 1)
+            rows = slice(start, stop)
+            logp = self._completion_logprobs(self.engine, batch, start, stop)
+            loss, stats = grpo_loss(
+                logp,
+                old_logp[rows].to(device),
+                advantages[rows].to(device),
+                mask[rows].to(device),
+                self.settings.loss,
+                ref_logp=None if ref_logp is None else ref_logp[rows].to(device),
+                is_weights=None if is_weights is None else is_weights[rows].to(device),
+                normaliser=normaliser,
+            )
+            if real:
+                micro_stats.append(stats)
+            else:
+                loss = loss * 0.0  # keeps the collective pattern, adds no gradient
+            self.engine.backward(loss)
+        plain_norm = self._plain_grad_norm()
+        self.engine.step()
+        if self.engine.global_steps != steps_before + 1:
+            raise RuntimeError(
+                f"rank {self.rank}: engine.step() advanced DeepSpeed from step {steps_before} to "
+                f"{self.engine.global_steps}; expected exactly one optimiser step"
+            )
+        reported = self.engine.get_global_grad_norm()
+        grad_norm = float(reported) if reported is not None else plain_norm
+        self.weight_version = None
+        done = time.perf_counter()
+
+        weights = [s["num_tokens"] for s in micro_stats]
+        gap = (old_logp - batch.behaviour_logprobs).abs()[mask.bool()]
+        result = {
+            "loss": sum(s["loss"] for s in micro_stats) / self.world_size,
+            "tokens": float(local_tokens),
+            "sequences": float(n),
+            "grad_norm": float("nan") if grad_norm is None else grad_norm,
+            "lr": lr,
+            "step": float(self.engine.global_steps),
+            "stale_token_frac": stale_frac,
+            "behaviour_logprob_gap": float(gap.mean()) if gap.numel() else 0.0,
+            "old_logprob_s": old_done - started,
+            "ref_logprob_s": ref_done - old_done,
+            "update_s": done - ref_done,
+            "step_time_s": done - started,
+        }
+        for key in _TOKEN_MEAN_STATS:
+            if any(key in s for s in micro_stats):
+                result[key] = token_weighted_mean(micro_stats, weights, key)
+        return result
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken (restored by :meth:`load_state`)."""
+        return int(self.engine.global_steps)
+
+    # ---------------------------------------------------------------------- weights, disk
+
+    def state_dict_for_publish(self) -> dict[str, torch.Tensor]:
+        """Full model weights on CPU in the model's dtype (bf16 under bf16 training).
+
+        Under ZeRO-3 the partitions are gathered first: a collective, call it on every rank.
+        Tied tensors (input and output embeddings) stay one tensor under both names.
+        """
+        module = self.engine.module
+        deepspeed = load_deepspeed(self.device)
+        copies: dict[tuple, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        with deepspeed.zero.GatheredParameters(
+            list(module.parameters()), modifier_rank=None, enabled=self.settings.zero_stage == 3
+        ):
+            for name, tensor in module.state_dict().items():
+                key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+                if key not in copies:
+                    copies[key] = tensor.detach().to("cpu", copy=True)
+                out[name] = copies[key]
+        return out
+
+    def mark_published(self, version: int) -> None:
+        """Record that the current weights were published as ``version``."""
+        self.weight_version = int(version)
+
+    def save_hf(self, directory: str | Path) -> Path | None:
+        """Write the model (safetensors) and tokenizer as a Hugging Face folder.
+
+        Every rank must call it (the ZeRO-3 gather is collective); rank 0 writes and returns
+        the folder, the others return None.
+        """
+        state = self.state_dict_for_publish()
+        if self.rank != 0:
+            return None
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(folder, state_dict=state)
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+    def save_state(self, directory: str | Path) -> None:
+        """Save weights, optimizer, LR scheduler and step counters for resuming.
+
+        DeepSpeed's checkpoint format: ``directory/learner/`` holds ``torch.save`` pickles
+        (``mp_rank_00_model_states.pt`` with module, scheduler and counters; one
+        ``*_optim_states.pt`` per ZeRO partition) and ``directory/latest`` names the tag.
+        Every rank must call it and ``directory`` must be storage that every rank can reach.
+        Resuming needs the same world size and ZeRO stage.
+        """
+        self.engine.save_checkpoint(
+            str(directory), tag=CHECKPOINT_TAG, client_state={"weight_version": self.weight_version}
+        )
+
+    def load_state(self, directory: str | Path) -> None:
+        """Restore what :meth:`save_state` wrote (every rank calls it).
+
+        DeepSpeed reads its pickles with ``torch.load(weights_only=False)`` (they hold config
+        objects and ZeRO bookkeeping, not only tensors): load only checkpoints you wrote.
+        """
+        if not (Path(directory) / CHECKPOINT_TAG).is_dir():
+            raise FileNotFoundError(
+                f"no learner checkpoint in {directory} (expected {directory}/{CHECKPOINT_TAG}/)"
+            )
+        _, client_state = self.engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
+        self.weight_version = client_state.get("weight_version")
