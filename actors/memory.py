@@ -1,0 +1,409 @@
+"""The episodic memory as one cluster-wide Ray service (optionally sharded by question).
+
+- :class:`MemoryActor`: an async actor (``max_concurrency`` high) over a
+  :class:`~memrl.memory.rewarder.MemoryRewarder`. Concurrent ``score_and_insert`` calls queue
+  up while a batch is being scored; the next round merges the queued requests that carry the
+  same explicit ``step`` into one batch (one encoder call, one FAISS search), so rollout
+  workers sending parts of one training step share a single lookup. Requests without a step
+  are scored alone, each counting as one step. Merged requests are scored as one batch in
+  arrival order, which is exactly what sequential calls would give in ``reference`` mode and
+  what the paper's "score the whole step before inserting it" means in ``paper`` mode.
+- :class:`MemoryShardActor`: holds the questions of one shard (hash of the question text) when
+  ``num_shards > 1``; the primary :class:`MemoryActor` encodes, fans the lookup out to every
+  shard, merges the top-K exactly and normalises.
+- :class:`MemoryClient`: creates the actors and hides sharding; picklable, so rollout workers
+  can receive it.
+
+Restarts: actors run with ``max_restarts=-1``. ``snapshot(dir)`` writes a verified snapshot
+and records it in ``<snapshot_root>/LATEST.json``; a restarted actor (Ray re-runs
+``__init__``) loads the snapshot named there, so it resumes with the contents of its last
+snapshot. On a first start it loads ``initial_snapshot`` when given (resuming a run).
+``snapshot_root`` must be reachable from wherever Ray may restart the actor (shared storage on
+multi-node clusters).
+
+Placement: ``num_gpus`` (a fraction is fine) puts the encoder and the key index on the GPU;
+with 0 GPUs Ray hides all devices and everything runs on CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+
+from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
+from memrl.memory.index import resolve_device
+from memrl.memory.rewarder import MemoryRewarder
+from memrl.memory.settings import MemorySettings
+from memrl.memory.shard import MemoryShard, PartialLookup, StepBatch
+from memrl.memory.snapshot import shard_dir, write_shard_index
+from memrl.memory.store import load_into, read_shard, save_shard
+
+LATEST = "LATEST.json"
+_LATENCY_WINDOW = 1000
+
+
+class _LatestPointer:
+    """``<root>/LATEST.json`` naming the snapshot to load after a restart."""
+
+    def __init__(self, root: str | None):
+        self.root = Path(root) if root else None
+
+    def record(self, snapshot: Path) -> None:
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{LATEST}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"path": str(Path(snapshot).absolute())}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / LATEST)
+
+    def read(self) -> Path | None:
+        if self.root is None or not (self.root / LATEST).is_file():
+            return None
+        return Path(json.loads((self.root / LATEST).read_text(encoding="utf-8"))["path"])
+
+
+def _startup_snapshot(pointer: _LatestPointer, initial_snapshot: str | None) -> str | None:
+    """After a restart: the latest recorded snapshot; on a first start: ``initial_snapshot``
+    (a path or a cloud URI)."""
+    if ray.get_runtime_context().was_current_actor_reconstructed:
+        latest = pointer.read()
+        if latest is not None:
+            return str(latest)
+    return initial_snapshot or None
+
+
+@dataclass
+class _Request:
+    questions: list[str]
+    reasonings: list[str]
+    correct: list[float]
+    step: int | None
+    future: asyncio.Future
+    start: float = field(default_factory=time.perf_counter)
+
+
+class MemoryActor:
+    """The memory service (primary shard). Use through :class:`MemoryClient`."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        snapshot_root: str | None = None,
+        initial_snapshot: str | None = None,
+        num_shards: int = 1,
+        peers: Sequence[Any] = (),
+    ):
+        import torch  # first tensor use in a fresh worker is slow unless torch is imported early
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.settings = MemorySettings.from_dict(settings)
+        self.rewarder = MemoryRewarder(self.settings, shard_index=0, num_shards=num_shards)
+        self.num_shards = num_shards
+        self.peers = list(peers)
+        self.pointer = _LatestPointer(snapshot_root)
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.loaded_from: str | None = None
+        startup = _startup_snapshot(self.pointer, initial_snapshot)
+        if startup is not None:
+            with local_copy(startup) as local:
+                self.rewarder.load(shard_dir(local, 0) if num_shards > 1 else local)
+            self.loaded_from = startup
+        self._queue: deque[_Request] = deque()
+        self._drainer: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self._latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._requests = 0
+        self._batches = 0
+
+    async def score_and_insert(
+        self,
+        questions: Sequence[str],
+        reasonings: Sequence[str],
+        correct: Sequence[float | bool],
+        step: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exploit and explore rewards ([n] float32 each) of one rollout batch, which is then
+        stored. See :meth:`MemoryRewarder.score_and_insert`; concurrent calls with the same
+        ``step`` are merged into one batch."""
+        request = _Request(list(questions), list(reasonings), [float(c) for c in correct], step,
+                           asyncio.get_running_loop().create_future())
+        n = len(request.questions)
+        if len(request.reasonings) != n or len(request.correct) != n:
+            raise ValueError(
+                f"questions ({n}), reasonings ({len(request.reasonings)}) and correct "
+                f"({len(request.correct)}) must have one entry per response"
+            )
+        self._queue.append(request)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await request.future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            group = [self._queue.popleft()]
+            while group[0].step is not None and self._queue and self._queue[0].step == group[0].step:
+                group.append(self._queue.popleft())
+            async with self._lock:
+                try:
+                    exploit, explore = await self._score(group)
+                except Exception as exc:  # every merged caller gets the error
+                    for request in group:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                    continue
+            self._batches += 1
+            start = 0
+            now = time.perf_counter()
+            for request in group:
+                end = start + len(request.questions)
+                if not request.future.done():  # the caller may have given up
+                    request.future.set_result((exploit[start:end], explore[start:end]))
+                self._latencies_ms.append(1000.0 * (now - request.start))
+                self._requests += 1
+                start = end
+
+    async def _score(self, group: list[_Request]) -> tuple[np.ndarray, np.ndarray]:
+        questions = [q for r in group for q in r.questions]
+        reasonings = [t for r in group for t in r.reasonings]
+        correct = [c for r in group for c in r.correct]
+        batch = await asyncio.to_thread(
+            self.rewarder.prepare, questions, reasonings, correct, group[0].step
+        )
+        peer_parts: list[PartialLookup] = []
+        if self.peers:
+            batch_ref = ray.put(batch)  # one copy in the object store for every shard
+            calls = [p.lookup_then_insert.remote(batch_ref) for p in self.peers]
+            peer_parts = list(await asyncio.gather(*calls))
+        raw = await asyncio.to_thread(self.rewarder.raw_scores, batch, peer_parts)
+        return self.rewarder.finish(batch, raw)
+
+    async def snapshot(self, directory: str) -> str:
+        """Write a verified snapshot (all shards when sharded) and remember it as the one to
+        load after a restart. Waits for the batch in progress; returns the directory.
+
+        ``directory`` may be a cloud URI (``s3://``, ``gs://``; one shard only): the snapshot is
+        then written to a local folder under the snapshot root (which the actor reloads after a
+        restart) and uploaded to the URI."""
+        if not is_local(directory):
+            if self.peers:
+                raise ValueError("sharded memories snapshot to a local or shared path only")
+            if self.pointer.root is None:
+                raise ValueError("a cloud snapshot URI needs the client's snapshot_root")
+            local = self.pointer.root / ("upload-" + directory.rstrip("/").rsplit("/", 1)[-1])
+            await self.snapshot(str(local))
+            await asyncio.to_thread(upload_dir, local, directory)
+            return directory
+        directory = local_path(directory).absolute()
+        async with self._lock:
+            if self.peers:
+                await asyncio.gather(
+                    *[p.snapshot.remote(str(shard_dir(directory, i + 1))) for i, p in enumerate(self.peers)]
+                )
+                await asyncio.to_thread(self.rewarder.save, shard_dir(directory, 0))
+                write_shard_index(directory, self.num_shards)
+            else:
+                await asyncio.to_thread(self.rewarder.save, directory)
+            self.pointer.record(directory)
+        return str(directory)
+
+    async def load(self, directory: str) -> None:
+        """Replace the contents by a snapshot's (verified; unchanged on error)."""
+        directory = Path(directory)
+        async with self._lock:
+            if self.peers:
+                await asyncio.gather(
+                    *[p.load.remote(str(shard_dir(directory, i + 1))) for i, p in enumerate(self.peers)]
+                )
+                await asyncio.to_thread(self.rewarder.load, shard_dir(directory, 0))
+            else:
+                await asyncio.to_thread(self.rewarder.load, directory)
+            self.loaded_from = str(directory)
+
+    async def metrics(self) -> dict[str, float]:
+        """Flat dict of floats: sizes (all shards), last-step hit rates and reward means,
+        request latency p50/p99 in ms (last 1000 requests), requests per merged batch."""
+        out = self.rewarder.metrics()
+        if self.peers:
+            for sizes in await asyncio.gather(*[p.sizes.remote() for p in self.peers]):
+                for key, value in sizes.items():
+                    out[key] = out.get(key, 0.0) + value
+        latencies = np.array(self._latencies_ms) if self._latencies_ms else np.zeros(1)
+        out.update(
+            latency_p50_ms=float(np.percentile(latencies, 50)),
+            latency_p99_ms=float(np.percentile(latencies, 99)),
+            requests=float(self._requests),
+            batches=float(self._batches),
+            requests_per_batch=float(self._requests / max(self._batches, 1)),
+            restarted=float(self.restarted),
+            num_shards=float(self.num_shards),
+        )
+        return out
+
+    def loaded_snapshot(self) -> str | None:
+        """The snapshot this actor started from or last loaded (None: started empty)."""
+        return self.loaded_from
+
+    def device(self) -> str:
+        """``cpu`` or ``cuda``: where the key index lives."""
+        return self.rewarder.device
+
+
+class MemoryShardActor:
+    """One extra shard of a sharded memory (questions whose hash selects it)."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        shard_index: int,
+        num_shards: int,
+        snapshot_root: str | None = None,
+        initial_snapshot: str | None = None,
+    ):
+        self.settings = MemorySettings.from_dict(settings)
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self.pointer = _LatestPointer(snapshot_root)
+        self.shard: MemoryShard | None = None  # built on first use: the dim comes with the data
+        startup = _startup_snapshot(self.pointer, initial_snapshot)
+        if startup is not None:
+            self.load(str(startup))
+
+    def _ensure(self, dim: int) -> MemoryShard:
+        if self.shard is None:
+            self.shard = MemoryShard(
+                self.settings,
+                dim,
+                self.shard_index,
+                self.num_shards,
+                resolve_device(self.settings.device),
+            )
+        return self.shard
+
+    def lookup_then_insert(self, batch: StepBatch) -> PartialLookup:
+        return self._ensure(batch.question_vecs.shape[1]).lookup_then_insert(batch)
+
+    def sizes(self) -> dict[str, float]:
+        return self.shard.sizes() if self.shard is not None else {}
+
+    def snapshot(self, directory: str) -> str:
+        if self.shard is None:
+            raise RuntimeError(
+                f"memory shard {self.shard_index} has not seen a batch yet; nothing to snapshot"
+            )
+        path = save_shard(directory, self.shard, {})
+        self.pointer.record(path)
+        return str(path)
+
+    def load(self, directory: str) -> None:
+        snap = read_shard(directory)
+        load_into(self._ensure(snap.dim), snap)
+
+
+class MemoryClient:
+    """Cluster-wide handle on the memory service; hides sharding. Picklable.
+
+    Args:
+        settings: the memory settings.
+        num_shards: actors holding the questions (hash of question text); 1 for most runs.
+        num_cpus, num_gpus: resources of each actor (a GPU fraction is fine).
+        snapshot_root: where restart pointers (and default snapshots) live; must be reachable
+            from any node the actors may restart on.
+        initial_snapshot: snapshot to start from (resuming a run), or None for empty memories.
+        name: Ray name of the primary actor (lets other drivers look it up).
+        timeout_s: limit on each blocking call.
+    """
+
+    def __init__(
+        self,
+        settings: MemorySettings,
+        num_shards: int = 1,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        snapshot_root: str | None = None,
+        initial_snapshot: str | None = None,
+        name: str | None = None,
+        max_concurrency: int = 1000,
+        timeout_s: float = 600.0,
+    ):
+        if num_shards < 1:
+            raise ValueError(f"memory.num_shards = {num_shards}: must be >= 1")
+        if num_shards > 1 and settings.mode == "reference":
+            raise ValueError("memory.mode = 'reference' cannot be sharded; use num_shards = 1")
+        self.settings = settings
+        self.num_shards = num_shards
+        self.timeout_s = timeout_s
+        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus)
+        peers = []
+        for i in range(1, num_shards):
+            peers.append(
+                ray.remote(MemoryShardActor)
+                .options(**options)
+                .remote(
+                    settings.to_dict(),
+                    i,
+                    num_shards,
+                    str(shard_dir(snapshot_root, i)) if snapshot_root else None,
+                    str(shard_dir(initial_snapshot, i)) if initial_snapshot else None,
+                )
+            )
+        primary_options = dict(options, max_concurrency=max_concurrency)
+        if name:
+            primary_options["name"] = name
+        self.actor = (
+            ray.remote(MemoryActor)
+            .options(**primary_options)
+            .remote(settings.to_dict(), snapshot_root, initial_snapshot, num_shards, peers)
+        )
+        self.peers = peers
+
+    def score_and_insert(
+        self,
+        questions: Sequence[str],
+        reasonings: Sequence[str],
+        correct: Sequence[float | bool],
+        step: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Blocking: exploit and explore rewards ([n] float32, read-only) of one batch."""
+        ref = self.score_and_insert_async(questions, reasonings, correct, step)
+        return ray.get(ref, timeout=self.timeout_s)
+
+    def score_and_insert_async(
+        self,
+        questions: Sequence[str],
+        reasonings: Sequence[str],
+        correct: Sequence[float | bool],
+        step: int | None = None,
+    ) -> ray.ObjectRef:
+        """Non-blocking: an ObjectRef to ``(exploit, explore)``."""
+        return self.actor.score_and_insert.remote(list(questions), list(reasonings), list(correct), step)
+
+    def snapshot(self, directory: str | Path) -> str:
+        """Write a verified snapshot of every shard; the actors reload it after a restart."""
+        return ray.get(self.actor.snapshot.remote(str(directory)), timeout=self.timeout_s)
+
+    def load(self, directory: str | Path) -> None:
+        ray.get(self.actor.load.remote(str(directory)), timeout=self.timeout_s)
+
+    def metrics(self) -> dict[str, float]:
+        return ray.get(self.actor.metrics.remote(), timeout=self.timeout_s)
+
+    def shutdown(self) -> None:
+        """Stop the service's actors (no restart)."""
+        for actor in [self.actor, *self.peers]:
+            ray.kill(actor, no_restart=True)
+
+    def wait_ready(self) -> str | None:
+        """Block until the service is up; returns the snapshot it started from."""
+        return ray.get(self.actor.loaded_snapshot.remote(), timeout=self.timeout_s)

@@ -1,0 +1,339 @@
+"""Benchmark: both intrinsic rewards for one training step, memrl vs the official per-sample path.
+
+Builds success and failure memories of ``--keys`` questions (default 10,000) with
+``--values-per-key`` stored responses each (default 100, the Memory-R+ capacity), filled with
+synthetic random unit vectors so the build is fast. Each timed step then scores
+``--questions`` × ``--completions`` (16 × 16) real texts — GSM8K questions and reasoning
+variants made from their reference solutions — with the real all-MiniLM-L6-v2 encoder:
+
+(a) memrl, ``paper`` mode (the default): one batched encoder call for the step's distinct
+    texts (question cache cold: every question is new to it), batched FAISS lookups;
+(b) memrl, ``reference`` mode: same encoding, the official insert-then-score order;
+(c) bench/official_memory.py: the official code's per-sample path (one encoder call per text,
+    one FAISS search per insert and per score, in each memory).
+
+Every path starts from the same memory contents and scores the same steps (new questions each
+repetition, as in a first epoch; ``--stored-fraction`` of them already stored, as in later
+epochs). Prints the median seconds per step and the ratio, then exact-search throughput for
+larger key counts (synthetic), and a compact table last. ``--json PATH`` writes the figures;
+the official/memrl-paper ratio is under ``speedup``.
+
+Run: ``PYTHONPATH=. python bench/memory_bench.py --json bench/memory_bench.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.official_memory import OfficialMemory, official_step
+from memrl.memory import MemoryRewarder, MemorySettings, SentenceTransformerEmbedder
+from memrl.memory.episodic import MemoryArrays
+from memrl.memory.index import KeyIndex
+
+DEFAULT_DATA = Path("/work/shared/data/gsm8k/train.jsonl")
+OPENERS = ["", "Let's think step by step. ", "First, ", "We need to find the answer. ", "Okay. "]
+CLOSERS = ["", " So that is the answer.", " Let me double-check: yes.", " I think this is right.", " Done."]
+
+
+def load_problems(path: Path | None, count: int, seed: int) -> list[tuple[str, str]]:
+    """(question, solution text) pairs: GSM8K rows when the file exists, else generated."""
+    rng = np.random.default_rng(seed)
+    if path is not None and path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        picks = rng.choice(len(rows), size=count, replace=False)
+        out = []
+        for i in picks:
+            solution = rows[i]["answer"].split("####")[0]
+            out.append((rows[i]["question"], re.sub(r"<<[^>]*>>", "", solution).strip()))
+        return out
+    out = []
+    for i in range(count):
+        a, b, c = (int(x) for x in rng.integers(2, 90, 3))
+        question = f"A shop has {a} boxes with {b} pens each and sells {c} pens. How many pens are left? (#{i})"
+        solution = f"There are {a} * {b} = {a * b} pens.\nAfter selling, {a * b} - {c} = {a * b - c} remain."
+        out.append((question, solution))
+    return out
+
+
+def completions_for(solution: str, count: int, rng: np.random.Generator) -> list[str]:
+    """``count`` distinct reasoning texts derived from a reference solution (dropped or
+    reordered lines, changed numbers, filler), like sampled completions of one prompt."""
+    lines = [line for line in solution.splitlines() if line.strip()] or [solution]
+    out: list[str] = []
+    while len(out) < count:
+        chosen = [line for line in lines if rng.random() > 0.2] or lines[:1]
+        if rng.random() < 0.3:
+            chosen = list(rng.permutation(chosen))
+        text = " ".join(chosen)
+        if rng.random() < 0.5:
+            text = re.sub(r"\d+", lambda m: str(int(m.group()) + int(rng.integers(1, 9))), text, count=2)
+        text = OPENERS[rng.integers(len(OPENERS))] + text + CLOSERS[rng.integers(len(CLOSERS))]
+        text += f" ({len(out)})"  # sampled completions are distinct texts
+        out.append(text)
+    return out
+
+
+def build_steps(args: argparse.Namespace) -> list[tuple[list[str], list[str], list[bool]]]:
+    """One (questions, reasonings, correct) batch per repetition (+1 untimed warm-up)."""
+    rng = np.random.default_rng(args.seed)
+    problems = load_problems(args.data, args.questions * (args.repeats + 1), args.seed)
+    steps = []
+    for r in range(args.repeats + 1):
+        questions, reasonings = [], []
+        for question, solution in problems[r * args.questions : (r + 1) * args.questions]:
+            questions += [question] * args.completions
+            reasonings += completions_for(solution, args.completions, rng)
+        steps.append((questions, reasonings, [bool(c) for c in rng.random(len(questions)) < args.accuracy]))
+    return steps
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    out = rng.standard_normal((n, dim), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+class Contents:
+    """The starting memory contents shared by every path (keys oldest first)."""
+
+    def __init__(self, args: argparse.Namespace, embedder, steps) -> None:
+        rng = np.random.default_rng(args.seed + 1)
+        dim = embedder.dim
+        self.keys = unit_rows(rng, args.keys, dim)
+        self.questions = [f"synthetic question {i}" for i in range(args.keys)]
+        # a --stored-fraction of each timed step's questions are already stored (newest keys)
+        stored = []
+        for questions, _, _ in steps:
+            distinct = list(dict.fromkeys(questions))
+            stored += distinct[: int(round(args.stored_fraction * len(distinct)))]
+        if stored:  # encoded as the official code does, so its bit-identical key merge works
+            self.keys[-len(stored) :] = np.stack([encode_one(embedder, q) for q in stored])
+            self.questions[-len(stored) :] = stored
+        self.values = unit_rows(rng, args.keys * args.values_per_key, dim)  # shared by both memories
+        self.values_per_key = args.values_per_key
+
+    def memrl_arrays(self) -> MemoryArrays:
+        n = len(self.questions)
+        return MemoryArrays(
+            keys=self.keys,
+            values=self.values,
+            value_counts=np.full(n, self.values_per_key, dtype=np.int64),
+            questions=list(self.questions),
+            value_texts=[["synthetic"] * self.values_per_key for _ in range(n)],
+            next_evict=0,
+        )
+
+    def official_values(self) -> list[list[tuple[str, np.ndarray]]]:
+        per = self.values_per_key
+        return [[("synthetic", self.values[i * per + j]) for j in range(per)] for i in range(len(self.questions))]
+
+
+def memrl_rewarder(settings: MemorySettings, embedder, contents: Contents) -> MemoryRewarder:
+    rewarder = MemoryRewarder(settings, embedder)
+    arrays = contents.memrl_arrays()
+    rewarder.shard.load_arrays({"success": arrays, "failure": arrays})
+    return rewarder
+
+
+def time_memrl(settings, embedder, contents, steps) -> tuple[list[float], list[tuple[np.ndarray, np.ndarray]]]:
+    rewarder = memrl_rewarder(settings, embedder, contents)
+    times, results = [], []
+    for i, (questions, reasonings, correct) in enumerate(steps):
+        rewarder.encoder.clear_cache()  # every question new to the encoder cache
+        start = time.perf_counter()
+        results.append(rewarder.score_and_insert(questions, reasonings, correct))
+        if i:  # step 0 warms up
+            times.append(time.perf_counter() - start)
+    return times, results[1:]
+
+
+def encode_one(embedder: SentenceTransformerEmbedder, text: str) -> np.ndarray:
+    """The official code's encoder call: one text, the model's own output."""
+    return embedder.model.encode(text, convert_to_numpy=True).astype(np.float32)
+
+
+def time_official(args, embedder, contents, steps) -> tuple[list[float], list[tuple[list[float], list[float]]]]:
+    memories = []
+    for phase in (0, 500):  # exploit memory; explore memory with the official 500-key warm-up
+        memory = OfficialMemory(
+            lambda text: encode_one(embedder, text), embedder.dim, args.keys, args.values_per_key,
+            100, 1.0, phase,
+        )
+        memory.load_contents(contents.keys, contents.official_values())
+        memories.append(memory)
+    times, results = [], []
+    for i, (questions, reasonings, correct) in enumerate(steps):
+        start = time.perf_counter()
+        results.append(official_step(memories[0], memories[1], questions, reasonings, correct, args.k))
+        if i:
+            times.append(time.perf_counter() - start)
+    return times, results[1:]
+
+
+def encoder_costs(embedder: SentenceTransformerEmbedder, texts: list[str]) -> dict:
+    """ms per text for this step's texts: one call per text (official) vs one batched call."""
+    start = time.perf_counter()
+    for text in texts:
+        encode_one(embedder, text)
+    single = (time.perf_counter() - start) / len(texts)
+    start = time.perf_counter()
+    embedder.encode(texts)
+    batched = (time.perf_counter() - start) / len(texts)
+    tokens = [len(ids) for ids in embedder.model.tokenizer(texts)["input_ids"]]
+    return {"texts": len(texts), "mean_tokens": float(np.mean(tokens)),
+            "single_ms_per_text": 1000 * single, "batched_ms_per_text": 1000 * batched}
+
+
+def search_scaling(sizes: list[int], dim: int, k: int, batch: int, repeats: int, seed: int) -> list[dict]:
+    """Exact top-k search over ``size`` synthetic keys: one step's distinct questions per
+    call (``batch`` queries), and single queries."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        index = KeyIndex(dim, size, "cpu")
+        for start in range(0, size, 100_000):
+            chunk = unit_rows(rng, min(100_000, size - start), dim)
+            if start == 0:
+                index.write_all(chunk)
+            else:
+                for j, vec in enumerate(chunk):
+                    index.write(start + j, vec)
+        queries = unit_rows(rng, batch, dim)
+        index.search(queries, k)  # warm-up
+        batched = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            index.search(queries, k)
+            batched.append(time.perf_counter() - t)
+        single = []
+        for i in range(repeats):
+            t = time.perf_counter()
+            index.search(queries[i % batch : i % batch + 1], k)
+            single.append(time.perf_counter() - t)
+        rows.append(
+            {
+                "keys": size,
+                "batch_queries": batch,
+                "batched_queries_per_s": batch * repeats / sum(batched),
+                "batched_p50_ms": 1000 * float(np.percentile(batched, 50)),
+                "batched_p99_ms": 1000 * float(np.percentile(batched, 99)),
+                "single_queries_per_s": repeats / sum(single),
+                "single_p50_ms": 1000 * float(np.percentile(single, 50)),
+                "single_p99_ms": 1000 * float(np.percentile(single, 99)),
+            }
+        )
+        del index
+        gc.collect()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--values-per-key", type=int, default=100)
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--completions", type=int, default=16)
+    parser.add_argument("--k", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per path")
+    parser.add_argument("--accuracy", type=float, default=0.3, help="fraction of correct completions")
+    parser.add_argument("--stored-fraction", type=float, default=0.5)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
+    parser.add_argument("--scale-keys", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--scale-repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (both paths)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    embedder = SentenceTransformerEmbedder(device="cpu", batch_size=MemorySettings().encode_batch_size)
+    embedder.encode(["warm-up text"] * 8)
+    steps = build_steps(args)
+    t = time.perf_counter()
+    contents = Contents(args, embedder, steps)
+    print(f"built {args.keys} keys x {args.values_per_key} values per memory in {time.perf_counter() - t:.1f} s; "
+          f"{len(steps) - 1} timed steps of {args.questions} x {args.completions} completions")
+
+    base = dict(k=args.k, capacity_keys=args.keys, capacity_values=args.values_per_key,
+                embedder="all-MiniLM-L6-v2", device="cpu")
+    paper = MemorySettings(**base, warmup=0)  # explore active, as in the official run after warm-up
+    reference = MemorySettings.reference(**base)
+    paper_times, _ = time_memrl(paper, embedder, contents, steps)
+    print(f"memrl paper      median {statistics.median(paper_times):.3f} s/step  {paper_times}")
+    gc.collect()
+    reference_times, reference_results = time_memrl(reference, embedder, contents, steps)
+    print(f"memrl reference  median {statistics.median(reference_times):.3f} s/step  {reference_times}")
+    gc.collect()
+    official_times, official_results = time_official(args, embedder, contents, steps)
+    print(f"official         median {statistics.median(official_times):.3f} s/step  {official_times}")
+    del contents
+    gc.collect()
+
+    diffs = np.concatenate(
+        [np.abs(np.asarray(o[i]) - r[i]) for r, o in zip(reference_results, official_results) for i in (0, 1)]
+    )
+    official_median = statistics.median(official_times)
+    figures = {
+        "speedup": official_median / statistics.median(paper_times),
+        "speedup_reference_mode": official_median / statistics.median(reference_times),
+        "memrl_paper_median_s": statistics.median(paper_times),
+        "memrl_reference_median_s": statistics.median(reference_times),
+        "official_median_s": official_median,
+        "memrl_paper_times_s": paper_times,
+        "memrl_reference_times_s": reference_times,
+        "official_times_s": official_times,
+        "reference_vs_official_max_abs_diff": float(diffs.max()),
+        "reference_vs_official_frac_over_1e-3": float((diffs > 1e-3).mean()),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
+                    "torch": torch.__version__, "faiss": faiss.__version__},
+    }
+    print(f"reference mode vs official: max |diff| {figures['reference_vs_official_max_abs_diff']:.2e} "
+          f"({100 * figures['reference_vs_official_frac_over_1e-3']:.1f}% of rewards over 1e-3; "
+          "batched vs single-text encoder rounding meeting self-match windows)")
+
+    questions, reasonings, _ = steps[0]
+    figures["encoder_reasonings"] = encoder_costs(embedder, reasonings[:64])
+    figures["encoder_questions"] = encoder_costs(embedder, list(dict.fromkeys(questions)))
+    scaling = search_scaling(args.scale_keys, 384, args.k, args.questions, args.scale_repeats, args.seed)
+    figures["search_scaling"] = scaling
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+    print()
+    print(f"one step = {args.questions} x {args.completions} completions, {args.keys} keys x "
+          f"{args.values_per_key} values, k={args.k}, {args.threads} threads")
+    print(f"{'path':<22}{'median s/step':>14}{'vs official':>13}")
+    print(f"{'official per-sample':<22}{official_median:>14.3f}{1.0:>12.1f}x")
+    print(f"{'memrl reference mode':<22}{statistics.median(reference_times):>14.3f}"
+          f"{figures['speedup_reference_mode']:>12.1f}x")
+    print(f"{'memrl paper (default)':<22}{statistics.median(paper_times):>14.3f}{figures['speedup']:>12.1f}x")
+    for name in ("reasonings", "questions"):
+        e = figures[f"encoder_{name}"]
+        print(f"encoder, {name} ({e['mean_tokens']:.0f} tokens): {e['single_ms_per_text']:.1f} ms/text "
+              f"one by one, {e['batched_ms_per_text']:.1f} ms/text batched")
+    print(f"{'keys':>10}{'batch q/s':>12}{'batch p99 ms':>14}{'single q/s':>12}{'single p99 ms':>15}")
+    for row in scaling:
+        print(f"{row['keys']:>10}{row['batched_queries_per_s']:>12.0f}{row['batched_p99_ms']:>14.1f}"
+              f"{row['single_queries_per_s']:>12.0f}{row['single_p99_ms']:>15.1f}")
+    return figures
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
