@@ -27,6 +27,7 @@ from memrl.learner.batching import (
     slice_batch,
     take_rows,
 )
+from memrl.checkpoint import digest_dir, local_copy, local_staging
 from memrl.learner.distributed import free_port, node_address, set_rank_env
 from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
@@ -167,16 +168,20 @@ class LearnerWorker:
         """Write the policy as a Hugging Face folder (every rank is called; rank 0 writes)."""
         self.trainer.save_hf(directory)
 
-    def save(self, directory: str, export_hf: bool = True) -> None:
-        """Save resumable state to ``directory`` and, with ``export_hf``, an HF folder in
-        ``directory/hf`` (every rank must be called; storage must be shared by all ranks)."""
-        self.trainer.save_state(directory)
-        if export_hf:
-            self.trainer.save_hf(Path(directory) / "hf")
+    def save(self, directory: str, export_hf: bool = True) -> dict[str, dict[str, Any]]:
+        """Save resumable state to ``directory`` (a path or a cloud URI) and, with
+        ``export_hf``, a Hugging Face folder in ``directory/hf``. Every rank must be called.
+        Returns the digests of the files this rank wrote (for the checkpoint manifest)."""
+        with local_staging(directory) as local:
+            self.trainer.save_state(local)
+            if export_hf:
+                self.trainer.save_hf(local / "hf")
+            return digest_dir(local)
 
     def load(self, directory: str) -> None:
-        """Restore the state :meth:`save` wrote."""
-        self.trainer.load_state(directory)
+        """Restore the state :meth:`save` wrote (a path or a cloud URI)."""
+        with local_copy(directory) as local:
+            self.trainer.load_state(local)
 
 
 @ray.remote(num_cpus=0)
@@ -318,11 +323,15 @@ class LearnerGroup:
         summaries = self._wait_all("publish_weights", [summary for _, summary in pairs])
         return pairs[0][0], summaries[0]
 
-    def save(self, directory: str | Path, *, export_hf: bool = True) -> None:
-        """Checkpoint every rank into ``directory`` (see ``LearnerWorker.save``)."""
-        self._wait_all(
+    def save(self, directory: str | Path, *, export_hf: bool = True) -> dict[str, dict[str, Any]]:
+        """Checkpoint every rank into ``directory`` (see ``LearnerWorker.save``); returns the
+        digests of every file written (paths relative to ``directory``)."""
+        files: dict[str, dict[str, Any]] = {}
+        for digests in self._wait_all(
             "save", [w.save.remote(str(directory), export_hf) for w in self.workers]
-        )
+        ):
+            files.update(digests)
+        return files
 
     def export_hf(self, directory: str | Path) -> None:
         """Write the policy (safetensors) and tokenizer as a Hugging Face folder."""

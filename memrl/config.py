@@ -149,6 +149,10 @@ class TrainerConfig(_Section):
     max_grad_norm: float = Field(0.1, gt=0)
     eval_before_after: bool = True
     timeout_s: float = Field(600.0, gt=0, description="limit on any one remote call")
+    keep_last_checkpoints: int = Field(3, ge=1)
+    save_every_minutes: float = Field(0.0, ge=0)  # 0: by steps only
+    preemption_deadline_s: float = Field(90.0, gt=0)  # SIGTERM -> checkpoint -> exit within this
+    checkpoint_uri: Optional[str] = None  # default: output_dir; may be s3://... or gs://...
 
 
 class RolloutConfig(_Section):
@@ -157,6 +161,11 @@ class RolloutConfig(_Section):
     num_cpus_per_worker: float = Field(1.0, ge=0)
     num_gpus_per_worker: float = Field(0.0, ge=0)
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # vLLM only
+    # sync: generate with the newest weights (on-policy, the paper's setting). async: generate
+    # step t+1 while step t trains, with weights at most max_staleness versions old.
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = Field(1, ge=1)
+    is_cap: float = Field(2.0, gt=0, description="truncation of the async IS correction")
 
 
 class LearnerConfig(_Section):

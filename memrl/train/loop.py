@@ -1,0 +1,464 @@
+"""The driver loop of ``memrl train``, top to bottom.
+
+Set-up: task, rewards, model folder, Ray, the memory service, the learner group and the
+rollout pool; then, when resuming, the checkpoint's learner state, memory snapshot, prompt
+position and weight version. Then per step:
+
+1. sample prompts from the resumable stream and send them, as prompt groups, to the
+   least-loaded rollout workers (weights travel as a ``(version, ObjectRef)``);
+2. score the completions (rule rewards, then the memory service) in a Ray task **while** the
+   learners compute reference and old log-probs of the same batches — both read the rollout
+   batches from the object store, the driver never does;
+3. group-relative advantages from the rewards (a few floats per completion);
+4. one optimizer step on the learners; rank 0 publishes the new weights once;
+5. log every metric; checkpoint on cadence (steps, minutes, or a SIGTERM preemption notice).
+
+The driver holds metadata only: records, object refs, rewards and metrics. With
+``rollout.mode: async`` the next step's generation starts before this step trains (one step
+off-policy, importance-corrected by the learner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+import yaml
+from ray.exceptions import RayActorError
+
+from memrl.checkpoint import CheckpointManager
+from memrl.config import Config, config_to_yaml
+from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
+from memrl.prompts import build_messages, render_prompt
+from memrl.rewards.registry import RewardComposer
+from memrl.rollout.engine import SamplingSettings, load_tokenizer
+from memrl.train.data_stream import PromptStream, StreamState
+from memrl.train.evaluate import chunk_requests, evaluate_greedy
+from memrl.train.metrics import MetricsWriter
+from memrl.train.rollout_pool import GenerationRequest, PendingGeneration, RolloutPool
+from memrl.train.scoring import StepScores, score_step
+from memrl.train.setup import (
+    build_reward_plan,
+    build_task,
+    learner_settings,
+    memory_settings,
+    prepare_model,
+)
+from memrl.types import Record
+
+log = logging.getLogger(__name__)
+
+CONTROL_FILE = "control.yaml"  # OUTPUT_DIR/control.yaml: {rollout: {num_workers: N}}
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and restarts it
+MEMORY_RETRIES = 3
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint is written; exits with a non-zero code."""
+
+
+@dataclass
+class StepBatch:
+    """One step's prompts and their generation (running or finished)."""
+
+    step: int
+    records: list[Record]
+    pending: PendingGeneration
+
+
+def _stat(prefix: str, values: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}/mean": float(np.mean(values)), f"{prefix}/std": float(np.std(values))}
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster named by ``ray.address``/``RAY_ADDRESS`` (a ``ray job submit`` job),
+    or start a local one. One torch thread per process unless an actor is given more CPUs."""
+    if ray.is_initialized():
+        return
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MEMRL_CACHE", "DS_ACCELERATOR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+class Trainer:
+    """Owns the run's actors and metadata; ``run()`` is the training loop."""
+
+    def __init__(self, cfg: Config, resume: str = "none"):
+        from actors.learner import LearnerGroup
+        from actors.rollout import make_rollout_worker_class
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        self.checkpoints = CheckpointManager(cfg.trainer.checkpoint_uri or cfg.output_dir,
+                                             cfg.trainer.keep_last_checkpoints)
+        resume_from = self.checkpoints.resolve(resume)
+        state = self.checkpoints.verify(resume_from) if resume_from else None
+
+        self.task = build_task(cfg)
+        self.plan = build_reward_plan(cfg, self.task)
+        self.composer = RewardComposer(self.plan.specs)
+        self.model_path = prepare_model(cfg, self.task)
+        self.tokenizer = load_tokenizer(self.model_path)
+        stream_state = StreamState.from_dict(state["stream"]) if state else None
+        self.stream = PromptStream(self.task.dataset("train"), seed=cfg.seed, state=stream_state)
+        self.eval_records = list(self.task.dataset("test"))
+        torch.manual_seed(cfg.seed)
+        if state:
+            torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+
+        init_ray(cfg)
+        self.memory = None
+        if cfg.uses_memory:
+            from actors.memory import MemoryClient
+
+            self.memory = MemoryClient(
+                memory_settings(cfg), num_shards=cfg.memory.num_shards,
+                num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
+                snapshot_root=str((self.run_dir / "memory").absolute()),
+                initial_snapshot=f"{resume_from}/memory" if resume_from else None,
+                timeout_s=cfg.trainer.timeout_s,
+            )
+        self.learners = LearnerGroup(
+            learner_settings(cfg, self.model_path), cfg.learner.num_learners,
+            num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
+            timeout_s=cfg.trainer.timeout_s,
+        )
+        worker_cls = make_rollout_worker_class(cfg.rollout.num_cpus_per_worker,
+                                               cfg.rollout.num_gpus_per_worker)
+        vllm_kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+                       "max_model_len": cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length}
+
+        def make_worker(worker_id: str) -> Any:
+            return worker_cls.remote(worker_id, self.model_path, cfg.rollout.engine, None,
+                                     cfg.seed, vllm_kwargs=vllm_kwargs)
+
+        self.pool = RolloutPool(make_worker, cfg.rollout.num_workers, timeout_s=cfg.trainer.timeout_s)
+        self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
+        self.version = 0
+        self.step = 0
+        self.resumed_from = resume_from
+        self._inflight: list[Record] = []
+        self._preempt_at: float | None = None
+        self.memory_restarts = 0
+        self._last_save = time.monotonic()
+        if state:
+            self.learners.load(f"{resume_from}/learner")
+            self.step = int(state["step"])
+            self.version = int(state["weight_version"])
+            self._publish()
+            self._inflight = [Record(**r) for r in state.get("inflight_records", [])]
+            print(f"resumed from step {self.step} ({resume_from})", flush=True)
+
+    # -- prompts and generation ----------------------------------------------------------------
+    def render(self, record: Record) -> str:
+        """The chat prompt of ``record`` (k-shot exemplars drawn per record, reproducibly)."""
+        seed = int.from_bytes(record.id.encode()[-8:].rjust(8, b"\0"), "little")
+        rng = np.random.default_rng([self.cfg.seed, seed])
+        messages = build_messages(record.question, system_prompt=self.task.system_prompt,
+                                  exemplars=self.task.exemplars, num_shots=self.cfg.task.num_shots,
+                                  rng=rng)
+        return render_prompt(self.tokenizer, messages)
+
+    def _launch(self, step: int, records: list[Record] | None = None) -> StepBatch:
+        """Take the step's prompts (or the given ones) and start generating them."""
+        if records is None:
+            records = self.stream.next_batch(self.cfg.grpo.prompts_per_step)
+        requests = chunk_requests([self.render(r) for r in records], [r.id for r in records],
+                                  num_chunks=len(self.pool))
+        g = self.cfg.grpo
+        weights = self.weights
+
+        def submit(actor: Any, req: GenerationRequest):
+            # Seeded per (step, chunk), not per worker: a re-dispatched chunk samples the same.
+            settings = SamplingSettings(temperature=g.temperature, top_p=g.top_p,
+                                        max_tokens=g.max_completion_length,
+                                        num_generations=g.num_generations,
+                                        seed=(self.cfg.seed * 1_000_003 + step) * 97 + req.index)
+            return actor.generate.remote(req.prompts, req.record_ids, settings, weights)
+
+        return StepBatch(step=step, records=records, pending=self.pool.start(requests, submit))
+
+    def _publish(self) -> float:
+        weights_ref, summary = self.learners.publish_weights(self.version)
+        self.weights = (self.version, weights_ref)
+        return float(summary.get("seconds", 0.0))
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        result = evaluate_greedy(self.pool, self.eval_records, self.render, self.plan,
+                                 max_tokens=self.cfg.grpo.max_completion_length,
+                                 weights=self.weights, timeout_s=self.cfg.trainer.timeout_s)
+        return {"accuracy": result.accuracy, "num_correct": result.num_correct,
+                "num_total": result.num_total, "mean_length": result.mean_length}
+
+    # -- one step ------------------------------------------------------------------------------
+    def _score(self, records: list[Record], batch_refs: list[ray.ObjectRef]) -> StepScores:
+        """The reward task; retried when the memory service died mid-call (it restarts from
+        its snapshot and this step's entries are inserted by the retry)."""
+        memory_call = self.memory.score_and_insert if self.memory is not None else None
+        by_id = {r.id: r for r in records}
+        for attempt in range(1, MEMORY_RETRIES + 1):
+            ref = _score_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
+                                     by_id, memory_call, self.step, *batch_refs)
+            try:
+                return ray.get(ref, timeout=self.cfg.trainer.timeout_s)
+            except (RayActorError, ray.exceptions.RayTaskError) as exc:
+                memory_died = isinstance(exc, RayActorError) or "ActorDiedError" in str(exc) \
+                    or "RayActorError" in str(exc)
+                if not memory_died or attempt == MEMORY_RETRIES:
+                    raise
+                self.memory_restarts += 1
+                log.warning("memory service failed while scoring step %d (%s); retrying",
+                            self.step, type(exc).__name__)
+                self.memory.wait_ready()
+        raise AssertionError("unreachable")
+
+    def train_step(self, batch: StepBatch,
+                   next_batch: Callable[[], StepBatch | None]) -> tuple[dict[str, float], StepBatch | None]:
+        """Finish ``batch``'s generation, score it, take one optimizer step, publish weights.
+
+        In async mode ``next_batch()`` is called as soon as this step's generation is done, so
+        the next step generates while this one scores and trains. Returns the step's metrics
+        and that next batch (None in sync mode)."""
+        cfg, g = self.cfg, self.cfg.grpo
+        t0 = time.perf_counter()
+        results = self.pool.finish(batch.pending)
+        t_gen = time.perf_counter()
+        upcoming = next_batch() if cfg.rollout.mode == "async" else None
+        batch_refs = [r.batch_ref for r in results]
+
+        # Scoring and the learners' reference/old log-probs run at the same time.
+        prep = self.learners.begin_step(batch_refs)
+        scores = self._score(batch.records, batch_refs)
+        t_score = time.perf_counter()
+
+        rewards = torch.tensor(scores.total, dtype=torch.float32)
+        advantages = group_advantages(rewards, g.num_generations, scale=g.scale_rewards)
+        keep_groups = ~zero_variance_groups(rewards, g.num_generations)
+        keep = keep_mask_for_groups(keep_groups, g.num_generations) if g.filter_zero_variance else None
+        if keep is not None and not bool(keep.any()):
+            keep = None  # every group is flat: all advantages are 0, the step only moves KL
+        train_stats = self.learners.finish_step(prep, advantages, keep=keep)
+        t_train = time.perf_counter()
+
+        self.version += 1
+        publish_seconds = self._publish()
+        t_sync = time.perf_counter()
+
+        tokens = int(sum(r.info["tokens"] for r in results))
+        staleness = self.version - 1 - min(r.info["weight_version"] for r in results)
+        if staleness > cfg.rollout.max_staleness:
+            raise RuntimeError(f"step {batch.step} trained on weights {staleness} versions old, "
+                               f"over rollout.max_staleness = {cfg.rollout.max_staleness}")
+        metrics: dict[str, float] = {}
+        metrics.update(_stat("reward/total", scores.total))
+        for name, values in scores.components.items():
+            metrics.update(_stat(f"reward/{name}", values))
+        metrics["accuracy"] = float(scores.correct.mean())
+        metrics.update(_stat("completion/length", scores.lengths.astype(float)))
+        metrics["completion/clipped_frac"] = float((scores.lengths >= g.max_completion_length).mean())
+        metrics["grpo/zero_variance_groups_frac"] = float(1.0 - keep_groups.float().mean())
+        metrics.update({f"train/{k}": v for k, v in train_stats.items()})
+        metrics["time/generate"] = t_gen - t0
+        metrics["time/score"] = t_score - t_gen
+        metrics["time/memory"] = scores.memory_seconds
+        metrics["time/reference"] = float(train_stats.get("reference_seconds", 0.0))
+        metrics["time/train"] = t_train - t_score
+        metrics["time/sync"] = t_sync - t_train + max(r.info.get("sync_seconds", 0.0) for r in results)
+        metrics["time/step"] = t_sync - t0
+        metrics["throughput/tokens_per_s"] = tokens / max(t_sync - t0, 1e-9)
+        metrics["throughput/generate_tokens_per_s"] = tokens / max(
+            sum(r.info["generate_seconds"] for r in results) / len(results), 1e-9) * len(results)
+        metrics["weights/version"] = self.version
+        metrics["weights/publish_seconds"] = publish_seconds
+        metrics["weights/staleness"] = float(staleness)
+        metrics["rollout/num_workers"] = len(self.pool)
+        metrics["rollout/failures"] = self.pool.events.failures
+        metrics["rollout/redispatched"] = self.pool.events.redispatched
+        metrics["health/memory_restarts"] = self.memory_restarts
+        if self.memory is not None:
+            metrics.update({f"memory/{k}": v for k, v in self.memory.metrics().items()})
+        return metrics, upcoming
+
+    # -- checkpoints, control, preemption ------------------------------------------------------
+    def save_checkpoint(self, upcoming: StepBatch | None = None) -> str:
+        """Write ``checkpoints/step_N`` atomically; ``latest`` names it once complete."""
+        started = time.perf_counter()
+        partial = self.checkpoints.begin(self.step)
+        learner_files = self.learners.save(f"{partial}/learner", export_hf=True)
+        files = {f"learner/{name}": entry for name, entry in learner_files.items()}
+        if self.memory is not None:
+            self.memory.snapshot(f"{partial}/memory")
+        state = {
+            "step": self.step,
+            "weight_version": self.version,
+            "stream": self.stream.state.to_dict(),
+            "torch_rng": torch.get_rng_state().tolist(),
+            # async mode: prompts already taken from the stream for the next step
+            "inflight_records": [dataclasses.asdict(r) for r in upcoming.records] if upcoming else [],
+            "config": self.cfg.model_dump(mode="json"),
+        }
+        uri = self.checkpoints.complete(partial, self.step, state, files=files)
+        self._last_save = time.monotonic()
+        log.info("checkpoint step %d written in %.1f s: %s", self.step, time.perf_counter() - started, uri)
+        return uri
+
+    def _checkpoint_due(self) -> bool:
+        t = self.cfg.trainer
+        by_steps = t.save_every_steps > 0 and self.step % t.save_every_steps == 0
+        by_time = t.save_every_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.save_every_minutes
+        return by_steps or by_time
+
+    def _apply_control(self) -> None:
+        """Resize the rollout pool when ``OUTPUT_DIR/control.yaml`` asks for another count."""
+        path = self.run_dir / CONTROL_FILE
+        if not path.is_file():
+            return
+        try:
+            wanted = int(yaml.safe_load(path.read_text())["rollout"]["num_workers"])
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s: expected 'rollout: {num_workers: N}' (%s)", path, exc)
+            return
+        if wanted != len(self.pool) and wanted >= 1:
+            log.info("rollout workers: %d -> %d (from %s)", len(self.pool), wanted, path)
+            self.pool.resize(wanted)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self._preempt_at is not None:
+            return
+        self._preempt_at = time.monotonic()
+        deadline = self.cfg.trainer.preemption_deadline_s
+        log.warning("SIGTERM: finishing step %d, then checkpointing (deadline %.0f s)", self.step, deadline)
+
+        def watchdog() -> None:
+            # Past the deadline the node may vanish at any moment: leave now; `latest` still
+            # names the last complete checkpoint.
+            time.sleep(deadline)
+            print(f"preemption deadline of {deadline:.0f} s passed before the checkpoint "
+                  "completed; exiting", file=sys.stderr, flush=True)
+            os._exit(PREEMPTED_EXIT_CODE)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        started = time.time()
+        summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "model": cfg.model.name_or_path,
+                                   "resumed_from_step": self.step if self.resumed_from else None}
+        previous = self.run_dir / "summary_partial.json"
+        if self.resumed_from and previous.is_file():
+            summary.update({k: v for k, v in json.loads(previous.read_text()).items()
+                            if k == "accuracy_before"})
+        writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard,
+                               wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
+                               config=cfg.model_dump(mode="json"))
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        if cfg.trainer.eval_before_after and "accuracy_before" not in summary:
+            before = self.evaluate()
+            summary["accuracy_before"] = before["accuracy"]
+            previous.write_text(json.dumps(summary))
+            writer.log(self.step, {f"eval/{k}": v for k, v in before.items()})
+        bar = _progress(cfg, self.step)
+        try:
+            batch: StepBatch | None = None
+            if self.step < cfg.trainer.max_steps:
+                batch = self._launch(self.step, self._inflight or None)
+            while batch is not None:
+                self._apply_control()
+                last = batch.step + 1 >= cfg.trainer.max_steps
+                metrics, upcoming = self.train_step(
+                    batch, lambda: None if last else self._launch(batch.step + 1))
+                self.step += 1
+                writer.log(self.step, metrics)
+                _show(bar, metrics)
+                if self._preempt_at is not None:
+                    self.save_checkpoint(upcoming)
+                    raise Preempted(PREEMPTED_EXIT_CODE)
+                if self._checkpoint_due() or last:
+                    self.save_checkpoint(upcoming)
+                batch = None if last else (upcoming or self._launch(self.step))
+            if bar is not None:
+                bar.close()
+                bar = None
+            if cfg.trainer.eval_before_after:
+                after = self.evaluate()
+                summary["accuracy_after"] = after["accuracy"]
+                writer.log(self.step, {f"eval/{k}": v for k, v in after.items()})
+        finally:
+            if bar is not None:
+                bar.close()
+            writer.close()
+        self.learners.export_hf(self.run_dir / "model")
+        if self.memory is not None:
+            self.memory.snapshot(str((self.run_dir / "memory" / "final").absolute()))
+        summary.update({"steps": self.step, "wall_seconds": time.time() - started,
+                        "model_dir": str(self.run_dir / "model")})
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        """Stop the run's actors (the Ray cluster itself is left running)."""
+        self.pool.resize(0, allow_empty=True)
+        self.learners.shutdown()
+        if self.memory is not None:
+            self.memory.shutdown()
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _score_task(plan, composer, max_completion_length, records, memory_call, step,
+                *batches) -> StepScores:
+    return score_step(list(batches), records, plan, composer, max_completion_length, memory_call,
+                      step)
+
+
+def _progress(cfg: Config, initial: int):
+    if not cfg.logging.progress_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.trainer.max_steps, initial=initial, desc="train", unit="step",
+                dynamic_ncols=True)
+
+
+def _show(bar: Any, metrics: dict[str, float]) -> None:
+    if bar is None:
+        return
+    bar.update(1)
+    bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}", acc=f"{metrics['accuracy']:.2f}",
+                    tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
+
+
+def run_training(cfg: Config, resume: str = "none") -> dict[str, Any]:
+    """Train with ``cfg``; returns the run summary (also written to ``summary.json``).
+
+    ``resume``: ``none`` (fresh), ``auto`` (the latest complete checkpoint if any) or a
+    checkpoint directory/URI.
+    """
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

@@ -1,0 +1,200 @@
+"""Driver-side pool of rollout workers: least-loaded dispatch, live membership, re-dispatch.
+
+The pool owns only metadata. Each request returns two object refs from the worker: the
+``RolloutBatch`` (left in the object store for the reward step and the learners) and a small
+info dict the driver reads to learn that the request succeeded. A request whose worker dies or
+exceeds the timeout is sent again to another worker, so no prompt group is lost; Ray restarts
+the dead worker (``max_restarts=-1``) and it rejoins with the weights of its next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "this worker could not finish the request", as opposed to a bug in the
+# request itself (a RayTaskError wrapping a Python exception raised by generate()).
+_WORKER_FAILURES = (RayActorError, GetTimeoutError)
+
+
+@dataclass
+class GenerationRequest:
+    """One chunk of prompt groups sent to one worker."""
+
+    index: int  # position of this chunk in the step, to keep results in prompt order
+    prompts: list[str]
+    record_ids: list[str]
+    attempts: int = 0
+
+
+@dataclass
+class GenerationResult:
+    batch_ref: ray.ObjectRef  # -> RolloutBatch, never fetched by the driver
+    info: dict[str, Any]  # worker_id, tokens, seconds, weight_version, sync_seconds ...
+
+
+@dataclass
+class PoolEvents:
+    """Failure counters since the pool was created (logged as health metrics)."""
+
+    failures: int = 0
+    redispatched: int = 0
+    workers_added: int = 0
+    workers_removed: int = 0
+    last_failure: str = ""
+    per_worker_failures: dict[str, int] = field(default_factory=dict)
+
+
+Submit = Callable[[Any, GenerationRequest], tuple[ray.ObjectRef, ray.ObjectRef]]
+
+
+@dataclass
+class PendingGeneration:
+    """Requests of one step in flight: queued, running, and finished results."""
+
+    queue: deque[GenerationRequest]
+    submit: Submit
+    max_inflight_per_worker: int
+    inflight: dict[ray.ObjectRef, tuple[GenerationRequest, str, ray.ObjectRef, float]] = field(default_factory=dict)
+    results: dict[int, GenerationResult] = field(default_factory=dict)
+    failed_workers: set[str] = field(default_factory=set)
+    order: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.queue = deque(self.queue)
+        self.order = [r.index for r in self.queue]
+
+
+class RolloutPool:
+    """A resizable set of rollout-worker actors with least-loaded dispatch.
+
+    Args:
+        factory: creates the actor for a worker id (the caller sets resources and restarts).
+        size: initial number of workers.
+        timeout_s: a request still running after this long counts as failed and is re-sent.
+        max_attempts: a request that fails this many times aborts the step with an error that
+            names the worker, its node and the call.
+    """
+
+    def __init__(self, factory: Callable[[str], Any], size: int, *, timeout_s: float,
+                 max_attempts: int = 3):
+        self._factory = factory
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._next_id = 0
+        self.workers: dict[str, Any] = {}
+        self.events = PoolEvents()
+        self.resize(size)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def resize(self, size: int, *, allow_empty: bool = False) -> None:
+        """Add or remove workers so that ``size`` remain (removing the newest first).
+
+        ``allow_empty`` permits 0, for shutting the pool down."""
+        if size < (0 if allow_empty else 1):
+            raise ValueError(f"rollout.num_workers must be >= 1, got {size}")
+        while len(self.workers) < size:
+            worker_id = f"rollout-{self._next_id}"
+            self._next_id += 1
+            self.workers[worker_id] = self._factory(worker_id)
+            self.events.workers_added += 1
+        while len(self.workers) > size:
+            worker_id = next(reversed(self.workers))
+            ray.kill(self.workers.pop(worker_id), no_restart=True)
+            self.events.workers_removed += 1
+
+    def describe(self, worker_id: str) -> str:
+        """Worker id with its node, for error messages (best effort: the worker may be dead)."""
+        try:
+            info = ray.get(self.workers[worker_id].ping.remote(), timeout=5)  # KeyError: removed
+            return f"{worker_id} (node {info.get('node_id', '?')}, pid {info.get('pid', '?')})"
+        except Exception:  # noqa: BLE001 - describing must never mask the original failure
+            return f"{worker_id} (node unknown: not answering or removed)"
+
+    def generate(self, requests: list[GenerationRequest], submit: Submit,
+                 *, max_inflight_per_worker: int = 1) -> list[GenerationResult]:
+        """Run every request on some worker and return the results in request order.
+
+        ``submit(actor, request)`` must start the call and return ``(batch_ref, info_ref)``.
+        """
+        return self.finish(self.start(requests, submit, max_inflight_per_worker=max_inflight_per_worker))
+
+    def start(self, requests: list[GenerationRequest], submit: Submit,
+              *, max_inflight_per_worker: int = 1) -> "PendingGeneration":
+        """Send as many requests as the workers take now; :meth:`finish` does the rest."""
+        pending = PendingGeneration(list(requests), submit, max_inflight_per_worker)
+        self._dispatch(pending)
+        return pending
+
+    def _dispatch(self, p: "PendingGeneration") -> None:
+        load: dict[str, int] = {w: 0 for w in self.workers}
+        for _, worker_id, _, _ in p.inflight.values():
+            load[worker_id] = load.get(worker_id, 0) + 1
+        while p.queue:
+            candidates = [w for w in self.workers if load.get(w, 0) < p.max_inflight_per_worker]
+            healthy = [w for w in candidates if w not in p.failed_workers] or candidates
+            if not healthy:
+                return
+            worker_id = min(healthy, key=lambda w: load.get(w, 0))
+            request = p.queue.popleft()
+            request.attempts += 1
+            batch_ref, info_ref = p.submit(self.workers[worker_id], request)
+            p.inflight[info_ref] = (request, worker_id, batch_ref, time.monotonic())
+            load[worker_id] = load.get(worker_id, 0) + 1
+
+    def finish(self, p: "PendingGeneration") -> list[GenerationResult]:
+        """Wait for every request of ``p``, re-sending those whose worker failed or timed out."""
+        while p.queue or p.inflight:
+            self._dispatch(p)
+            oldest = min(t for *_, t in p.inflight.values())
+            wait_s = max(0.0, self._timeout_s - (time.monotonic() - oldest))
+            ready, _ = ray.wait(list(p.inflight), num_returns=1, timeout=wait_s)
+            if not ready:  # the oldest request ran past the timeout
+                ready = [min(p.inflight, key=lambda ref: p.inflight[ref][3])]
+            for info_ref in ready:
+                request, worker_id, batch_ref, _ = p.inflight.pop(info_ref)
+                try:
+                    info = self._get_info(info_ref)
+                except _WORKER_FAILURES as exc:
+                    if isinstance(exc, GetTimeoutError):
+                        ray.cancel(info_ref, force=False)
+                    self._record_failure(worker_id, request, exc)
+                    p.failed_workers.add(worker_id)
+                    p.queue.appendleft(request)
+                    continue
+                except RayTaskError as exc:
+                    raise RuntimeError(
+                        f"rollout worker {self.describe(worker_id)} failed in generate() on "
+                        f"request {request.index} ({len(request.prompts)} prompts): {exc}"
+                    ) from exc
+                p.results[request.index] = GenerationResult(batch_ref=batch_ref, info=info)
+        return [p.results[i] for i in p.order]
+
+    def _get_info(self, info_ref: ray.ObjectRef) -> dict[str, Any]:
+        ready, _ = ray.wait([info_ref], timeout=0)
+        if not ready:
+            raise GetTimeoutError(f"no answer within rollout timeout {self._timeout_s:.0f} s")
+        return ray.get(info_ref)
+
+    def _record_failure(self, worker_id: str, request: GenerationRequest, exc: Exception) -> None:
+        self.events.failures += 1
+        self.events.per_worker_failures[worker_id] = self.events.per_worker_failures.get(worker_id, 0) + 1
+        what = f"rollout worker {worker_id} failed in generate() on request {request.index}: {type(exc).__name__}"
+        self.events.last_failure = what
+        if request.attempts >= self._max_attempts:
+            raise RuntimeError(
+                f"{what}; giving up after {request.attempts} attempts "
+                f"(worker {self.describe(worker_id)}): {exc}"
+            ) from exc
+        self.events.redispatched += 1
+        log.warning("%s; re-dispatching its %d prompt groups", what, len(request.prompts))

@@ -1,0 +1,163 @@
+"""Build the run's parts from the config: task, rewards, model folder, actor settings."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from memrl.config import Config
+from memrl.grpo.loss import LossSettings
+from memrl.learner.policy import LearnerSettings
+from memrl.memory.settings import MemorySettings
+from memrl.model.warmstart import cached_tiny_model
+from memrl.prompts import build_messages, countdown_completion, xml_completion
+from memrl.rewards.registry import RewardSpec
+from memrl.tasks import make_task
+from memrl.tasks.base import Task
+from memrl.train.scoring import RewardPlan, reward_plan
+from memrl.types import Record
+
+
+def build_task(cfg: Config) -> Task:
+    """The configured task, reading local files when ``data.path``/``data.eval_path`` are set."""
+    t, d = cfg.task, cfg.data
+    kwargs: dict[str, Any] = {"seed": cfg.seed, "path": d.path, "eval_path": d.eval_path}
+    if t.train_size is not None:
+        kwargs["train_size"] = t.train_size
+    if t.eval_size is not None:
+        kwargs["eval_size"] = t.eval_size
+    if t.name == "arith":
+        kwargs.update(t.arith.model_dump())
+    elif t.name == "countdown":
+        kwargs.update(t.countdown.model_dump())
+    else:
+        kwargs["plain_answers"] = d.plain_answers
+    if t.name != "countdown":
+        for key in ("question_field", "answer_field", "id_field"):
+            if getattr(d, key) is not None:
+                kwargs[key] = getattr(d, key)
+    return make_task(t.name, **kwargs)
+
+
+def build_reward_plan(cfg: Config, task: Task) -> RewardPlan:
+    """The method's rewards for this task (or the user's ``rewards`` list)."""
+    user = None
+    if cfg.rewards is not None:
+        user = [RewardSpec(fn=r.fn, weight=r.weight, kwargs=dict(r.kwargs)) for r in cfg.rewards]
+    return reward_plan(
+        cfg.method,
+        task.rule_rewards,
+        task.correctness_reward,
+        verifier=cfg.task.verifier,
+        reference=cfg.memory.mode == "reference",
+        lambda_exploit=cfg.memory.lambda_exploit,
+        lambda_explore=cfg.memory.lambda_explore,
+        user_specs=user,
+    )
+
+
+def cache_root(cfg: Config) -> Path:
+    """Where built artefacts (the tiny model) are cached across runs."""
+    root = cfg.model.tiny.cache_dir or os.environ.get("MEMRL_CACHE") or "~/.cache/memrl"
+    return Path(root).expanduser()
+
+
+def demonstration(task: Task, record: Record) -> str:
+    """The assistant text that solves ``record`` in the task's answer format (warm-start data)."""
+    solution = record.meta.get("solution")
+    if not solution:
+        raise ValueError(
+            f"model.name_or_path=tiny warm-starts on worked solutions, but task {task.name!r} "
+            f"record {record.id} has no meta['solution']"
+        )
+    if task.name == "countdown":  # the solution is the equation itself
+        numbers = record.meta.get("numbers")
+        return countdown_completion(f"Use {numbers} to make {record.answer}.", solution)
+    return xml_completion(solution, record.answer)
+
+
+def prepare_model(cfg: Config, task: Task) -> str:
+    """The policy's model folder or hub id; builds (once, cached) the offline tiny model."""
+    if cfg.model.name_or_path != "tiny":
+        return cfg.model.name_or_path
+    tiny = cfg.model.tiny
+    train = task.dataset("train")
+    n = min(tiny.warmstart_examples, len(train))
+    records = [train[i] for i in range(n)]
+    rng = random.Random(cfg.seed)
+
+    def texts() -> list[str]:
+        corpus = [task.system_prompt] + [q for q, _ in task.exemplars] + [a for _, a in task.exemplars]
+        for r in records:
+            corpus += [r.question, demonstration(task, r)]
+        return corpus
+
+    def examples() -> list[tuple[list[dict[str, str]], str]]:
+        return [
+            (build_messages(r.question, system_prompt=task.system_prompt, exemplars=task.exemplars,
+                            num_shots=cfg.task.num_shots, rng=rng), demonstration(task, r))
+            for r in records
+        ]
+
+    sizes = tiny.model_dump(exclude={"warmstart_steps", "warmstart_lr", "warmstart_batch_size",
+                                     "warmstart_examples", "cache_dir"})
+    spec = {
+        "model": {**sizes, "seed": cfg.seed},
+        "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
+                      "batch_size": tiny.warmstart_batch_size, "seed": cfg.seed},
+        # Not arguments: recorded so that different warm-start data gets a different folder.
+        "data": {"task": cfg.task.model_dump(mode="json"), "examples": n, "format": 1},
+    }
+    return str(cached_tiny_model(cache_root(cfg), spec, texts, examples))
+
+
+def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
+    """The learner ranks' settings from the ``trainer``, ``grpo`` and ``learner`` sections."""
+    g, t = cfg.grpo, cfg.trainer
+    return LearnerSettings(
+        model_path=model_path,
+        max_steps=t.max_steps,
+        lr=t.lr,
+        betas=(t.adam_beta1, t.adam_beta2),
+        weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm,
+        zero_stage=cfg.learner.zero_stage,
+        bf16={"auto": None, "bfloat16": True}.get(cfg.model.dtype, False),
+        micro_batch_size=cfg.learner.micro_batch_size,
+        loss=LossSettings(
+            clip_low=g.clip_low,
+            clip_high=g.clip_high,
+            beta=g.beta,
+            aggregation=g.loss_aggregation,
+            max_completion_length=g.max_completion_length,
+            is_cap=cfg.rollout.is_cap if cfg.rollout.mode == "async" else None,
+        ),
+        temperature=g.temperature,
+        gradient_checkpointing=cfg.learner.gradient_checkpointing,
+        seed=cfg.seed,
+        collective_timeout_s=t.timeout_s,
+    )
+
+
+def memory_settings(cfg: Config) -> MemorySettings:
+    """The memory service's settings from the ``memory`` section and the method."""
+    m = cfg.memory
+    return MemorySettings(
+        mode=m.mode,
+        k=m.k,
+        capacity_keys=m.capacity_keys,
+        capacity_values=m.capacity_values,
+        warmup=m.warmup,
+        warmup_unit=m.warmup_unit,
+        anneal_rate=m.anneal_rate,
+        window=m.window,
+        lambda_exploit=m.lambda_exploit,
+        lambda_explore=m.lambda_explore,
+        use_explore=cfg.method == "memoryr+",
+        embedder=m.embedder,
+        device="auto",  # the GPU index when the actor got a GPU and FAISS has GPU support
+        value_text_chars=m.value_text_chars,
+    )
