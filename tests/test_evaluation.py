@@ -1,0 +1,283 @@
+"""memrl eval: answer extraction and scoring, pass@k, and evaluate()/main_eval end to end."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+
+from memrl.evaluation import (
+    EvalSettings,
+    EvalSettingsError,
+    build_eval_task,
+    evaluate,
+    extract_answer,
+    format_table,
+    main_eval,
+    pass_at_k,
+    score_completions,
+)
+from memrl.model.tiny import build_tiny_model
+from memrl.prompts import SYSTEM_PROMPT
+from memrl.rollout.engine import GenerationEngine, build_rollout_batch, load_tokenizer, pad_rows
+from memrl.tasks import make_task
+from memrl.types import Record
+
+TEXTS = [
+    SYSTEM_PROMPT,
+    "Tom has 12 apples. He buys 7 more apples. How many apples does Tom have now?",
+    "<reasoning>\nTom has 12 apples. He buys 7 more, so 12 + 7 = 19.\n</reasoning>\n"
+    "<answer>\n19\n</answer>\n",
+    "Mia has 30 coins. She gives 4 coins to Ann. How many coins does Mia have now?",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "model", TEXTS, vocab_size=300, hidden_size=32,
+        num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=512, seed=0,
+    )
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+# (completion, gold, expected extracted answer, where it was found, correct)
+PLANTED = [
+    ("<reasoning>\n12 + 30 = 42\n</reasoning>\n<answer>\n42\n</answer>\n", "42", "42", "xml", True),
+    ("We get $\\boxed{\\frac{1}{2}}$.", "0.5", "\\frac{1}{2}", "boxed", True),
+    ("So 12 + 7 = 19. The answer is 19.", "19", "19", "free_text", True),
+    ("<answer>\\frac{3}{4}</answer>", "0.75", "\\frac{3}{4}", "xml", True),
+    ("<answer>$1,000</answer>", "1000", "$1,000", "xml", True),
+    ("<reasoning>maybe 41</reasoning><answer>12 apples</answer>", "12", "12 apples", "xml", True),
+    # the <answer> tag wins over a correct number in the reasoning
+    ("<reasoning>The answer is 42.</reasoning>\n<answer>\n41\n</answer>", "42", "41", "xml", False),
+    # \boxed{} wins over free text
+    ("\\boxed{7} but maybe the answer is 8", "8", "7", "boxed", False),
+    ("I do not know.", "5", None, "none", False),
+    ("", "3", None, "none", False),
+]
+
+
+def test_planted_completions_score_six_of_ten():
+    task = make_task("arith")
+    records = [Record(id=f"r{i}", question="q", answer=p[1]) for i, p in enumerate(PLANTED)]
+    scored = score_completions(task, records, [c for c, *_ in PLANTED])
+    assert [s.extracted for s in scored] == [p[2] for p in PLANTED]
+    assert [s.source for s in scored] == [p[3] for p in PLANTED]
+    assert [s.correct for s in scored] == [p[4] for p in PLANTED]
+    assert sum(s.correct for s in scored) / len(scored) == 0.6
+
+
+def test_empty_answer_tag_falls_back_to_boxed():
+    assert extract_answer("<answer></answer> so \\boxed{3}") == ("3", "boxed")
+
+
+def test_countdown_uses_the_equation_check():
+    task = make_task("countdown")
+    record = Record(id="c", question="q", answer="24", meta={"numbers": [4, 6, 1], "target": 24})
+    completions = [
+        "<think>x</think><answer>4 * 6 * 1</answer>",  # every number once, = 24
+        "<think>x</think><answer>4 * 6</answer>",  # = 24 but 1 unused
+        "The answer is 24",  # no equation
+    ]
+    scored = score_completions(task, [record] * 3, completions)
+    assert [s.correct for s in scored] == [True, False, False]
+    assert [s.extracted for s in scored] == ["4 * 6 * 1", "4 * 6", None]
+    assert [s.source for s in scored] == ["equation", "equation", "none"]
+
+
+# -- pass@k ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, c, k, expected",
+    [
+        (5, 0, 1, 0.0),
+        (5, 2, 1, 0.4),  # = c / n
+        (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+        (10, 3, 5, 11 / 12),  # 1 - C(7,5)/C(10,5) = 1 - 21/252
+        (4, 1, 4, 1.0),  # n - c < k: some draw always holds the correct one
+        (4, 0, 4, 0.0),
+    ],
+)
+def test_pass_at_k_known_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n, c, k", [(3, 4, 1), (3, -1, 1), (3, 1, 0), (3, 1, 4)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError, match="pass_at_k"):
+        pass_at_k(n, c, k)
+
+
+# -- evaluate() with a scripted engine ---------------------------------------------------------
+
+
+class ScriptedEngine(GenerationEngine):
+    """Answers problem i right when greedy iff i is even; sample j right iff j < i % 4."""
+
+    def __init__(self, model_path, golds):
+        self._tokenizer = load_tokenizer(str(model_path))
+        self.golds = golds  # record id -> (index, gold answer)
+        self.calls = []
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def weight_version(self):
+        return 0
+
+    def load_weights(self, packed):
+        raise NotImplementedError
+
+    def generate(self, prompts, record_ids, settings, *, greedy=False):
+        self.calls.append((list(prompts), settings, greedy))
+        group = settings.num_generations
+        texts = []
+        for rid in record_ids:
+            index, gold = self.golds[rid]
+            for j in range(group):
+                right = index % 2 == 0 if greedy else j < index % 4
+                texts.append(f"<answer>\n{gold if right else int(gold) + 1}\n</answer>")
+        ids = [self._tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        completion_ids, _ = pad_rows(ids, 0, side="right", dtype=torch.int64)
+        prompt_ids, prompt_mask = pad_rows([[1]] * len(texts), 0, side="left", dtype=torch.int64)
+        return build_rollout_batch(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            generated=_ragged_mask(ids, completion_ids.shape[1]),
+            behaviour_logprobs=torch.zeros(completion_ids.shape), eos_ids=[0], pad_id=0,
+            weight_version=0, tokenizer=self._tokenizer, record_ids=list(record_ids),
+            num_generations=group,
+        )
+
+
+def _ragged_mask(rows, width):
+    ones = [[1] * len(r) for r in rows]
+    return pad_rows(ones, 0, side="right", dtype=torch.int64, width=width)[0]
+
+
+def test_evaluate_counts_greedy_accuracy_and_pass_at_k(tiny_model):
+    settings = EvalSettings(task="arith", limit=6, pass_k=3, temperature=0.7, top_p=0.9,
+                            max_tokens=20, batch_size=4, seed=5)
+    records = build_eval_task(settings).dataset("test")[:6]
+    engine = ScriptedEngine(tiny_model, {r.id: (i, r.answer) for i, r in enumerate(records)})
+    result = evaluate("scripted", settings, engine=engine)
+
+    # greedy: problems 0, 2, 4 right
+    assert [p.correct for p in result.problems] == [True, False, True, False, True, False]
+    assert result.accuracy == 0.5 and result.num_correct == 3 and result.num_total == 6
+    # samples right per problem: i % 4 = 0, 1, 2, 3, 0, 1 of 3 -> any right: 0, 1, 1, 1, 0, 1
+    assert [p.num_correct_samples for p in result.problems] == [0, 1, 2, 3, 0, 1]
+    assert result.pass_at_k == pytest.approx(4 / 6)
+    assert result.sample_accuracy == pytest.approx(7 / 18)
+
+    # batching: 4 greedy prompts a call; 4 // 3 = 1 prompt (3 completions) a sampling call
+    greedy_calls = [c for c in engine.calls if c[2]]
+    sample_calls = [c for c in engine.calls if not c[2]]
+    assert [len(c[0]) for c in greedy_calls] == [4, 2]
+    assert [len(c[0]) for c in sample_calls] == [1] * 6
+    sampling = sample_calls[0][1]
+    assert sampling.temperature == 0.7 and sampling.top_p == 0.9
+    assert sampling.max_tokens == 20 and sampling.num_generations == 3
+    # prompts are the training chat format: system prompt, then the question as the user turn
+    first_prompt = greedy_calls[0][0][0]
+    assert SYSTEM_PROMPT in first_prompt and records[0].question in first_prompt
+    assert first_prompt.endswith("<|im_start|>assistant\n")
+
+    data = result.to_json()
+    assert data["pass_at_k"]["k"] == 3 and data["pass_at_k"]["value"] == pytest.approx(4 / 6)
+    assert data["decoding"] == {"greedy": True, "pass_k": 3, "temperature": 0.7, "top_p": 0.9,
+                                "max_tokens": 20, "seed": 5, "num_shots": 0, "batch_size": 4}
+    assert [len(r["samples"]) for r in data["records"]] == [3] * 6
+    table = format_table(result)
+    assert "0.5000  (3/6)" in table and "pass@3" in table and "0.6667" in table
+
+
+# -- end to end on the tiny model --------------------------------------------------------------
+
+
+def test_main_eval_on_tiny_model_writes_consistent_json(tiny_model, capsys):
+    rc = main_eval(model=str(tiny_model), task="arith", limit=8, max_tokens=8, pass_k=2,
+                   batch_size=8, engine="hf", task_option=["max_value=20"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "accuracy (greedy)" in out and "pass@2" in out
+    data = json.loads((tiny_model / "eval_arith_test.json").read_text())
+
+    expected = make_task("arith", max_value=20).dataset("test")[:8]
+    assert data["model"] == str(tiny_model) and data["engine"] == "hf"
+    assert (data["task"], data["split"], data["num_total"]) == ("arith", "test", 8)
+    assert data["task_options"] == {"max_value": 20}
+    assert [r["id"] for r in data["records"]] == [r.id for r in expected]
+    assert [r["gold"] for r in data["records"]] == [r.answer for r in expected]
+    correct = [r["correct"] for r in data["records"]]
+    assert data["num_correct"] == sum(correct)
+    assert data["accuracy"] == sum(correct) / 8
+    assert data["num_unparsed"] == sum(r["extracted"] is None for r in data["records"])
+    for record in data["records"]:
+        assert set(record) >= {"id", "question", "gold", "completion", "extracted", "correct"}
+        assert 1 <= record["completion_tokens"] <= 8
+        assert len(record["samples"]) == 2
+        assert record["num_correct_samples"] == sum(s["correct"] for s in record["samples"])
+    assert data["decoding"]["max_tokens"] == 8 and data["decoding"]["pass_k"] == 2
+
+    # greedy decoding and seeded samples are reproducible
+    again = evaluate(str(tiny_model), EvalSettings(task="arith", limit=8, max_tokens=8, pass_k=2,
+                                                   batch_size=8, engine="hf",
+                                                   task_options={"max_value": 20}))
+    assert [p.completion for p in again.problems] == [r["completion"] for r in data["records"]]
+    assert [[s.completion for s in p.samples] for p in again.problems] == [
+        [s["completion"] for s in r["samples"]] for r in data["records"]]
+
+
+def test_offline_hub_model_exits_2_with_message(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert main_eval(model="SomeOrg/no-such-model", task="arith", limit=2) == 2
+    err = capsys.readouterr().err
+    assert "SomeOrg/no-such-model" in err and "HF_HUB_OFFLINE" in err
+    assert not list(tmp_path.iterdir())  # no result written
+
+
+def test_missing_local_folder_exits_2(capsys, tmp_path):
+    assert main_eval(model=str(tmp_path / "nope"), task="arith") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# -- task options and local data ---------------------------------------------------------------
+
+
+def test_task_options_reach_the_task():
+    options = {"min_steps": 2, "max_steps": 2}
+    task = build_eval_task(EvalSettings(task="arith", task_options=options))
+    assert all(len(r.meta["steps"]) == 2 for r in task.dataset("test")[:5])
+
+
+def test_bad_task_option_exits_2_naming_it(capsys, tiny_model):
+    assert main_eval(model=str(tiny_model), task="arith", task_option=["max_stepz=2"]) == 2
+    assert "max_stepz" in capsys.readouterr().err
+    assert main_eval(model=str(tiny_model), task="arith", task_option=["seed=3"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_data_path_feeds_the_split(tmp_path):
+    path = tmp_path / "probs.jsonl"
+    path.write_text('{"q": "What is 2 + 3?", "a": "5"}\n{"q": "What is 4 - 1?", "a": "3"}\n')
+    settings = EvalSettings(task="gsm8k", data_path=str(path), question_field="q",
+                            answer_field="a", task_options={"plain_answers": True})
+    records = build_eval_task(settings).dataset("test")
+    assert [(r.question, r.answer) for r in records] == [
+        ("What is 2 + 3?", "5"), ("What is 4 - 1?", "3")]
+
+
+def test_settings_reject_bad_values():
+    with pytest.raises(EvalSettingsError, match="--pass-k"):
+        EvalSettings(task="arith", pass_k=0)
+    with pytest.raises(EvalSettingsError, match="valid tasks"):
+        EvalSettings(task="nope")
+    with pytest.raises(EvalSettingsError, match="--num-shots"):
+        build_eval_task(EvalSettings(task="countdown", num_shots=1))
+
