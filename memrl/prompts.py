@@ -152,3 +152,17 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
             "tokenizer.chat_template to a Jinja template before training."
         )
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def record_prompt(task: Any, tokenizer: Any, record: Any, *, num_shots: int, seed: int) -> str:
+    """The chat prompt of a task ``record``, built the same way for training and evaluation:
+    the ``num_shots`` exemplars are drawn with an rng seeded by (``seed``, record id), so every
+    run (and a resumed one) gives each question the same shots."""
+    messages = build_messages(
+        record.question,
+        system_prompt=task.system_prompt,
+        exemplars=task.exemplars,
+        num_shots=num_shots,
+        rng=random.Random(f"{seed}:{record.id}"),
+    )
+    return render_prompt(tokenizer, messages)
