@@ -218,6 +218,12 @@ class MemoryActor:
             self.pointer.record(directory)
         return str(directory)
 
+    async def remember_snapshot(self, directory: str) -> None:
+        """Record ``directory`` (a snapshot that moved, e.g. a checkpoint renamed into place)
+        as the one to load after a restart."""
+        if is_local(directory):
+            self.pointer.record(local_path(directory).absolute())
+
     async def load(self, directory: str) -> None:
         """Replace the contents by a snapshot's (verified; unchanged on error)."""
         directory = Path(directory)
@@ -395,6 +401,10 @@ class MemoryClient:
 
     def load(self, directory: str | Path) -> None:
         ray.get(self.actor.load.remote(str(directory)), timeout=self.timeout_s)
+
+    def remember_snapshot(self, directory: str | Path) -> None:
+        """Point restarts at ``directory`` (a snapshot moved after it was written)."""
+        ray.get(self.actor.remember_snapshot.remote(str(directory)), timeout=self.timeout_s)
 
     def metrics(self) -> dict[str, float]:
         return ray.get(self.actor.metrics.remote(), timeout=self.timeout_s)

@@ -148,6 +148,7 @@ class TrainerConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(0.1, gt=0)
     eval_before_after: bool = True
+    eval_every_steps: int = Field(0, ge=0)  # 0: off; else evaluate and keep the best model
     timeout_s: float = Field(600.0, gt=0, description="limit on any one remote call")
     keep_last_checkpoints: int = Field(3, ge=1)
     save_every_minutes: float = Field(0.0, ge=0)  # 0: by steps only

@@ -7,23 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from memrl.config import load_config
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
+from trainer_configs import make_config
 
 pytestmark = pytest.mark.slow
-
-# A model of ~40k parameters, warm-started for a handful of steps: fast, not meant to learn.
-TINY = [
-    "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
-    "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.tiny.warmstart_steps=5",
-    "model.tiny.warmstart_examples=64", "model.tiny.warmstart_batch_size=8",
-]
-FAST = [
-    "task.eval_size=8", "grpo.num_generations=4", "grpo.batch_size=16",
-    "grpo.max_completion_length=24", "learner.micro_batch_size=16", "logging.progress_bar=false",
-    "logging.tensorboard=true", "memory.warmup=1", "trainer.warmup_ratio=0.0", "trainer.lr=1e-3",
-]
 
 EXPECTED_METRICS = [
     "reward/total/mean", "reward/total/std", "reward/correctness/mean", "reward/xmlcount/mean",
@@ -33,12 +21,6 @@ EXPECTED_METRICS = [
     "train/grad_norm", "train/lr", "time/generate", "time/score", "time/reference", "time/train",
     "time/sync", "throughput/tokens_per_s", "weights/version",
 ]
-
-
-def make_config(tmp_path: Path, *overrides: str):
-    return load_config(None, [f"output_dir={tmp_path / 'run'}",
-                              f"model.tiny.cache_dir={tmp_path.parent / 'tiny-cache'}",
-                              *TINY, *FAST, *overrides])
 
 
 def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):

@@ -1,5 +1,4 @@
-"""The training driver: prompt stream, dispatch to rollout workers, scoring, learner steps."""
+"""The training driver: prompt stream, dispatch to rollout workers, scoring, learner steps.
 
-from memrl.train.loop import run_training
-
-__all__ = ["run_training"]
+The loop itself is ``memrl.train.loop.run_training`` (imported on use: it pulls in Ray and torch).
+"""

@@ -21,6 +21,7 @@ off-policy, importance-corrected by the learner).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from ray.exceptions import RayActorError
 from memrl.checkpoint import CheckpointManager
 from memrl.config import Config, config_to_yaml
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
-from memrl.prompts import build_messages, render_prompt
+from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import SamplingSettings, load_tokenizer
 from memrl.train.data_stream import PromptStream, StreamState
@@ -154,6 +155,7 @@ class Trainer:
                                      cfg.seed, vllm_kwargs=vllm_kwargs)
 
         self.pool = RolloutPool(make_worker, cfg.rollout.num_workers, timeout_s=cfg.trainer.timeout_s)
+        self.pool.wait_until_ready()
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0
         self.step = 0
@@ -172,13 +174,9 @@ class Trainer:
 
     # -- prompts and generation ----------------------------------------------------------------
     def render(self, record: Record) -> str:
-        """The chat prompt of ``record`` (k-shot exemplars drawn per record, reproducibly)."""
-        seed = int.from_bytes(record.id.encode()[-8:].rjust(8, b"\0"), "little")
-        rng = np.random.default_rng([self.cfg.seed, seed])
-        messages = build_messages(record.question, system_prompt=self.task.system_prompt,
-                                  exemplars=self.task.exemplars, num_shots=self.cfg.task.num_shots,
-                                  rng=rng)
-        return render_prompt(self.tokenizer, messages)
+        """The chat prompt of ``record`` (the same builder as ``memrl eval``)."""
+        return record_prompt(self.task, self.tokenizer, record, num_shots=self.cfg.task.num_shots,
+                             seed=self.cfg.seed)
 
     def _launch(self, step: int, records: list[Record] | None = None) -> StepBatch:
         """Take the step's prompts (or the given ones) and start generating them."""
@@ -223,16 +221,28 @@ class Trainer:
                                      by_id, memory_call, self.step, *batch_refs)
             try:
                 return ray.get(ref, timeout=self.cfg.trainer.timeout_s)
-            except (RayActorError, ray.exceptions.RayTaskError) as exc:
-                memory_died = isinstance(exc, RayActorError) or "ActorDiedError" in str(exc) \
-                    or "RayActorError" in str(exc)
+            except ray.exceptions.RayTaskError as exc:
+                # The task itself is fine; its call into a dying/restarting memory actor is not.
+                memory_died = isinstance(exc.cause, RayActorError)
                 if not memory_died or attempt == MEMORY_RETRIES:
                     raise
                 self.memory_restarts += 1
                 log.warning("memory service failed while scoring step %d (%s); retrying",
                             self.step, type(exc).__name__)
-                self.memory.wait_ready()
+                self._wait_for_memory()
         raise AssertionError("unreachable")
+
+    def _wait_for_memory(self) -> None:
+        """Block until the restarted memory service answers (calls fail fast while it restarts)."""
+        deadline = time.monotonic() + self.cfg.trainer.timeout_s
+        while True:
+            try:
+                self.memory.wait_ready()
+                return
+            except RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def train_step(self, batch: StepBatch,
                    next_batch: Callable[[], StepBatch | None]) -> tuple[dict[str, float], StepBatch | None]:
@@ -290,6 +300,10 @@ class Trainer:
         metrics["throughput/tokens_per_s"] = tokens / max(t_sync - t0, 1e-9)
         metrics["throughput/generate_tokens_per_s"] = tokens / max(
             sum(r.info["generate_seconds"] for r in results) / len(results), 1e-9) * len(results)
+        metrics["data/consumed_prompts"] = self.stream.state.consumed
+        # Identifies the step's prompts (resume tests and audits compare it across runs).
+        metrics["data/prompts_sha1"] = hashlib.sha1(
+            ",".join(r.id for r in batch.records).encode()).hexdigest()[:16]
         metrics["weights/version"] = self.version
         metrics["weights/publish_seconds"] = publish_seconds
         metrics["weights/staleness"] = float(staleness)
@@ -320,6 +334,8 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
         }
         uri = self.checkpoints.complete(partial, self.step, state, files=files)
+        if self.memory is not None:  # the snapshot moved with the rename of the partial dir
+            self.memory.remember_snapshot(f"{uri}/memory")
         self._last_save = time.monotonic()
         log.info("checkpoint step %d written in %.1f s: %s", self.step, time.perf_counter() - started, uri)
         return uri
@@ -367,10 +383,10 @@ class Trainer:
         started = time.time()
         summary: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "model": cfg.model.name_or_path,
                                    "resumed_from_step": self.step if self.resumed_from else None}
-        previous = self.run_dir / "summary_partial.json"
+        previous = self._partial_summary = self.run_dir / "summary_partial.json"
         if self.resumed_from and previous.is_file():
             summary.update({k: v for k, v in json.loads(previous.read_text()).items()
-                            if k == "accuracy_before"})
+                            if k in ("accuracy_before", "best_accuracy", "best_step")})
         writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard,
                                wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
                                config=cfg.model_dump(mode="json"))
@@ -379,6 +395,7 @@ class Trainer:
         if cfg.trainer.eval_before_after and "accuracy_before" not in summary:
             before = self.evaluate()
             summary["accuracy_before"] = before["accuracy"]
+            summary["best_accuracy"], summary["best_step"] = before["accuracy"], 0
             previous.write_text(json.dumps(summary))
             writer.log(self.step, {f"eval/{k}": v for k, v in before.items()})
         bar = _progress(cfg, self.step)
@@ -397,16 +414,17 @@ class Trainer:
                 if self._preempt_at is not None:
                     self.save_checkpoint(upcoming)
                     raise Preempted(PREEMPTED_EXIT_CODE)
+                if cfg.trainer.eval_every_steps and self.step % cfg.trainer.eval_every_steps == 0 \
+                        and not last:
+                    self._periodic_eval(writer, summary)
                 if self._checkpoint_due() or last:
                     self.save_checkpoint(upcoming)
                 batch = None if last else (upcoming or self._launch(self.step))
             if bar is not None:
                 bar.close()
                 bar = None
-            if cfg.trainer.eval_before_after:
-                after = self.evaluate()
-                summary["accuracy_after"] = after["accuracy"]
-                writer.log(self.step, {f"eval/{k}": v for k, v in after.items()})
+            if cfg.trainer.eval_before_after or cfg.trainer.eval_every_steps:
+                summary["accuracy_after"] = self._periodic_eval(writer, summary)
         finally:
             if bar is not None:
                 bar.close()
@@ -416,8 +434,23 @@ class Trainer:
             self.memory.snapshot(str((self.run_dir / "memory" / "final").absolute()))
         summary.update({"steps": self.step, "wall_seconds": time.time() - started,
                         "model_dir": str(self.run_dir / "model")})
+        if "best_step" in summary:  # step 0 is the starting model itself
+            summary["best_model_dir"] = str(self.run_dir / "best_model") if summary["best_step"] \
+                else self.model_path
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _periodic_eval(self, writer: MetricsWriter, summary: dict[str, Any]) -> float:
+        """Evaluate now; keep the best model so far in ``OUTPUT_DIR/best_model``."""
+        result = self.evaluate()
+        writer.log(self.step, {f"eval/{k}": v for k, v in result.items()})
+        best = summary.get("best_accuracy")
+        if best is None or result["accuracy"] > best:
+            summary["best_accuracy"] = result["accuracy"]
+            summary["best_step"] = self.step
+            self.learners.export_hf(self.run_dir / "best_model")
+        self._partial_summary.write_text(json.dumps(summary))  # survives a resume
+        return result["accuracy"]
 
     def close(self) -> None:
         """Stop the run's actors (the Ray cluster itself is left running)."""

@@ -91,6 +91,9 @@ class RolloutPool:
         self._max_attempts = max_attempts
         self._next_id = 0
         self.workers: dict[str, Any] = {}
+        # worker id -> pending ping while the actor starts; dispatch skips it until it answers
+        # (a worker the cluster cannot place yet must not hold requests hostage).
+        self._joining: dict[str, ray.ObjectRef] = {}
         self.events = PoolEvents()
         self.resize(size)
 
@@ -107,11 +110,37 @@ class RolloutPool:
             worker_id = f"rollout-{self._next_id}"
             self._next_id += 1
             self.workers[worker_id] = self._factory(worker_id)
+            self._joining[worker_id] = self.workers[worker_id].ping.remote()
             self.events.workers_added += 1
         while len(self.workers) > size:
             worker_id = next(reversed(self.workers))
+            self._joining.pop(worker_id, None)
             ray.kill(self.workers.pop(worker_id), no_restart=True)
             self.events.workers_removed += 1
+
+    def wait_until_ready(self) -> None:
+        """Block until every worker has answered once (start-up), up to the timeout."""
+        refs = list(self._joining.values())
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self._timeout_s)
+        if pending:
+            late = [w for w, ref in self._joining.items() if ref in pending]
+            raise RuntimeError(f"rollout workers {late} did not start within {self._timeout_s:.0f} s "
+                               "(can the cluster place them? see rollout.num_cpus_per_worker / "
+                               "num_gpus_per_worker)")
+        self._joining.clear()
+
+    def ready_workers(self) -> list[str]:
+        """Workers that have answered since they were created (joining ones are skipped).
+
+        When none is ready yet, waits for the first to answer (up to the timeout)."""
+        if self._joining:
+            refs = list(self._joining.values())
+            timeout = 0 if len(self._joining) < len(self.workers) else self._timeout_s
+            done, _ = ray.wait(refs, num_returns=1 if timeout else len(refs), timeout=timeout)
+            for worker_id, ref in list(self._joining.items()):
+                if ref in done:
+                    del self._joining[worker_id]  # answered (or died: dispatch will find out)
+        return [w for w in self.workers if w not in self._joining]
 
     def describe(self, worker_id: str) -> str:
         """Worker id with its node, for error messages (best effort: the worker may be dead)."""
@@ -137,12 +166,15 @@ class RolloutPool:
         return pending
 
     def _dispatch(self, p: "PendingGeneration") -> None:
-        load: dict[str, int] = {w: 0 for w in self.workers}
+        ready = self.ready_workers() if p.queue else []
+        load: dict[str, int] = {w: 0 for w in ready}
         for _, worker_id, _, _ in p.inflight.values():
             load[worker_id] = load.get(worker_id, 0) + 1
+        # Workers that failed in this step get work again only when no other worker is left
+        # (a busy healthy worker is worth waiting for: the failed one may still be restarting).
+        usable = [w for w in ready if w not in p.failed_workers] or ready
         while p.queue:
-            candidates = [w for w in self.workers if load.get(w, 0) < p.max_inflight_per_worker]
-            healthy = [w for w in candidates if w not in p.failed_workers] or candidates
+            healthy = [w for w in usable if load.get(w, 0) < p.max_inflight_per_worker]
             if not healthy:
                 return
             worker_id = min(healthy, key=lambda w: load.get(w, 0))
@@ -156,6 +188,10 @@ class RolloutPool:
         """Wait for every request of ``p``, re-sending those whose worker failed or timed out."""
         while p.queue or p.inflight:
             self._dispatch(p)
+            if not p.inflight:
+                raise RuntimeError(
+                    f"no rollout worker became ready within {self._timeout_s:.0f} s: the cluster "
+                    "cannot place them (check rollout.num_cpus_per_worker / num_gpus_per_worker)")
             oldest = min(t for *_, t in p.inflight.values())
             wait_s = max(0.0, self._timeout_s - (time.monotonic() - oldest))
             ready, _ = ray.wait(list(p.inflight), num_returns=1, timeout=wait_s)

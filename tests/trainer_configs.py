@@ -1,0 +1,25 @@
+"""Small, fast trainer configurations shared by the end-to-end tests."""
+
+from pathlib import Path
+
+from memrl.config import Config, load_config
+
+# A model of ~40k parameters, warm-started for a handful of steps: fast, not meant to learn.
+TINY = [
+    "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.tiny.warmstart_steps=5",
+    "model.tiny.warmstart_examples=64", "model.tiny.warmstart_batch_size=8",
+]
+FAST = [
+    "task.eval_size=8", "grpo.num_generations=4", "grpo.batch_size=16",
+    "grpo.max_completion_length=24", "learner.micro_batch_size=16", "logging.progress_bar=false",
+    "logging.tensorboard=true", "memory.warmup=1", "trainer.warmup_ratio=0.0", "trainer.lr=1e-3",
+    "trainer.timeout_s=240",
+]
+
+
+def make_config(tmp_path: Path, *overrides: str) -> Config:
+    """The default config made tiny and fast, writing under ``tmp_path``."""
+    return load_config(None, [f"output_dir={tmp_path / 'run'}",
+                              f"model.tiny.cache_dir={tmp_path.parent / 'tiny-cache'}",
+                              *TINY, *FAST, *overrides])
