@@ -32,7 +32,7 @@ def _cmd_config_show(ns: argparse.Namespace) -> int:
 def _cmd_train(ns: argparse.Namespace) -> int:
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
-    from memrl.train import run_training
+    from memrl.train.loop import run_training
 
     summary = run_training(cfg, resume=ns.resume)
     print(
@@ -48,6 +48,34 @@ def _cmd_memory_inspect(ns: argparse.Namespace) -> int:
 
     print(inspect_snapshot(Path(ns.snapshot_dir), query=ns.query, k=ns.k))
     return 0
+
+
+def _cmd_eval(ns: argparse.Namespace) -> int:
+    from memrl.evaluation import main_eval
+
+    return main_eval(ns)
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from memrl.compare import run_compare
+
+    path, overrides = _split_config_args(ns.args)
+    if ns.eval_every and not any(o.startswith("trainer.eval_every_steps=") for o in overrides):
+        overrides = [*overrides, f"trainer.eval_every_steps={ns.eval_every}"]
+    try:
+        seeds = [int(s) for s in ns.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {ns.seeds!r}: expected comma-separated integers") from None
+    methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
+    out = Path(ns.out or "runs/compare")
+    run_compare(path, overrides, methods, seeds, out, target=ns.target)
+    return 0
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from memrl.report import main_report
+
+    return main_report(ns.run_dirs, ns.out, ns.format, ns.smooth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
         "'none' (default): start fresh; or a checkpoint directory",
     )
     train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="greedy accuracy (and sampled pass@k) of a model on a task",
+        description="memrl eval MODEL_DIR_OR_NAME --task TASK [--split] [--limit N] [--pass-k K]",
+    )
+    from memrl.evaluation import add_eval_arguments
+
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
+
+    compare = sub.add_parser(
+        "compare", help="train every method x seed and compare accuracy, efficiency, collapse",
+        description="memrl compare [CONFIG.yaml] [key=value ...] --methods r1,cosine,memoryr,memoryr+ "
+        "--seeds 0,1,2",
+    )
+    compare.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+    compare.add_argument("--methods", default="r1,cosine,memoryr,memoryr+")
+    compare.add_argument("--seeds", default="0,1,2")
+    compare.add_argument("--out", default=None, help="output folder (default: runs/compare)")
+    compare.add_argument("--target", type=float, default=None,
+                         help="accuracy for sample efficiency (default: start + 0.05)")
+    compare.add_argument("--eval-every", type=int, default=10,
+                         help="evaluate every N steps (trainer.eval_every_steps; 0: before/after only)")
+    compare.set_defaults(func=_cmd_compare)
+
+    report = sub.add_parser("report", help="plots, summary table and collapse checks of runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", default=None, help="output folder (default: first RUN_DIR/report)")
+    report.add_argument("--format", choices=("md", "html"), default="md")
+    report.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (1: off)")
+    report.set_defaults(func=_cmd_report)
 
     config = sub.add_parser("config", help="inspect configurations")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

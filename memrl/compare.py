@@ -1,0 +1,142 @@
+"""``memrl compare``: every method × seed of one experiment, then a table and overlaid plots.
+
+Each trial is an ordinary training run in ``OUT/<method>_seed<seed>/`` (so any of them can be
+inspected, reported or resumed on its own). The comparison reports, per method, mean ± std
+over seeds of the final and best evaluation accuracy, sample efficiency (the first step whose
+evaluation reached ``target`` accuracy — by default 5 points over the mean starting accuracy;
+trials that never reach it are counted), and how many seeds tripped each collapse rule
+(``memrl.collapse``). Trials that already finished are not trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from memrl.config import METHODS, ConfigError, load_config
+
+
+DEFAULT_TARGET_GAIN = 0.05  # sample efficiency: steps to gain 5 accuracy points
+
+
+@dataclass(frozen=True)
+class Trial:
+    method: str
+    seed: int
+    run_dir: Path
+
+
+def plan_trials(methods: Sequence[str], seeds: Sequence[int], out: Path) -> list[Trial]:
+    """One trial per method × seed, in that order; rejects unknown methods and duplicates."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown {bad}; choose from {list(METHODS)}")
+    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--methods/--seeds repeat a value: {list(methods)} / {list(seeds)}")
+    if not methods or not seeds:
+        raise ConfigError("--methods and --seeds need at least one value each")
+    safe = {m: m.replace("+", "_plus") for m in methods}
+    return [Trial(m, s, out / f"{safe[m]}_seed{s}") for m in methods for s in seeds]
+
+
+def steps_to_target(run_dir: Path, target: float) -> int | None:
+    """First step whose ``eval/accuracy`` reached ``target`` (None if it never did)."""
+    from memrl.train.metrics import read_metrics
+
+    for record in read_metrics(run_dir):
+        if record.get("eval/accuracy") is not None and record["eval/accuracy"] >= target:
+            return int(record["step"])
+    return None
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    known = [v for v in values if v is not None]
+    if not known:
+        return None, None, 0
+    std = statistics.stdev(known) if len(known) > 1 else 0.0
+    return statistics.fmean(known), std, len(known)
+
+
+def aggregate(summaries: Sequence[dict[str, Any]], target: float) -> list[dict[str, Any]]:
+    """Per-method rows: mean ± std of final/best accuracy, steps to target, collapse counts."""
+    rows = []
+    for method in dict.fromkeys(s["method"] for s in summaries):
+        runs = [s for s in summaries if s["method"] == method]
+        final = _mean_std([s.get("accuracy_after") for s in runs])
+        best = _mean_std([s.get("best_accuracy") for s in runs])
+        before = _mean_std([s.get("accuracy_before") for s in runs])
+        reached = [s["steps_to_target"] for s in runs if s.get("steps_to_target") is not None]
+        collapse: dict[str, int] = {}
+        for s in runs:
+            for rule in {f["rule"] for f in s.get("collapse", [])}:
+                collapse[rule] = collapse.get(rule, 0) + 1
+        rows.append({
+            "method": method, "seeds": len(runs),
+            "accuracy_before_mean": before[0],
+            "final_mean": final[0], "final_std": final[1],
+            "best_mean": best[0], "best_std": best[1],
+            "target": target, "reached_target": len(reached),
+            "steps_to_target_mean": statistics.fmean(reached) if reached else None,
+            "collapse": collapse,
+        })
+    return rows
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f} ± {100 * (std or 0.0):.1f}"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the per-method rows (accuracy in %)."""
+    lines = ["| method | seeds | before % | final % | best % | reached target | steps to target | collapse |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        collapse = ", ".join(f"{k}×{v}" for k, v in sorted(r["collapse"].items())) or "none"
+        steps = "–" if r["steps_to_target_mean"] is None else f"{r['steps_to_target_mean']:.1f}"
+        before = "–" if r["accuracy_before_mean"] is None else f"{100 * r['accuracy_before_mean']:.1f}"
+        lines.append(f"| {r['method']} | {r['seeds']} | {before} | {_pct(r['final_mean'], r['final_std'])} | "
+                     f"{_pct(r['best_mean'], r['best_std'])} | {r['reached_target']}/{r['seeds']} "
+                     f"(≥{100 * r['target']:.0f}%) | {steps} | {collapse} |")
+    return "\n".join(lines)
+
+
+def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[str],
+                seeds: Sequence[int], out: Path, *, target: float | None = None,
+                resume: str = "auto") -> dict[str, Any]:
+    """Train every trial that has not finished yet, then write ``compare.json``,
+    ``compare.md`` and the overlaid report under ``out``; returns the comparison."""
+    from memrl.report import summarise_run, write_report
+    from memrl.train.loop import run_training
+
+    trials = plan_trials(methods, seeds, out)
+    configs = [load_config(config, [*overrides, f"method={t.method}", f"seed={t.seed}",
+                                    f"output_dir={t.run_dir}"]) for t in trials]  # all validated first
+    for trial, cfg in zip(trials, configs):
+        if (trial.run_dir / "summary.json").is_file():
+            continue  # finished earlier: a re-run of compare only trains what is missing
+        print(f"== {trial.method} seed {trial.seed} -> {trial.run_dir}", flush=True)
+        run_training(cfg, resume=resume)
+    summaries = [summarise_run(t.run_dir) for t in trials]
+    if target is None:  # 5 points over the mean starting accuracy
+        befores = [s["accuracy_before"] for s in summaries if s.get("accuracy_before") is not None]
+        target = min(1.0, (statistics.fmean(befores) if befores else 0.0) + DEFAULT_TARGET_GAIN)
+    for s, trial in zip(summaries, trials):
+        s["steps_to_target"] = steps_to_target(trial.run_dir, target)
+    rows = aggregate(summaries, target)
+    result = {"config": config, "overrides": list(overrides), "target": target, "rows": rows,
+              "trials": summaries}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(result, indent=2, default=str))
+    report = write_report([t.run_dir for t in trials], out / "report")
+    table = format_table(rows)
+    (out / "compare.md").write_text(
+        f"# memrl compare\n\nConfig: `{config or 'configs/default.yaml'}` {' '.join(overrides)}\n\n"
+        f"{table}\n\nAccuracy: greedy on the held-out set (mean ± std over seeds). "
+        f"Target for sample efficiency: {100 * target:.0f}%.\n\nPlots: [{report.name}]({report.relative_to(out)})\n")
+    print(table)
+    return result
