@@ -206,6 +206,7 @@ class LearnerGroup:
         *,
         num_cpus_per_learner: float = 1.0,
         num_gpus_per_learner: float = 0.0,
+        resources_per_learner: dict[str, float] | None = None,
         timeout_s: float = 600.0,
         strategy: str = "PACK",
     ) -> None:
@@ -218,6 +219,7 @@ class LearnerGroup:
         bundle: dict[str, float] = {"CPU": num_cpus_per_learner}
         if num_gpus_per_learner > 0:
             bundle["GPU"] = num_gpus_per_learner
+        bundle.update(resources_per_learner or {})
         self._pg = placement_group([dict(bundle) for _ in range(num_learners)], strategy=strategy)
         try:
             ray.get(self._pg.ready(), timeout=timeout_s)
@@ -235,6 +237,7 @@ class LearnerGroup:
             LearnerWorker.options(
                 num_cpus=num_cpus_per_learner,
                 num_gpus=num_gpus_per_learner,
+                resources=dict(resources_per_learner or {}),
                 scheduling_strategy=self._strategy(rank),
             ).remote(rank, num_learners, master_addr, master_port, settings)
             for rank in range(num_learners)

@@ -166,8 +166,9 @@ class RolloutWorker:
         }
 
 
-def make_rollout_worker_class(num_cpus: float = 1.0, num_gpus: float = 0.0) -> Any:
-    """``RolloutWorker`` as a Ray actor class with these resources.
+def make_rollout_worker_class(num_cpus: float = 1.0, num_gpus: float = 0.0,
+                              resources: dict[str, float] | None = None) -> Any:
+    """``RolloutWorker`` as a Ray actor class with these resources (``resources``: custom ones).
 
     Restarts forever (``max_restarts=-1``) but never retries a call (``max_task_retries=0``):
     the driver decides whether to resubmit a lost request. Two concurrent calls let
@@ -177,6 +178,7 @@ def make_rollout_worker_class(num_cpus: float = 1.0, num_gpus: float = 0.0) -> A
     return ray.remote(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        resources=dict(resources or {}),
         max_restarts=-1,
         max_task_retries=0,
         max_concurrency=2,

@@ -40,6 +40,9 @@ class TinyModelConfig(_Section):
     warmstart_lr: float = Field(3e-3, gt=0)
     warmstart_batch_size: int = Field(32, ge=1)
     warmstart_examples: int = Field(4000, ge=1)
+    # The base model's own seed (initial weights, warm-start order), not the run's ``seed``:
+    # like a pretrained checkpoint, one base model is shared by every training seed.
+    seed: int = 0
     cache_dir: Optional[str] = None  # default: $MEMRL_CACHE or ~/.cache/memrl
 
     @model_validator(mode="after")
@@ -85,6 +88,9 @@ class CountdownConfig(_Section):
 
 class TaskConfig(_Section):
     name: Literal["arith", "gsm8k", "aimo", "math500", "aime24", "countdown"] = "arith"
+    # Data seed of the procedural tasks (arith, countdown), not the run's ``seed``: every
+    # training seed sees the same problems and is evaluated on the same held-out set.
+    seed: int = 0
     num_shots: int = Field(0, ge=0, le=9)
     verifier: Literal["exact", "math"] = "math"  # exact: the paper's GSM8K string match
     # None: the task's default (procedural tasks: 100,000 train records; datasets: every row).
@@ -161,6 +167,9 @@ class RolloutConfig(_Section):
     engine: Literal["auto", "hf", "vllm"] = "auto"
     num_cpus_per_worker: float = Field(1.0, ge=0)
     num_gpus_per_worker: float = Field(0.0, ge=0)
+    # Custom Ray resources each worker asks for, e.g. {rollout_node: 0.01} to land on the node
+    # type that the cluster files in cluster/ label with it.
+    resources: dict[str, float] = Field(default_factory=dict)
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # vLLM only
     # sync: generate with the newest weights (on-policy, the paper's setting). async: generate
     # step t+1 while step t trains, with weights at most max_staleness versions old.
@@ -174,6 +183,7 @@ class LearnerConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per learner
     micro_batch_size: int = Field(16, ge=1, description="completions per forward/backward")
     gradient_checkpointing: bool = False
 

@@ -143,10 +143,11 @@ class Trainer:
         self.learners = LearnerGroup(
             learner_settings(cfg, self.model_path), cfg.learner.num_learners,
             num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
-            timeout_s=cfg.trainer.timeout_s,
+            resources_per_learner=cfg.learner.resources, timeout_s=cfg.trainer.timeout_s,
         )
         worker_cls = make_rollout_worker_class(cfg.rollout.num_cpus_per_worker,
-                                               cfg.rollout.num_gpus_per_worker)
+                                               cfg.rollout.num_gpus_per_worker,
+                                               cfg.rollout.resources)
         vllm_kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
                        "max_model_len": cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length}
 

@@ -23,7 +23,7 @@ from memrl.types import Record
 def build_task(cfg: Config) -> Task:
     """The configured task, reading local files when ``data.path``/``data.eval_path`` are set."""
     t, d = cfg.task, cfg.data
-    kwargs: dict[str, Any] = {"seed": cfg.seed, "path": d.path, "eval_path": d.eval_path}
+    kwargs: dict[str, Any] = {"seed": t.seed, "path": d.path, "eval_path": d.eval_path}
     if t.train_size is not None:
         kwargs["train_size"] = t.train_size
     if t.eval_size is not None:
@@ -86,7 +86,7 @@ def prepare_model(cfg: Config, task: Task) -> str:
     train = task.dataset("train")
     n = min(tiny.warmstart_examples, len(train))
     records = [train[i] for i in range(n)]
-    rng = random.Random(cfg.seed)
+    rng = random.Random(tiny.seed)
 
     def texts() -> list[str]:
         corpus = [task.system_prompt] + [q for q, _ in task.exemplars] + [a for _, a in task.exemplars]
@@ -104,9 +104,9 @@ def prepare_model(cfg: Config, task: Task) -> str:
     sizes = tiny.model_dump(exclude={"warmstart_steps", "warmstart_lr", "warmstart_batch_size",
                                      "warmstart_examples", "cache_dir"})
     spec = {
-        "model": {**sizes, "seed": cfg.seed},
+        "model": sizes,
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
-                      "batch_size": tiny.warmstart_batch_size, "seed": cfg.seed},
+                      "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed},
         # Not arguments: recorded so that different warm-start data gets a different folder.
         "data": {"task": cfg.task.model_dump(mode="json"), "examples": n, "format": 1},
     }
