@@ -56,6 +56,7 @@ from memrl.train.setup import (
     learner_settings,
     memory_settings,
     prepare_model,
+    rollout_worker_factory,
 )
 from memrl.types import Record
 
@@ -105,7 +106,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str = "none"):
         from actors.learner import LearnerGroup
-        from actors.rollout import make_rollout_worker_class
 
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
@@ -145,17 +145,8 @@ class Trainer:
             num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
             resources_per_learner=cfg.learner.resources, timeout_s=cfg.trainer.timeout_s,
         )
-        worker_cls = make_rollout_worker_class(cfg.rollout.num_cpus_per_worker,
-                                               cfg.rollout.num_gpus_per_worker,
-                                               cfg.rollout.resources)
-        vllm_kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-                       "max_model_len": cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length}
-
-        def make_worker(worker_id: str) -> Any:
-            return worker_cls.remote(worker_id, self.model_path, cfg.rollout.engine, None,
-                                     cfg.seed, vllm_kwargs=vllm_kwargs)
-
-        self.pool = RolloutPool(make_worker, cfg.rollout.num_workers, timeout_s=cfg.trainer.timeout_s)
+        self.pool = RolloutPool(rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
+                                timeout_s=cfg.trainer.timeout_s)
         self.pool.wait_until_ready()
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0

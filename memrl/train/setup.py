@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from memrl.config import Config
 from memrl.grpo.loss import LossSettings
@@ -108,7 +108,8 @@ def prepare_model(cfg: Config, task: Task) -> str:
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
                       "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed},
         # Not arguments: recorded so that different warm-start data gets a different folder.
-        "data": {"task": cfg.task.model_dump(mode="json"), "examples": n, "format": 1},
+        "data": {"task": cfg.task.model_dump(mode="json", exclude={"eval_size"}),
+                 "files": cfg.data.model_dump(mode="json"), "examples": n, "format": 1},
     }
     return str(cached_tiny_model(cache_root(cfg), spec, texts, examples))
 
@@ -161,3 +162,20 @@ def memory_settings(cfg: Config) -> MemorySettings:
         device="auto",  # the GPU index when the actor got a GPU and FAISS has GPU support
         value_text_chars=m.value_text_chars,
     )
+
+
+def rollout_worker_factory(cfg: Config, model_path: str) -> Callable[[str], Any]:
+    """``worker_id -> actor handle``: a rollout worker with the configured resources, engine,
+    seed and vLLM options, loading ``model_path`` (the trainer and the benchmarks use this)."""
+    from actors.rollout import make_rollout_worker_class
+
+    worker_cls = make_rollout_worker_class(cfg.rollout.num_cpus_per_worker,
+                                           cfg.rollout.num_gpus_per_worker, cfg.rollout.resources)
+    vllm_kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+                   "max_model_len": cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length}
+
+    def make_worker(worker_id: str) -> Any:
+        return worker_cls.remote(worker_id, model_path, cfg.rollout.engine, None, cfg.seed,
+                                 vllm_kwargs=vllm_kwargs)
+
+    return make_worker

@@ -1,0 +1,315 @@
+"""Benchmark: tokens/s of memrl's rollout workers vs the bare generation engine.
+
+Both sides generate the same prompts (the embedded default's arith questions, rendered with
+``memrl.prompts.record_prompt`` as the trainer renders them) with the same model, sampling
+settings, group size and number of new tokens, and count generated tokens the same way (every
+produced token up to and including the first EOS: ``memrl.rollout.engine.completion_mask``).
+
+- bare engine: on CPU ``transformers`` ``model.generate`` in this process with 1 torch thread;
+  on a GPU with vLLM importable, ``vllm.LLM.generate`` offline in this process.
+- memrl: the real Ray actors of ``actors/rollout.py`` created as ``Trainer.__init__`` creates
+  them, fed through ``RolloutPool`` with the trainer's chunking and per-chunk seeds, timed on
+  the driver from dispatch to every worker's answer (the batch stays in the object store, as
+  in training). 1 worker (1 CPU, 1 thread) against the bare engine is the like-for-like figure
+  (``fraction``); 2 workers is a second row.
+- diagnostic: memrl's engine class (``HFEngine``) in this process, without Ray (CPU only),
+  to split memrl's overhead into engine work (log-prob recording, batch assembly, decoding)
+  and Ray transport.
+
+Repetitions interleave the sides (bare, memrl, in-process, bare, ...) so that load from other
+processes on a shared machine hits both alike; the first repetition of each is a warm-up.
+With one worker the bare engine and memrl share seeds, so they sample the same tokens
+(``same_tokens`` in the JSON confirms the work was identical).
+
+Run: ``PYTHONPATH=. python bench/rollout.py --json bench/rollout.json``
+"""
+
+from __future__ import annotations
+
+import bench._common as common  # first: one thread per process, offline hubs
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids, resolve_engine_kind
+from memrl.train.setup import rollout_worker_factory
+
+TARGET_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed generation call: tokens produced and wall seconds; ``engine_seconds`` is the
+    time the worker itself reported for its engine call (memrl rows only, slowest worker)."""
+
+    tokens: int
+    seconds: float
+    engine_seconds: float | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return common.ratio(self.tokens, self.seconds, "tokens per second")
+
+
+def chunk_seed(seed: int, repetition: int, chunk: int) -> int:
+    """The trainer's per-request seed with the repetition standing in for the step."""
+    return (seed * 1_000_003 + repetition) * 97 + chunk
+
+
+class BareHF:
+    """``transformers`` ``model.generate`` with the sampling memrl's HF engine uses, nothing
+    else: no log-prob recording, no batch assembly, no decoding."""
+
+    def __init__(self, model_path: str, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto").eval()
+        self.eos_ids = checkpoint_eos_ids(model_path, tokenizer)
+        self.model.generation_config = GenerationConfig(eos_token_id=self.eos_ids,
+                                                        pad_token_id=tokenizer.pad_token_id)
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Run:
+        start = time.perf_counter()
+        encoded = self.tokenizer(list(prompts), padding=True, add_special_tokens=False,
+                                 return_tensors="pt")
+        g = settings.num_generations
+        input_ids = encoded["input_ids"].repeat_interleave(g, dim=0)
+        attention_mask = encoded["attention_mask"].repeat_interleave(g, dim=0)
+        config = GenerationConfig(do_sample=True, temperature=settings.temperature,
+                              top_p=settings.top_p, top_k=0, max_new_tokens=settings.max_tokens,
+                              eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            torch.manual_seed(settings.seed)
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            generation_config=config)
+        seconds = time.perf_counter() - start
+        completion = sequences[:, input_ids.shape[1]:]
+        tokens = common.count_generated_tokens(completion, torch.ones_like(completion),
+                                               self.eos_ids)
+        return Run(tokens, seconds)
+
+
+class BareVLLM:
+    """``vllm.LLM.generate`` offline with the engine arguments memrl's vLLM engine uses."""
+
+    def __init__(self, model_path: str, tokenizer: Any, cfg: Any):
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.eos_ids = checkpoint_eos_ids(model_path, tokenizer)
+        self.llm = LLM(model=model_path, seed=cfg.seed, enable_prefix_caching=True,
+                       gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                       max_model_len=cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length)
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Run:
+        from vllm import SamplingParams
+
+        start = time.perf_counter()
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        params = [SamplingParams(n=settings.num_generations, temperature=settings.temperature,
+                                 top_p=settings.top_p, max_tokens=settings.max_tokens,
+                                 seed=settings.seed + i * settings.num_generations,
+                                 stop_token_ids=self.eos_ids, detokenize=False)
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        rows = [list(c.token_ids) for out in outputs for c in out.outputs]
+        return Run(common.count_generated_token_lists(rows, self.eos_ids), seconds)
+
+
+class InProcessEngine:
+    """memrl's own ``HFEngine`` called directly (no Ray): engine overhead without transport."""
+
+    def __init__(self, model_path: str, seed: int):
+        from memrl.rollout.hf_engine import HFEngine
+
+        self.engine = HFEngine(model_path, seed=seed, num_threads=1)
+
+    def generate(self, prompts: Sequence[str], settings: SamplingSettings) -> Run:
+        start = time.perf_counter()
+        batch = self.engine.generate(list(prompts), [str(i) for i in range(len(prompts))], settings)
+        return Run(int(batch.completion_mask.sum()), time.perf_counter() - start)
+
+
+class MemrlPool:
+    """Rollout workers in a ``RolloutPool``, called as ``Trainer._launch`` calls them."""
+
+    def __init__(self, cfg: Any, model_path: str, workers: int):
+        from memrl.train.rollout_pool import RolloutPool
+
+        self.cfg = cfg
+        self.pool = RolloutPool(rollout_worker_factory(cfg, model_path), workers,
+                                timeout_s=cfg.trainer.timeout_s)
+        self.pool.wait_until_ready()
+
+    def resize(self, workers: int) -> None:
+        self.pool.resize(workers)
+        self.pool.wait_until_ready()
+
+    def generate(self, prompts: Sequence[str], template: SamplingSettings, repetition: int) -> Run:
+        from memrl.train.evaluate import chunk_requests
+
+        requests = chunk_requests(list(prompts), [str(i) for i in range(len(prompts))],
+                                  num_chunks=len(self.pool))
+
+        def submit(actor: Any, req: Any):
+            settings = SamplingSettings(temperature=template.temperature, top_p=template.top_p,
+                                        max_tokens=template.max_tokens,
+                                        num_generations=template.num_generations,
+                                        seed=chunk_seed(self.cfg.seed, repetition, req.index))
+            return actor.generate.remote(req.prompts, req.record_ids, settings, None)
+
+        start = time.perf_counter()
+        results = self.pool.generate(requests, submit)
+        seconds = time.perf_counter() - start
+        return Run(sum(int(r.info["tokens"]) for r in results), seconds,
+                   max(float(r.info["generate_seconds"]) for r in results))
+
+    def close(self) -> None:
+        self.pool.resize(0, allow_empty=True)
+
+
+def rate_summary(runs: Sequence[Run]) -> dict[str, float]:
+    """Tokens/s statistics of ``runs`` (each run's tokens over its own seconds)."""
+    return common.summarise([r.tokens_per_s for r in runs])
+
+
+def rollout_figures(bare: Sequence[Run], memrl: dict[str, Sequence[Run]],
+                    in_process: Sequence[Run] = ()) -> dict[str, Any]:
+    """The benchmark's figures from timed runs (warm-ups already dropped).
+
+    ``memrl`` maps a row name (``"1_worker"``, ``"2_workers"``) to its runs; the
+    ``"1_worker"`` row against ``bare`` is ``fraction`` (median tokens/s over median tokens/s).
+    ``overhead_s`` splits memrl's 1-worker seconds per call (medians): ``ray`` = driver wall
+    minus the worker's engine time; ``engine`` = the worker's engine time minus the bare call.
+    """
+    if "1_worker" not in memrl:
+        raise ValueError("rollout_figures needs the '1_worker' memrl row (the like-for-like one)")
+    bare_rate = rate_summary(bare)
+    figures: dict[str, Any] = {"bare_tokens_per_s": bare_rate,
+                               "bare_tokens_per_call": common.summarise([r.tokens for r in bare])}
+    for name, runs in memrl.items():
+        rate = rate_summary(runs)
+        figures[f"memrl_{name}_tokens_per_s"] = rate
+        figures[f"fraction_{name}"] = common.ratio(rate["median"], bare_rate["median"], name)
+    figures["fraction"] = figures["fraction_1_worker"]
+    one = memrl["1_worker"]
+    bare_s = common.summarise([r.seconds for r in bare])["median"]
+    figures["overhead_s"] = {
+        "ray": common.summarise([r.seconds - r.engine_seconds for r in one])["median"],
+        "engine": common.summarise([r.engine_seconds for r in one])["median"] - bare_s,
+    }
+    if in_process:
+        rate = rate_summary(in_process)
+        figures["in_process_engine_tokens_per_s"] = rate
+        figures["fraction_in_process_engine"] = common.ratio(rate["median"], bare_rate["median"],
+                                                             "in-process engine")
+    figures["same_tokens"] = [r.tokens for r in bare] == [r.tokens for r in one]
+    figures["target_fraction"] = TARGET_FRACTION
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=None, help="default: one step's prompts")
+    parser.add_argument("--generations", type=int, default=None, help="default: grpo.num_generations")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="new tokens per completion; default grpo.max_completion_length")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (+1 warm-up)")
+    parser.add_argument("--two-workers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure 2 rollout workers")
+    parser.add_argument("--model-size", default="tiny", choices=["tiny", *common.RANDOM_SHAPES],
+                        help="tiny: the embedded default's model; else a random model (GPU)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weights of a random model; default bfloat16 on GPU, else float32")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
+                        help="config overrides, dotted.key=value")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: must be >= 1")
+
+    import ray
+
+    from memrl.train.loop import init_ray
+
+    common.one_thread()
+    gpu = torch.cuda.is_available()
+    overrides = list(args.overrides)
+    if gpu and not any(o.startswith("rollout.num_gpus_per_worker=") for o in overrides):
+        # Workers and the bare engine share the one GPU.
+        overrides += ["rollout.num_gpus_per_worker=0.25", "rollout.gpu_memory_utilization=0.25"]
+    cfg = common.bench_config(overrides)
+    dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    task, model_path, tokenizer = common.prepare(cfg, args.model_size, dtype)
+    g = cfg.grpo
+    prompt_count = args.prompts or g.prompts_per_step
+    prompts = common.render_prompts(task, tokenizer, common.stream_records(task, cfg, prompt_count), cfg)
+    template = SamplingSettings(temperature=g.temperature, top_p=g.top_p,
+                                max_tokens=args.max_tokens or g.max_completion_length,
+                                num_generations=args.generations or g.num_generations)
+    engine_kind = resolve_engine_kind(cfg.rollout.engine)
+    on_vllm = gpu and engine_kind == "vllm"
+
+    bare = BareVLLM(model_path, tokenizer, cfg) if on_vllm else BareHF(model_path, tokenizer)
+    in_process = None if on_vllm else InProcessEngine(model_path, cfg.seed)
+    init_ray(cfg)
+    pool = MemrlPool(cfg, model_path, 1)
+    runs: dict[str, list[Run]] = {"bare": [], "1_worker": [], "in_process": [], "2_workers": []}
+    try:
+        for r in range(args.repeats + 1):
+            settings = dataclasses.replace(template, seed=chunk_seed(cfg.seed, r, 0))
+            runs["bare"].append(bare.generate(prompts, settings))
+            runs["1_worker"].append(pool.generate(prompts, template, r))
+            if in_process is not None:
+                runs["in_process"].append(in_process.generate(prompts, settings))
+        if args.two_workers:
+            pool.resize(2)
+            for r in range(args.repeats + 1):
+                runs["2_workers"].append(pool.generate(prompts, template, r))
+    finally:
+        pool.close()
+        ray.shutdown()
+
+    timed = {name: values[1:] for name, values in runs.items()}  # drop each row's warm-up
+    memrl_rows = {name: timed[name] for name in ("1_worker", "2_workers") if timed[name]}
+    figures = rollout_figures(timed["bare"], memrl_rows, timed["in_process"])
+    figures["engine"] = "vllm" if on_vllm else "hf"
+    figures["config"] = {"prompts": prompt_count, "generations": template.num_generations,
+                         "max_tokens": template.max_tokens, "temperature": template.temperature,
+                         "top_p": template.top_p, "repeats": args.repeats,
+                         "model": args.model_size, "model_path": model_path,
+                         "dtype": dtype if args.model_size != "tiny" else cfg.model.dtype,
+                         "overrides": overrides}
+    figures["machine"] = common.machine()
+    common.write_json(args.json, figures)
+
+    print(f"{prompt_count} prompts x {template.num_generations} completions x "
+          f"{template.max_tokens} new tokens, {figures['engine']} engine, model {args.model_size}; "
+          f"median of {args.repeats} calls; tokens counted up to and including EOS")
+    print(f"memrl 1-worker overhead per call: Ray transport {figures['overhead_s']['ray']:.3f} s, "
+          f"engine extras {figures['overhead_s']['engine']:.3f} s; same tokens as bare: "
+          f"{figures['same_tokens']}")
+    rows = [["bare engine (1 process, 1 thread)", figures["bare_tokens_per_s"]["median"],
+             figures["bare_tokens_per_s"]["min"], 1.0]]
+    if in_process is not None:
+        rate = figures["in_process_engine_tokens_per_s"]
+        rows.append(["memrl HFEngine, no Ray", rate["median"], rate["min"],
+                     figures["fraction_in_process_engine"]])
+    for name in memrl_rows:
+        rate = figures[f"memrl_{name}_tokens_per_s"]
+        rows.append([f"memrl rollout, {name.replace('_', ' ')}", rate["median"], rate["min"],
+                     figures[f"fraction_{name}"]])
+    print(common.format_table(["row", "median tokens/s", "min", "vs bare"], rows))
+    print(f"fraction (1 worker / bare) = {figures['fraction']:.3f} (target >= {TARGET_FRACTION})")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The pure parts of the throughput benchmarks (bench/rollout.py, weight_sync.py, e2e_vs_trl.py):
+token counting, summaries and ratios, the JSON figures, the TRL settings and reward."""
+
+import json
+
+import pytest
+import torch
+
+from bench import _common as common
+from bench import e2e_vs_trl as e2e
+from bench import rollout, weight_sync
+from memrl.config import load_config
+from memrl.model.tiny import train_bpe_tokenizer
+from memrl.prompts import record_prompt
+from memrl.rollout.engine import build_rollout_batch
+from memrl.train.data_stream import PromptStream
+from memrl.train.setup import build_task
+from memrl.types import Record
+
+EOS = 2
+# EOS after 2 tokens (3 counted), no EOS (5), EOS first then more EOS (1): 9 tokens in all.
+COMPLETIONS = torch.tensor([[5, 6, EOS, 0, 0], [5, 6, 7, 8, 9], [EOS, EOS, 0, 0, 0]])
+
+
+class _DecodeOnly:
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def test_bare_engine_counts_tokens_as_the_rollout_worker_does():
+    bare = common.count_generated_tokens(COMPLETIONS, torch.ones_like(COMPLETIONS), [EOS])
+    batch = build_rollout_batch(
+        prompt_ids=torch.ones(3, 2, dtype=torch.long), prompt_mask=torch.ones(3, 2, dtype=torch.long),
+        completion_ids=COMPLETIONS, generated=torch.ones_like(COMPLETIONS),
+        behaviour_logprobs=torch.zeros(3, 5), eos_ids=[EOS], pad_id=0, weight_version=0,
+        tokenizer=_DecodeOnly(), record_ids=["a", "b", "c"], num_generations=1)
+    assert bare == 9
+    assert int(batch.completion_mask.sum()) == 9  # what RolloutWorker reports as info["tokens"]
+
+
+def test_vllm_token_lists_count_the_same_way():
+    assert common.count_generated_token_lists([[5, 6, EOS], [5, 6, 7, 8, 9], [EOS]], [EOS]) == 9
+    assert common.count_generated_token_lists([[5, EOS, 7]], [EOS]) == 2
+
+
+def test_summarise_and_ratio():
+    s = common.summarise([float(v) for v in range(1, 11)])
+    assert s == {"median": 5.5, "p90": pytest.approx(9.1), "mean": 5.5, "min": 1.0, "max": 10.0,
+                 "n": 10}
+    with pytest.raises(ValueError, match="no values"):
+        common.summarise([])
+    assert common.ratio(3.0, 2.0, "x") == 1.5
+    with pytest.raises(ValueError, match="speedup: denominator 0"):
+        common.ratio(1.0, 0.0, "speedup")
+
+
+def test_format_table_aligns_columns():
+    text = common.format_table(["row", "s"], [["a", 1.23456], ["long name", 12.0]])
+    # widths 9 and 6, two spaces apart; floats with 3 decimals, first column left-aligned
+    assert text.splitlines() == ["row" + " " * 13 + "s", "a" + " " * 11 + "1.235", "long name  12.000"]
+
+
+def test_chunk_seed_is_the_trainers_formula():
+    assert rollout.chunk_seed(0, 0, 0) == 0
+    assert rollout.chunk_seed(1, 2, 3) == (1 * 1_000_003 + 2) * 97 + 3 == 97_000_488
+
+
+def test_rollout_figures():
+    bare = [rollout.Run(1000, 1.0), rollout.Run(1000, 2.0), rollout.Run(1000, 1.25)]  # 1000, 500, 800 tok/s
+    one = [rollout.Run(1000, 1.25, 1.0), rollout.Run(1000, 2.5, 2.0), rollout.Run(1000, 1.6, 1.5)]
+    two = [rollout.Run(1000, 0.5, 0.4), rollout.Run(1000, 1.0, 0.9), rollout.Run(900, 0.9, 0.8)]
+    figures = rollout.rollout_figures(bare, {"1_worker": one, "2_workers": two})
+    assert figures["bare_tokens_per_s"]["median"] == 800.0
+    assert figures["memrl_1_worker_tokens_per_s"]["median"] == 625.0  # of 800, 400, 625
+    assert figures["fraction"] == figures["fraction_1_worker"] == pytest.approx(625 / 800)
+    assert figures["fraction_2_workers"] == pytest.approx(1000 / 800)
+    assert figures["overhead_s"]["ray"] == pytest.approx(0.25)  # median of 0.25, 0.5, 0.1
+    assert figures["overhead_s"]["engine"] == pytest.approx(1.5 - 1.25)
+    assert figures["same_tokens"] is True
+    assert figures["target_fraction"] == 0.9
+    json.dumps(figures)  # what --json writes
+    with pytest.raises(ValueError, match="1_worker"):
+        rollout.rollout_figures(bare, {"2_workers": two})
+
+
+def test_sync_timing_and_figures():
+    first = weight_sync.SyncTiming(publish=0.1, pack=0.05, fetch=[0.01, 0.03], load=[0.02, 0.01],
+                                   request_wall=0.2, noop_wall=0.15)
+    second = weight_sync.SyncTiming(publish=0.2, pack=0.1, fetch=[0.05], load=[0.05],
+                                    request_wall=0.3, noop_wall=0.1)
+    assert first.seconds == pytest.approx(0.14)  # publish + slowest worker's fetch + load
+    assert first.wall_minus_noop == pytest.approx(0.15)
+    figures = weight_sync.sync_figures([first, second], nbytes=4096)
+    assert figures["seconds"]["median"] == pytest.approx(0.22)
+    assert figures["speedup"] == pytest.approx(0.5 / 0.22)
+    assert figures["seconds_raw"] == pytest.approx([0.14, 0.3])
+    assert figures["fetch_s"]["median"] == pytest.approx(0.04)
+    assert figures["nbytes"] == 4096 and figures["target_s"] == 0.5
+    json.dumps(figures)
+
+
+def test_gpu_overrides(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert weight_sync.gpu_overrides(["a=1"], 2) == ["a=1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert weight_sync.gpu_overrides(["a=1"], 2) == [
+        "a=1", "learner.num_gpus=0.5", "rollout.num_gpus_per_worker=0.25",
+        "rollout.gpu_memory_utilization=0.200"]
+    placed = ["rollout.num_gpus_per_worker=1"]
+    assert weight_sync.gpu_overrides(placed, 2) == placed
+
+
+def test_random_model_config_has_qwen_0_5b_size():
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(common.random_model_config("0.5b"))
+    # Qwen2.5-0.5B: 494,032,768 parameters; the o_proj biases add 24 x 896.
+    assert sum(p.numel() for p in model.parameters()) == 494_032_768 + 24 * 896
+    config = common.random_model_config("1.5b")
+    assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (1536, 28, 2)
+    assert config.tie_word_embeddings
+    with pytest.raises(ValueError, match="--model-size '7b'"):
+        common.random_model_config("7b")
+
+
+def test_steady_intervals_drop_warmup_steps():
+    ends = [10.0, 11.0, 12.5, 13.5, 14.0]  # steps 1..5 ended here
+    assert e2e.steady_intervals(ends, 1) == pytest.approx([1.0, 1.5, 1.0, 0.5])
+    assert e2e.steady_intervals(ends, 2) == pytest.approx([1.5, 1.0, 0.5])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        e2e.steady_intervals(ends, 0)
+    with pytest.raises(ValueError, match="raise --steps"):
+        e2e.steady_intervals(ends, 5)
+
+
+def test_phase_breakdown_uses_steps_after_warmup():
+    def step(n, scale):
+        return {"step": n, **{f"time/{p}": scale for p in e2e.PHASES},
+                "throughput/tokens_per_s": 100.0 * scale}
+
+    records = [step(1, 9.0), step(2, 1.0), step(3, 3.0), step(4, 2.0), {"step": 4, "eval/accuracy": 0.5}]
+    phases = e2e.phase_breakdown(records, warmup_steps=1)
+    assert phases["generate"] == 2.0 and phases["step"] == 2.0
+    assert phases["tokens_per_s"] == 200.0
+    with pytest.raises(ValueError, match="after warm-up step 4"):
+        e2e.phase_breakdown(records, warmup_steps=4)
+
+
+@pytest.mark.parametrize("batch,micro,expected", [(64, 32, (32, 2)), (64, 64, (64, 1)),
+                                                  (64, 100, (64, 1)), (48, 32, (24, 2)),
+                                                  (60, 16, (15, 4))])
+def test_trl_batch_split_matches_memrl_micro_batches(batch, micro, expected):
+    assert e2e.trl_batch_split(batch, micro) == expected
+
+
+def test_trl_batch_split_rejects_uneven_micro_batches():
+    with pytest.raises(ValueError, match="learner.micro_batch_size=16"):
+        e2e.trl_batch_split(50, 16)
+
+
+def test_e2e_figures_compare_against_the_first_row():
+    figures = e2e.e2e_figures({"r1": [1.0, 2.0, 3.0], "memoryr+": [2.0, 4.0]}, [3.0, 4.0, 5.0])
+    assert figures["like_for_like_row"] == "r1"
+    assert figures["speedup"] == figures["speedup_r1"] == 2.0
+    assert figures["speedup_memoryr+"] == pytest.approx(4.0 / 3.0)
+    assert figures["trl_s_per_step"]["median"] == 4.0
+    assert figures["memrl"]["memoryr+"]["steps_s"] == [2.0, 4.0]
+    json.dumps(figures)
+
+
+def test_parse_row():
+    assert e2e.parse_row("r1") == ("r1", "sync")
+    assert e2e.parse_row("memoryr+:async") == ("memoryr+", "async")
+    for bad in ("ppo", "r1:fast"):
+        with pytest.raises(ValueError, match=f"--rows '{bad}'"):
+            e2e.parse_row(bad)
+
+
+def test_trl_config_carries_memrls_settings(tmp_path):
+    cfg = load_config(None, ["grpo.beta=0.02", "grpo.clip_high=0.28"])
+    args = e2e.trl_config(cfg, steps=5, out_dir=tmp_path)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (32, 2)
+    assert args.generation_batch_size == 64 and args.num_generations == 8
+    assert (args.beta, args.epsilon, args.epsilon_high) == (0.02, 0.2, 0.28)
+    assert (args.loss_type, args.scale_rewards) == ("dapo", "group")
+    assert (args.max_completion_length, args.temperature, args.top_k) == (64, 1.0, 0)
+    assert args.max_steps == 5 and args.num_iterations == 1 and args.shuffle_dataset is False
+
+
+def test_trl_reward_is_memrls_rule_reward():
+    from memrl.rewards.registry import RewardComposer
+    from memrl.train.setup import build_reward_plan
+
+    cfg = load_config(None, ["method=r1"])
+    plan = build_reward_plan(cfg, build_task(cfg))
+    records = [Record("a", "What is 3 + 4?", "7"), Record("b", "What is 5 - 2?", "3")]
+    reward = e2e.trl_reward(records, RewardComposer(plan.specs), 64)
+    right = "<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>\n"
+    wrong = "<reasoning>\n5 - 2 = 4\n</reasoning>\n<answer>\n4\n</answer>\n"
+    values = reward(prompts=["p"] * 3, completions=[right, wrong, "I do not know"],
+                    completion_ids=[[1] * 12] * 3, record_id=["a", "b", "a"])
+    # xmlcount 0.5 + strict 0.5 + integer 0.5 + correctness 1.0; the soft format (re.match,
+    # no DOTALL, as the official code) never matches multi-line reasoning
+    assert values == pytest.approx([2.5, 1.5, 0.0])
+
+
+def test_trl_rows_follow_memrls_prompt_stream():
+    cfg = load_config(None, [])
+    task = build_task(cfg)
+    tokenizer = train_bpe_tokenizer([task.system_prompt, "Tom has 3 apples."], 300)
+    records, rows = e2e.trl_rows(task, tokenizer, cfg, steps=2)
+    expected = PromptStream(task.dataset("train"), seed=cfg.seed).next_batch(2 * cfg.grpo.prompts_per_step)
+    assert [r.id for r in records] == [r.id for r in expected]
+    assert [row["record_id"] for row in rows] == [r.id for r in expected]
+    assert rows[5]["prompt"] == record_prompt(task, tokenizer, expected[5], num_shots=cfg.task.num_shots,
+                                              seed=cfg.seed)
+
+
+def test_step_clock_stamps_training_steps_only(tmp_path):
+    from memrl.train import loop
+
+    original = loop.MetricsWriter
+    with e2e.StepClock().installed() as clock:
+        writer = loop.MetricsWriter(tmp_path, tensorboard=False)
+        writer.log(1, {"time/step": 1.0})
+        writer.log(1, {"eval/accuracy": 0.5})
+        writer.log(2, {"time/step": 1.0})
+        writer.close()
+    assert len(clock.end_times) == 2 and clock.end_times[0] <= clock.end_times[1]
+    assert loop.MetricsWriter is original
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
