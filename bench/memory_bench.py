@@ -7,16 +7,21 @@ synthetic random unit vectors so the build is fast. Each timed step then scores
 variants made from their reference solutions — with the real all-MiniLM-L6-v2 encoder:
 
 (a) memrl, ``paper`` mode (the default): one batched encoder call for the step's distinct
-    texts (question cache cold: every question is new to it), batched FAISS lookups;
+    texts (question cache cold: every question is new to it) on memrl's encoder backend
+    (``--backend``, default ``memory.embedder_backend``: ``onnx``, the same weights run by
+    onnxruntime), batched FAISS lookups;
 (b) memrl, ``reference`` mode: same encoding, the official insert-then-score order;
-(c) bench/official_memory.py: the official code's per-sample path (one encoder call per text,
-    one FAISS search per insert and per score, in each memory).
+(c) bench/official_memory.py: the official code's per-sample path (one encoder call per text
+    with the PyTorch sentence-transformers model, as the official code, one FAISS search per
+    insert and per score, in each memory).
 
 Every path starts from the same memory contents and scores the same steps (new questions each
 repetition, as in a first epoch; ``--stored-fraction`` of them already stored, as in later
-epochs). Prints the median seconds per step and the ratio, then exact-search throughput for
-larger key counts (synthetic), and a compact table last. ``--json PATH`` writes the figures;
-the official/memrl-paper ratio is under ``speedup``.
+epochs); the paths take turns step by step, so a drift in the machine's speed hits them
+alike. Prints the median seconds per step and the ratio, the encoder work of each path (texts
+and tokens encoded per step; ``speedup`` = ``work_ratio`` × ``per_token_speedup``), then
+exact-search throughput for larger key counts (synthetic), and a compact table last.
+``--json PATH`` writes the figures; the official/memrl-paper ratio is under ``speedup``.
 
 Run: ``PYTHONPATH=. python bench/memory_bench.py --json bench/memory_bench.json``
 """
@@ -37,6 +42,7 @@ import numpy as np
 
 from bench.official_memory import OfficialMemory, official_step
 from memrl.memory import MemoryRewarder, MemorySettings, SentenceTransformerEmbedder
+from memrl.memory.embedder import EMBEDDER_BACKENDS
 from memrl.memory.episodic import MemoryArrays
 from memrl.memory.index import KeyIndex
 
@@ -145,16 +151,23 @@ def memrl_rewarder(settings: MemorySettings, embedder, contents: Contents) -> Me
     return rewarder
 
 
-def time_memrl(settings, embedder, contents, steps) -> tuple[list[float], list[tuple[np.ndarray, np.ndarray]]]:
-    rewarder = memrl_rewarder(settings, embedder, contents)
-    times, results = [], []
-    for i, (questions, reasonings, correct) in enumerate(steps):
-        rewarder.encoder.clear_cache()  # every question new to the encoder cache
-        start = time.perf_counter()
-        results.append(rewarder.score_and_insert(questions, reasonings, correct))
-        if i:  # step 0 warms up
-            times.append(time.perf_counter() - start)
-    return times, results[1:]
+def timed(fn) -> tuple[float, object]:
+    """(wall-clock seconds, result) of ``fn()``."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+class MemrlPath:
+    """memrl's rewarder on the benchmark memories, one :meth:`step` per training step."""
+
+    def __init__(self, settings: MemorySettings, embedder, contents: Contents):
+        self.rewarder = memrl_rewarder(settings, embedder, contents)
+
+    def step(self, questions, reasonings, correct) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+        """(seconds, (exploit, explore)) of one step."""
+        self.rewarder.encoder.clear_cache()  # every question new to the encoder cache
+        return timed(lambda: self.rewarder.score_and_insert(questions, reasonings, correct))
 
 
 def encode_one(embedder: SentenceTransformerEmbedder, text: str) -> np.ndarray:
@@ -162,36 +175,71 @@ def encode_one(embedder: SentenceTransformerEmbedder, text: str) -> np.ndarray:
     return embedder.model.encode(text, convert_to_numpy=True).astype(np.float32)
 
 
-def time_official(args, embedder, contents, steps) -> tuple[list[float], list[tuple[list[float], list[float]]]]:
-    memories = []
-    for phase in (0, 500):  # exploit memory; explore memory with the official 500-key warm-up
-        memory = OfficialMemory(
-            lambda text: encode_one(embedder, text), embedder.dim, args.keys, args.values_per_key,
-            100, 1.0, phase,
-        )
-        memory.load_contents(contents.keys, contents.official_values())
-        memories.append(memory)
-    times, results = [], []
-    for i, (questions, reasonings, correct) in enumerate(steps):
-        start = time.perf_counter()
-        results.append(official_step(memories[0], memories[1], questions, reasonings, correct, args.k))
-        if i:
-            times.append(time.perf_counter() - start)
-    return times, results[1:]
+class OfficialPath:
+    """The official per-sample path (bench/official_memory.py) on the same memories; records
+    the texts it encodes."""
+
+    def __init__(self, args: argparse.Namespace, embedder, contents: Contents):
+        self.k = args.k
+        self.encoded: list[str] = []  # every text passed to the encoder, in call order
+        self.memories = []
+        for phase in (0, 500):  # exploit memory; explore memory with the official 500-key warm-up
+            memory = OfficialMemory(
+                lambda text: self._encode(embedder, text), embedder.dim, args.keys, args.values_per_key,
+                100, 1.0, phase,
+            )
+            memory.load_contents(contents.keys, contents.official_values())
+            self.memories.append(memory)
+
+    def _encode(self, embedder, text: str) -> np.ndarray:
+        self.encoded.append(text)
+        return encode_one(embedder, text)
+
+    def step(self, questions, reasonings, correct) -> tuple[float, tuple[list[float], list[float]]]:
+        """(seconds, (exploit, explore)) of one step."""
+        return timed(lambda: official_step(*self.memories, questions, reasonings, correct, self.k))
+
+
+def memrl_encoded_texts(questions: list[str], reasonings: list[str]) -> list[str]:
+    """What memrl's step encoder encodes with a cold question cache: each distinct text once."""
+    return list(dict.fromkeys([*dict.fromkeys(questions), *reasonings]))
+
+
+def encoder_work(embedder: SentenceTransformerEmbedder, official: list[list[str]], steps) -> dict:
+    """Texts and tokens encoded per timed step by each path (medians over steps)."""
+    counts: dict[str, int] = {}
+    limit = embedder.model.max_seq_length  # the encoder truncates longer texts
+
+    def tokens(texts: list[str]) -> int:
+        todo = [t for t in dict.fromkeys(texts) if t not in counts]
+        if todo:
+            ids = embedder.model.tokenizer(todo)["input_ids"]
+            counts.update(zip(todo, (min(len(row), limit) for row in ids)))
+        return sum(counts[t] for t in texts)
+
+    memrl = [memrl_encoded_texts(q, r) for q, r, _ in steps[1:]]
+    out = {
+        "official_texts_per_step": statistics.median(len(t) for t in official),
+        "memrl_texts_per_step": statistics.median(len(t) for t in memrl),
+        "official_tokens_per_step": statistics.median(tokens(t) for t in official),
+        "memrl_tokens_per_step": statistics.median(tokens(t) for t in memrl),
+    }
+    out["work_ratio"] = out["official_tokens_per_step"] / out["memrl_tokens_per_step"]
+    return out
 
 
 def encoder_costs(embedder: SentenceTransformerEmbedder, texts: list[str]) -> dict:
-    """ms per text for this step's texts: one call per text (official) vs one batched call."""
-    start = time.perf_counter()
-    for text in texts:
-        encode_one(embedder, text)
-    single = (time.perf_counter() - start) / len(texts)
-    start = time.perf_counter()
-    embedder.encode(texts)
-    batched = (time.perf_counter() - start) / len(texts)
-    tokens = [len(ids) for ids in embedder.model.tokenizer(texts)["input_ids"]]
-    return {"texts": len(texts), "mean_tokens": float(np.mean(tokens)),
-            "single_ms_per_text": 1000 * single, "batched_ms_per_text": 1000 * batched}
+    """ms per text for this step's texts: one torch call per text (official), one batched
+    torch call, one batched call on memrl's backend."""
+    out: dict = {"texts": len(texts), "backend": embedder.backend}
+    out["mean_tokens"] = float(np.mean([len(ids) for ids in embedder.model.tokenizer(texts)["input_ids"]]))
+    for name, run in (
+        ("single", lambda: [encode_one(embedder, text) for text in texts]),
+        ("batched_torch", lambda: embedder.encode_torch(texts)),
+        ("batched", lambda: embedder.encode(texts)),
+    ):
+        out[f"{name}_ms_per_text"] = 1000 * timed(run)[0] / len(texts)
+    return out
 
 
 def search_scaling(sizes: list[int], dim: int, k: int, batch: int, repeats: int, seed: int) -> list[dict]:
@@ -250,7 +298,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     parser.add_argument("--scale-keys", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--scale-repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads (both paths)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch, onnxruntime and FAISS threads (both paths)")
+    parser.add_argument("--backend", choices=EMBEDDER_BACKENDS, default=MemorySettings().embedder_backend,
+                        help="memrl's encoder backend (the official path always runs torch)")
+    parser.add_argument("--encode-batch-size", type=int, default=MemorySettings().encode_batch_size,
+                        help="texts per forward pass of memrl's encoder (memory.encode_batch_size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -260,8 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    embedder = SentenceTransformerEmbedder(device="cpu", batch_size=MemorySettings().encode_batch_size)
+    embedder = SentenceTransformerEmbedder(
+        device="cpu", batch_size=args.encode_batch_size, backend=args.backend
+    )
     embedder.encode(["warm-up text"] * 8)
+    embedder.encode_torch(["warm-up text"] * 8)
+    print(f"memrl encoder backend: {embedder.backend}; official path: torch, one text per call")
     steps = build_steps(args)
     t = time.perf_counter()
     contents = Contents(args, embedder, steps)
@@ -269,19 +326,35 @@ def main(argv: list[str] | None = None) -> dict:
           f"{len(steps) - 1} timed steps of {args.questions} x {args.completions} completions")
 
     base = dict(k=args.k, capacity_keys=args.keys, capacity_values=args.values_per_key,
-                embedder="all-MiniLM-L6-v2", device="cpu")
+                embedder="all-MiniLM-L6-v2", embedder_backend=embedder.backend, device="cpu",
+                encode_batch_size=args.encode_batch_size)
     paper = MemorySettings(**base, warmup=0)  # explore active, as in the official run after warm-up
     reference = MemorySettings.reference(**base)
-    paper_times, _ = time_memrl(paper, embedder, contents, steps)
-    print(f"memrl paper      median {statistics.median(paper_times):.3f} s/step  {paper_times}")
-    gc.collect()
-    reference_times, reference_results = time_memrl(reference, embedder, contents, steps)
-    print(f"memrl reference  median {statistics.median(reference_times):.3f} s/step  {reference_times}")
-    gc.collect()
-    official_times, official_results = time_official(args, embedder, contents, steps)
-    print(f"official         median {statistics.median(official_times):.3f} s/step  {official_times}")
+    # The paths take turns on each step, so a machine whose speed drifts (shared cores) slows
+    # all of them alike; step 0 warms up and is not timed.
+    paths = {"paper": MemrlPath(paper, embedder, contents), "reference": MemrlPath(reference, embedder, contents),
+             "official": OfficialPath(args, embedder, contents)}
     del contents
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    results: dict[str, list] = {name: [] for name in paths}
+    official_texts = []
+    for i, step in enumerate(steps):
+        first = len(paths["official"].encoded)
+        for name, path in paths.items():
+            seconds, out = path.step(*step)
+            if i:
+                times[name].append(seconds)
+                results[name].append(out)
+        if i:
+            official_texts.append(paths["official"].encoded[first:])
+            print(f"step {i}: " + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in paths))
+    del paths
     gc.collect()
+    paper_times, reference_times, official_times = times["paper"], times["reference"], times["official"]
+    reference_results, official_results = results["reference"], results["official"]
+    print(f"memrl paper      median {statistics.median(paper_times):.3f} s/step")
+    print(f"memrl reference  median {statistics.median(reference_times):.3f} s/step")
+    print(f"official         median {statistics.median(official_times):.3f} s/step")
 
     diffs = np.concatenate(
         [np.abs(np.asarray(o[i]) - r[i]) for r, o in zip(reference_results, official_results) for i in (0, 1)]
@@ -296,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
         "memrl_paper_times_s": paper_times,
         "memrl_reference_times_s": reference_times,
         "official_times_s": official_times,
+        "speedup_per_step": [o / p for o, p in zip(official_times, paper_times)],
+        "memrl_embedder_backend": embedder.backend,
         "reference_vs_official_max_abs_diff": float(diffs.max()),
         "reference_vs_official_frac_over_1e-3": float((diffs > 1e-3).mean()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
@@ -306,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"({100 * figures['reference_vs_official_frac_over_1e-3']:.1f}% of rewards over 1e-3; "
           "batched vs single-text encoder rounding meeting self-match windows)")
 
+    figures["encoder_work"] = encoder_work(embedder, official_texts, steps)
+    figures["per_token_speedup"] = figures["speedup"] / figures["encoder_work"]["work_ratio"]
     questions, reasonings, _ = steps[0]
     figures["encoder_reasonings"] = encoder_costs(embedder, reasonings[:64])
     figures["encoder_questions"] = encoder_costs(embedder, list(dict.fromkeys(questions)))
@@ -321,11 +398,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'official per-sample':<22}{official_median:>14.3f}{1.0:>12.1f}x")
     print(f"{'memrl reference mode':<22}{statistics.median(reference_times):>14.3f}"
           f"{figures['speedup_reference_mode']:>12.1f}x")
-    print(f"{'memrl paper (default)':<22}{statistics.median(paper_times):>14.3f}{figures['speedup']:>12.1f}x")
+    print(f"{'memrl paper (default)':<22}{statistics.median(paper_times):>14.3f}{figures['speedup']:>12.1f}x"
+          f"   (per step: {', '.join(f'{r:.1f}' for r in figures['speedup_per_step'])})")
+    w = figures["encoder_work"]
+    print(f"encoder work per step: official {w['official_texts_per_step']:.0f} texts / "
+          f"{w['official_tokens_per_step']:.0f} tokens, memrl {w['memrl_texts_per_step']:.0f} texts / "
+          f"{w['memrl_tokens_per_step']:.0f} tokens: ratio {w['work_ratio']:.2f}; speedup = "
+          f"{w['work_ratio']:.2f} x {figures['per_token_speedup']:.2f} per token")
     for name in ("reasonings", "questions"):
         e = figures[f"encoder_{name}"]
-        print(f"encoder, {name} ({e['mean_tokens']:.0f} tokens): {e['single_ms_per_text']:.1f} ms/text "
-              f"one by one, {e['batched_ms_per_text']:.1f} ms/text batched")
+        print(f"encoder, {name} ({e['mean_tokens']:.0f} tokens), ms/text: one by one (torch) "
+              f"{e['single_ms_per_text']:.1f}, batched torch {e['batched_torch_ms_per_text']:.1f}, "
+              f"batched {e['backend']} {e['batched_ms_per_text']:.1f}")
     print(f"{'keys':>10}{'batch q/s':>12}{'batch p99 ms':>14}{'single q/s':>12}{'single p99 ms':>15}")
     for row in scaling:
         print(f"{row['keys']:>10}{row['batched_queries_per_s']:>12.0f}{row['batched_p99_ms']:>14.1f}"

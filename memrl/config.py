@@ -200,6 +200,7 @@ class MemoryConfig(_Section):
     lambda_exploit: float = 1.0
     lambda_explore: float = 1.0
     embedder: str = "all-MiniLM-L6-v2"
+    embedder_backend: Literal["onnx", "torch"] = "onnx"
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     num_shards: int = Field(1, ge=1)

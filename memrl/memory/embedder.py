@@ -2,22 +2,51 @@
 
 Every embedder maps a list of texts to an ``[n, dim]`` float32 array of unit-length rows, so
 inner product equals cosine similarity and L2 ranking equals cosine ranking.
+
+A sentence-transformers model runs on one of two backends (``memory.embedder_backend``):
+
+- ``torch``: the model's own ``encode``.
+- ``onnx`` (default; CPU only): the same model (its transformer, pooling and normalisation, same
+  weights) exported once with ``torch.onnx.export`` from the loaded model and run by
+  onnxruntime, tokenised by the model's own tokenizer. Embeddings equal the torch ones to float32
+  rounding (max abs difference ~2e-7 on all-MiniLM-L6-v2). Measured on the benchmark's texts
+  (~70 tokens, 1 thread, interleaved runs): 19.9 ms/text in batches of 8 vs 25.0 for torch in
+  batches of 16 (its best size here); in batches of 16 only ~6 % faster, as larger activations
+  leave the CPU cache. The export is cached under
+  ``$XDG_CACHE_HOME/memrl/onnx/`` (default ``~/.cache/memrl/onnx/``), keyed by a hash of the
+  weights, the model's module layout and the library versions; it is written atomically and
+  checked against torch on probe texts every time it is loaded. Without onnxruntime or onnx, on
+  a GPU, or when the export fails its check, the torch backend is used (with a logged warning,
+  except on a GPU where torch is the faster choice).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import tempfile
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 HASH_EMBEDDER = "hash"
 HASH_DIM = 384
+EMBEDDER_BACKENDS = ("onnx", "torch")
+DEFAULT_BACKEND = "onnx"
+# Bump when the exported graph changes (inputs, outputs, exporter options): old files are ignored.
+ONNX_EXPORT_VERSION = 1
+ONNX_OPSET = 17
+# ONNX and torch embeddings of the probe texts must agree this closely (float32 rounding is ~2e-7).
+ONNX_TOLERANCE = 1e-4
+_PROBE_TEXTS = ["memrl encoder check", "A longer probe: 3 boxes of 12 pens, 7 sold, so 29 remain. " * 4]
+
+logger = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -31,9 +60,28 @@ class Embedder(Protocol):
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model (default all-MiniLM-L6-v2 from the offline package)."""
+    """A sentence-transformers model (default all-MiniLM-L6-v2 from the offline package).
 
-    def __init__(self, name_or_path: str = DEFAULT_MODEL, device: str = "cpu", batch_size: int = 16):
+    ``model`` is always the torch ``SentenceTransformer``; ``backend`` says which backend
+    :meth:`encode` actually uses (``onnx`` may fall back to ``torch``, see the module doc).
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = DEFAULT_MODEL,
+        device: str = "cpu",
+        batch_size: int = 16,
+        backend: str = DEFAULT_BACKEND,
+        cache_dir: str | Path | None = None,
+    ):
+        """Args:
+            name_or_path: model name or local folder (:func:`resolve_model_path`).
+            device: ``cpu`` or ``cuda``.
+            batch_size: texts per forward pass.
+            backend: ``onnx`` or ``torch``.
+            cache_dir: folder of exported ONNX files; default :func:`onnx_cache_dir`.
+        """
+        _check_backend(backend)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
@@ -43,8 +91,23 @@ class SentenceTransformerEmbedder:
         )
         self.dim = int(dim_of())
         self.batch_size = batch_size
+        self._onnx: OnnxSentenceEncoder | None = None
+        if backend == "onnx":
+            if device != "cpu":
+                logger.info("memory.embedder_backend = onnx runs on CPU only; using torch on %s", device)
+            else:
+                self._onnx = _onnx_encoder_or_none(self.model, Path(cache_dir or onnx_cache_dir()))
+        self.backend = "onnx" if self._onnx is not None else "torch"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._onnx is not None:
+            return self._onnx.encode(texts, self.batch_size)
+        return self.encode_torch(texts)
+
+    def encode_torch(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`encode` with the torch backend, whichever backend is selected."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = self.model.encode(
@@ -55,6 +118,153 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class OnnxSentenceEncoder:
+    """A sentence-transformers model exported to ONNX (transformer, pooling, normalisation),
+    run by onnxruntime on CPU with as many intra-op threads as torch uses."""
+
+    def __init__(self, model: Any, path: Path):
+        """Args:
+            model: the torch ``SentenceTransformer`` the file was exported from (its tokenizer
+                prepares the inputs).
+            path: the exported ``.onnx`` file.
+        """
+        import onnxruntime
+        import torch
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+        self._tokenize = getattr(model, "preprocess", None) or model.tokenize
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """``[len(texts), dim]`` float32 unit rows, ``batch_size`` texts per run."""
+        # One tokenizer call (the model's own: same truncation), then batches of similar token
+        # counts, longest first, without the columns that are padding in the whole batch:
+        # padding changes no embedding, it only costs time.
+        features = self._tokenize(list(texts))
+        arrays = {name: features[name].numpy() for name in self.input_names}
+        mask = features["attention_mask"].numpy().astype(bool)
+        order = np.argsort(-mask.sum(axis=1), kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            cols = mask[rows].any(axis=0)
+            out[rows] = self.session.run(None, {name: a[rows][:, cols] for name, a in arrays.items()})[0]
+        return out
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX models are kept: ``$XDG_CACHE_HOME/memrl/onnx`` (default
+    ``~/.cache/memrl/onnx``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "memrl" / "onnx"
+
+
+def onnx_export_key(model: Any) -> str:
+    """Hex digest naming a model's export: its weights, module layout (pooling, max length)
+    and the versions that shape the exported graph."""
+    import sentence_transformers
+    import torch
+    import transformers
+
+    digest = hashlib.sha256()
+    meta = (ONNX_EXPORT_VERSION, ONNX_OPSET, torch.__version__, transformers.__version__,
+            sentence_transformers.__version__, repr(model))
+    digest.update(repr(meta).encode("utf-8"))
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode("utf-8"))
+        digest.update(str(tensor.dtype).encode("utf-8"))
+        digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
+    return digest.hexdigest()[:32]
+
+
+def export_onnx(model: Any, path: Path) -> None:
+    """Export ``model`` (a torch ``SentenceTransformer``) to ``path``, atomically: written to a
+    temporary file in the same folder, then renamed, so a crash never leaves a partial file.
+    Inputs are the tokenizer's tensors (batch and sequence dimensions dynamic); the output
+    ``sentence_embedding`` is ``[batch, dim]``."""
+    import torch
+
+    tokenize = getattr(model, "preprocess", None) or model.tokenize
+    # two texts of different lengths, so the traced graph includes padding and masking
+    features = {k: v for k, v in tokenize(_PROBE_TEXTS).items() if isinstance(v, torch.Tensor)}
+    names = list(features)
+    axes = {name: {0: "batch", 1: "tokens"} for name in names}
+    axes["sentence_embedding"] = {0: "batch"}
+
+    class SentenceGraph(torch.nn.Module):  # positional tensors in (what the exporter traces)
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            return self.model(dict(zip(names, tensors)))["sentence_embedding"]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any other
+    try:
+        model.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's tracer and deprecation notices
+            torch.onnx.export(
+                SentenceGraph(), tuple(features[n] for n in names), tmp, dynamo=False,
+                input_names=names, output_names=["sentence_embedding"], dynamic_axes=axes,
+                opset_version=ONNX_OPSET,
+            )
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _onnx_encoder_or_none(model: Any, cache_dir: Path) -> OnnxSentenceEncoder | None:
+    """The ONNX encoder of ``model`` (exported into ``cache_dir`` if not there yet, checked
+    against torch on probe texts), or None with a logged warning when it cannot be used."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        logger.warning("memory.embedder_backend = onnx needs onnxruntime and onnx (%s); using torch", exc)
+        return None
+    path = cache_dir / f"{onnx_export_key(model)}.onnx"
+    try:
+        encoder = _load_or_export(model, path)
+        expected = model.encode(_PROBE_TEXTS, convert_to_numpy=True, normalize_embeddings=True)
+        diff = float(np.abs(encoder.encode(_PROBE_TEXTS, len(_PROBE_TEXTS)) - expected).max())
+    except Exception as exc:  # any failure here leaves the (always correct) torch backend
+        logger.warning("ONNX export or load of the sentence encoder failed (%r); using torch", exc)
+        return None
+    if not diff <= ONNX_TOLERANCE:
+        logger.warning(
+            "ONNX encoder %s differs from torch by %.2e (> %.0e); using torch", path, diff, ONNX_TOLERANCE
+        )
+        return None
+    return encoder
+
+
+def _load_or_export(model: Any, path: Path) -> OnnxSentenceEncoder:
+    """Open the cached export at ``path``; export first when it is missing or unreadable."""
+    if path.is_file():
+        try:
+            return OnnxSentenceEncoder(model, path)
+        except Exception as exc:
+            logger.warning("cached ONNX model %s unreadable (%s); exporting again", path, exc)
+    logger.info("exporting the sentence encoder to %s (once per model and versions)", path)
+    export_onnx(model, path)
+    return OnnxSentenceEncoder(model, path)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in EMBEDDER_BACKENDS:
+        raise ValueError(f"memory.embedder_backend = {backend!r}: must be one of {list(EMBEDDER_BACKENDS)}")
 
 
 class HashingEmbedder:
@@ -94,11 +304,15 @@ def encoder_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_embedder(name: str, device: str = "cpu", batch_size: int = 16) -> Embedder:
-    """Build the embedder named in settings (``hash`` or a sentence-transformers model)."""
+def make_embedder(
+    name: str, device: str = "cpu", batch_size: int = 16, backend: str = DEFAULT_BACKEND
+) -> Embedder:
+    """Build the embedder named in settings (``hash`` or a sentence-transformers model on
+    ``backend``, ``onnx`` or ``torch``)."""
+    _check_backend(backend)
     if name == HASH_EMBEDDER:
         return HashingEmbedder()
-    return SentenceTransformerEmbedder(name, device=device, batch_size=batch_size)
+    return SentenceTransformerEmbedder(name, device=device, batch_size=batch_size, backend=backend)
 
 
 @dataclass

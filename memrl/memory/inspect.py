@@ -58,7 +58,7 @@ def inspect_snapshot(
         lines.extend(_histogram(counts))
     if query is not None:
         if embedder is None:
-            embedder = make_embedder(settings.embedder, "cpu")
+            embedder = make_embedder(settings.embedder, "cpu", backend=settings.embedder_backend)
         qvec = embedder.encode([query])[0]
         for name, shards in memories.items():
             lines.append("")

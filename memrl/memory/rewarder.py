@@ -66,7 +66,8 @@ class MemoryRewarder:
         self.device = resolve_device(settings.device)
         if embedder is None:
             embedder = make_embedder(
-                settings.embedder, encoder_device(settings.device), settings.encode_batch_size
+                settings.embedder, encoder_device(settings.device), settings.encode_batch_size,
+                backend=settings.embedder_backend,
             )
         self.encoder = StepEncoder(embedder, settings.question_cache_size)
         self.shard = MemoryShard(settings, embedder.dim, shard_index, num_shards, self.device)

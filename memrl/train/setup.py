@@ -159,6 +159,7 @@ def memory_settings(cfg: Config) -> MemorySettings:
         lambda_explore=m.lambda_explore,
         use_explore=cfg.method == "memoryr+",
         embedder=m.embedder,
+        embedder_backend=m.embedder_backend,
         device="auto",  # the GPU index when the actor got a GPU and FAISS has GPU support
         value_text_chars=m.value_text_chars,
     )
