@@ -178,13 +178,13 @@ def test_parse_row():
 
 
 def test_trl_config_carries_memrls_settings(tmp_path):
-    cfg = load_config(None, ["grpo.beta=0.02", "grpo.clip_high=0.28"])
+    cfg = load_config(None, ["grpo.beta=0.02", "grpo.clip_high=0.28", "grpo.temperature=0.8"])
     args = e2e.trl_config(cfg, steps=5, out_dir=tmp_path)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (32, 2)
     assert args.generation_batch_size == 64 and args.num_generations == 8
     assert (args.beta, args.epsilon, args.epsilon_high) == (0.02, 0.2, 0.28)
     assert (args.loss_type, args.scale_rewards) == ("dapo", "group")
-    assert (args.max_completion_length, args.temperature, args.top_k) == (64, 1.0, 0)
+    assert (args.max_completion_length, args.temperature, args.top_k) == (64, 0.8, 0)
     assert args.max_steps == 5 and args.num_iterations == 1 and args.shuffle_dataset is False
 
 
