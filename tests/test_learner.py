@@ -20,7 +20,12 @@ from memrl.learner.batching import (
     slice_batch,
 )
 from memrl.learner.distributed import free_port, set_rank_env
-from memrl.learner.policy import LearnerSettings, PolicyTrainer
+from memrl.learner.policy import (
+    LearnerSettings,
+    PolicyTrainer,
+    UnsafeCheckpointError,
+    check_plain_pickles,
+)
 from memrl.learner.stats import merge_rank_stats
 from memrl.model.tiny import build_tiny_model
 from memrl.types import RolloutBatch
@@ -430,3 +435,33 @@ def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
             group.load(tmp_path / "no-checkpoint-here")
     finally:
         group.shutdown()
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.getpid`` (harmless, but a weights-only load must refuse it)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_checkpoint_files_are_plain_and_a_tampered_one_is_refused(
+    model_dir: Path, single_rank: None, tmp_path: Path, stage: int
+) -> None:
+    trainer = PolicyTrainer(make_settings(model_dir, zero_stage=stage))
+    batch = batch_for(model_dir, groups=2, group_size=2)
+    trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    trainer.save_state(tmp_path / "ckpt")
+    files = sorted((tmp_path / "ckpt").rglob("*.pt"))
+    assert files  # DeepSpeed wrote its model (and, with ZeRO, optimizer) states
+    check_plain_pickles(tmp_path / "ckpt")  # every file passes a weights-only load
+    trainer.load_state(tmp_path / "ckpt")
+    assert trainer.steps == 1
+
+    state = torch.load(files[0], map_location="cpu", weights_only=True)
+    state["client_state_extra"] = _RunsCode()
+    torch.save(state, files[0])
+    with pytest.raises(UnsafeCheckpointError, match=files[0].name):
+        trainer.load_state(tmp_path / "ckpt")

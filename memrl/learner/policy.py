@@ -156,6 +156,32 @@ def _check_batch(batch: RolloutBatch) -> None:
             )
 
 
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds objects that a weights-only unpickler refuses."""
+
+
+def check_plain_pickles(directory: Path) -> None:
+    """Raise :class:`UnsafeCheckpointError` naming the first ``*.pt`` file under ``directory``
+    that ``torch.load(weights_only=True)`` refuses (anything beyond tensors, containers and
+    plain values, e.g. a global that unpickling would import or call)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    # DeepSpeed's own plain-data classes in its ZeRO optimizer states (fields only, no code
+    # runs when they are rebuilt); anything else stays refused.
+    deepspeed_data = [LossScaler, ZeroStageEnum, fragment_address]
+    for path in sorted(directory.rglob("*.pt")):
+        try:
+            with torch.serialization.safe_globals(deepspeed_data):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for refused globals, others for corruption
+            raise UnsafeCheckpointError(
+                f"{path}: not loadable as plain tensors and values ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); refusing to restore from it"
+            ) from exc
+
 class PolicyTrainer:
     """DeepSpeed-wrapped policy (and optional frozen reference) of one data-parallel rank.
 
@@ -497,12 +523,14 @@ class PolicyTrainer:
     def load_state(self, directory: str | Path) -> None:
         """Restore what :meth:`save_state` wrote (every rank calls it).
 
-        DeepSpeed reads its pickles with ``torch.load(weights_only=False)`` (they hold config
-        objects and ZeRO bookkeeping, not only tensors): load only checkpoints you wrote.
+        DeepSpeed reads its files with ``torch.load(weights_only=False)``; every file is first
+        read with ``weights_only=True`` (tensors, containers and plain values only), so a file
+        that would run code when unpickled is refused before DeepSpeed opens it.
         """
         if not (Path(directory) / CHECKPOINT_TAG).is_dir():
             raise FileNotFoundError(
                 f"no learner checkpoint in {directory} (expected {directory}/{CHECKPOINT_TAG}/)"
             )
+        check_plain_pickles(Path(directory) / CHECKPOINT_TAG)
         _, client_state = self.engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
         self.weight_version = client_state.get("weight_version")
