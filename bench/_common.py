@@ -187,3 +187,15 @@ def random_model(size: str, cfg: Config, task: Task, dtype: str) -> str:
     tokenizer.save_pretrained(staging)
     staging.rename(folder)
     return str(folder)
+
+
+def add_model_arguments(parser: Any) -> None:
+    """Add ``--model-size``, ``--dtype``, ``--set`` and ``--json`` to an ``argparse`` parser
+    (the options the rollout and weight-sync benchmarks share)."""
+    parser.add_argument("--model-size", default="tiny", choices=["tiny", *RANDOM_SHAPES],
+                        help="tiny: the embedded default's model; else a random model (GPU)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weights of a random model; default bfloat16 on GPU, else float32")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
+                        help="config overrides, dotted.key=value")
+    parser.add_argument("--json", type=Path, default=None)

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -224,13 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (+1 warm-up)")
     parser.add_argument("--two-workers", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure 2 rollout workers")
-    parser.add_argument("--model-size", default="tiny", choices=["tiny", *common.RANDOM_SHAPES],
-                        help="tiny: the embedded default's model; else a random model (GPU)")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                        help="weights of a random model; default bfloat16 on GPU, else float32")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
-                        help="config overrides, dotted.key=value")
-    parser.add_argument("--json", type=Path, default=None)
+    common.add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats}: must be >= 1")

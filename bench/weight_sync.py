@@ -32,7 +32,6 @@ import bench._common as common  # first: one thread per process, offline hubs
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -128,14 +127,9 @@ def measure(learners: Any, workers: list[Any], prompt: str, version: int) -> tup
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-size", default="tiny", choices=["tiny", *common.RANDOM_SHAPES])
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                        help="weights of a random model; default bfloat16 on GPU, else float32")
+    common.add_model_arguments(parser)
     parser.add_argument("--workers", type=int, default=None, help="default: rollout.num_workers")
     parser.add_argument("--repeats", type=int, default=10, help="timed versions (+1 warm-up)")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[],
-                        help="config overrides, dotted.key=value")
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats}: must be >= 1")
