@@ -22,7 +22,7 @@ its ``metrics.jsonl`` (``time/*``; ``reference`` runs concurrently with ``score`
 (generation + rewards + reference log-probs), its generation call and the reward function.
 Overrides that change ``task`` or ``model.tiny`` build (once) another tiny model.
 
-Run: ``PYTHONPATH=. python bench/e2e_vs_trl.py --json bench/e2e_vs_trl.json``
+Run from the repository root: ``python -m bench.e2e_vs_trl --json e2e_vs_trl.json``
 """
 
 from __future__ import annotations

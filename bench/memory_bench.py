@@ -23,7 +23,7 @@ and tokens encoded per step; ``speedup`` = ``work_ratio`` × ``per_token_speedup
 exact-search throughput for larger key counts (synthetic), and a compact table last.
 ``--json PATH`` writes the figures; the official/memrl-paper ratio is under ``speedup``.
 
-Run: ``PYTHONPATH=. python bench/memory_bench.py --json bench/memory_bench.json``
+Run from the repository root: ``python -m bench.memory_bench --json memory_bench.json``
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ processes on a shared machine hits both alike; the first repetition of each is a
 With one worker the bare engine and memrl share seeds, so they sample the same tokens
 (``same_tokens`` in the JSON confirms the work was identical).
 
-Run: ``PYTHONPATH=. python bench/rollout.py --json bench/rollout.json``
+Run from the repository root: ``python -m bench.rollout --json rollout.json``
 """
 
 from __future__ import annotations

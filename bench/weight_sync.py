@@ -22,7 +22,7 @@ a randomly initialised Llama-shaped model with Qwen2.5-0.5B/1.5B dimensions (no 
 bfloat16 on GPU), meant for GPU machines (on CPU they run, slowly; 1.5B needs ~30 GB RAM).
 On a GPU the learner takes half the GPU and the workers share the other half (vLLM).
 
-Run: ``PYTHONPATH=. python bench/weight_sync.py --json bench/weight_sync.json``
+Run from the repository root: ``python -m bench.weight_sync --json weight_sync.json``
 """
 
 from __future__ import annotations
