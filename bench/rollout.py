@@ -38,6 +38,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids, resolve_engine_kind
+from memrl.train.rollout_pool import request_seed
 from memrl.train.setup import rollout_worker_factory
 
 TARGET_FRACTION = 0.9
@@ -55,11 +56,6 @@ class Run:
     @property
     def tokens_per_s(self) -> float:
         return common.ratio(self.tokens, self.seconds, "tokens per second")
-
-
-def chunk_seed(seed: int, repetition: int, chunk: int) -> int:
-    """The trainer's per-request seed with the repetition standing in for the step."""
-    return (seed * 1_000_003 + repetition) * 97 + chunk
 
 
 class BareHF:
@@ -158,10 +154,9 @@ class MemrlPool:
                                   num_chunks=len(self.pool))
 
         def submit(actor: Any, req: Any):
-            settings = SamplingSettings(temperature=template.temperature, top_p=template.top_p,
-                                        max_tokens=template.max_tokens,
-                                        num_generations=template.num_generations,
-                                        seed=chunk_seed(self.cfg.seed, repetition, req.index))
+            # The trainer's per-request seed, the repetition standing in for the step.
+            settings = dataclasses.replace(
+                template, seed=request_seed(self.cfg.seed, repetition, req.index))
             return actor.generate.remote(req.prompts, req.record_ids, settings, None)
 
         start = time.perf_counter()
@@ -257,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {"bare": [], "1_worker": [], "in_process": [], "2_workers": []}
     try:
         for r in range(args.repeats + 1):
-            settings = dataclasses.replace(template, seed=chunk_seed(cfg.seed, r, 0))
+            settings = dataclasses.replace(template, seed=request_seed(cfg.seed, r, 0))
             runs["bare"].append(bare.generate(prompts, settings))
             runs["1_worker"].append(pool.generate(prompts, template, r))
             if in_process is not None:

@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     common.one_thread()
     gpu = torch.cuda.is_available()
-    cfg = common.bench_config(["grpo.beta=0", *args.overrides])
+    overrides = ["grpo.beta=0", *args.overrides]
+    cfg = common.bench_config(overrides)
     workers = args.workers or cfg.rollout.num_workers
-    overrides = gpu_overrides(["grpo.beta=0", *args.overrides], workers)
+    overrides = gpu_overrides(overrides, workers)
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     task, model_path, tokenizer = common.prepare(cfg, args.model_size, dtype)
     if args.model_size != "tiny":

@@ -14,6 +14,7 @@ from memrl.model.tiny import train_bpe_tokenizer
 from memrl.prompts import record_prompt
 from memrl.rollout.engine import build_rollout_batch
 from memrl.train.data_stream import PromptStream
+from memrl.train.rollout_pool import request_seed
 from memrl.train.setup import build_task
 from memrl.types import Record
 
@@ -60,9 +61,9 @@ def test_format_table_aligns_columns():
     assert text.splitlines() == ["row" + " " * 13 + "s", "a" + " " * 11 + "1.235", "long name  12.000"]
 
 
-def test_chunk_seed_is_the_trainers_formula():
-    assert rollout.chunk_seed(0, 0, 0) == 0
-    assert rollout.chunk_seed(1, 2, 3) == (1 * 1_000_003 + 2) * 97 + 3 == 97_000_488
+def test_request_seed_formula_shared_by_trainer_and_rollout_bench():
+    assert request_seed(0, 0, 0) == 0
+    assert request_seed(1, 2, 3) == (1 * 1_000_003 + 2) * 97 + 3 == 97_000_488
 
 
 def test_rollout_figures():

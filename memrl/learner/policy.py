@@ -156,7 +156,6 @@ def _check_batch(batch: RolloutBatch) -> None:
             )
 
 
-
 class UnsafeCheckpointError(ValueError):
     """A checkpoint file holds objects that a weights-only unpickler refuses."""
 
@@ -181,6 +180,7 @@ def check_plain_pickles(directory: Path) -> None:
                 f"{path}: not loadable as plain tensors and values ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); refusing to restore from it"
             ) from exc
+
 
 class PolicyTrainer:
     """DeepSpeed-wrapped policy (and optional frozen reference) of one data-parallel rank.

@@ -140,7 +140,7 @@ class OnnxSentenceEncoder:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.dim = int(self.session.get_outputs()[0].shape[-1])
-        self._tokenize = getattr(model, "preprocess", None) or model.tokenize
+        self._tokenize = _tokenizer_of(model)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """``[len(texts), dim]`` float32 unit rows, ``batch_size`` texts per run."""
@@ -157,6 +157,12 @@ class OnnxSentenceEncoder:
             cols = mask[rows].any(axis=0)
             out[rows] = self.session.run(None, {name: a[rows][:, cols] for name, a in arrays.items()})[0]
         return out
+
+
+def _tokenizer_of(model: Any) -> Any:
+    """The ``SentenceTransformer``'s own text-to-tensors call (``preprocess`` in newer
+    sentence-transformers, ``tokenize`` before it)."""
+    return getattr(model, "preprocess", None) or model.tokenize
 
 
 def onnx_cache_dir() -> Path:
@@ -191,7 +197,7 @@ def export_onnx(model: Any, path: Path) -> None:
     ``sentence_embedding`` is ``[batch, dim]``."""
     import torch
 
-    tokenize = getattr(model, "preprocess", None) or model.tokenize
+    tokenize = _tokenizer_of(model)
     # two texts of different lengths, so the traced graph includes padding and masking
     features = {k: v for k, v in tokenize(_PROBE_TEXTS).items() if isinstance(v, torch.Tensor)}
     names = list(features)

@@ -48,7 +48,12 @@ from memrl.rollout.engine import SamplingSettings, load_tokenizer
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import chunk_requests, evaluate_greedy
 from memrl.train.metrics import MetricsWriter
-from memrl.train.rollout_pool import GenerationRequest, PendingGeneration, RolloutPool
+from memrl.train.rollout_pool import (
+    GenerationRequest,
+    PendingGeneration,
+    RolloutPool,
+    request_seed,
+)
 from memrl.train.scoring import StepScores, score_step
 from memrl.train.setup import (
     build_reward_plan,
@@ -180,11 +185,10 @@ class Trainer:
         weights = self.weights
 
         def submit(actor: Any, req: GenerationRequest):
-            # Seeded per (step, chunk), not per worker: a re-dispatched chunk samples the same.
             settings = SamplingSettings(temperature=g.temperature, top_p=g.top_p,
                                         max_tokens=g.max_completion_length,
                                         num_generations=g.num_generations,
-                                        seed=(self.cfg.seed * 1_000_003 + step) * 97 + req.index)
+                                        seed=request_seed(self.cfg.seed, step, req.index))
             return actor.generate.remote(req.prompts, req.record_ids, settings, weights)
 
         return StepBatch(step=step, records=records, pending=self.pool.start(requests, submit))

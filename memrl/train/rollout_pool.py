@@ -35,6 +35,12 @@ class GenerationRequest:
     attempts: int = 0
 
 
+def request_seed(run_seed: int, step: int, chunk: int) -> int:
+    """Sampling seed of chunk ``chunk`` of step ``step``: per (step, chunk), not per worker, so
+    a chunk re-dispatched to another worker samples the same completions."""
+    return (run_seed * 1_000_003 + step) * 97 + chunk
+
+
 @dataclass
 class GenerationResult:
     batch_ref: ray.ObjectRef  # -> RolloutBatch, never fetched by the driver
