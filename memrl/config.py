@@ -40,6 +40,11 @@ class TinyModelConfig(_Section):
     warmstart_lr: float = Field(3e-3, gt=0)
     warmstart_batch_size: int = Field(32, ge=1)
     warmstart_examples: int = Field(4000, ge=1)
+    # Share of warm-start demonstrations written as free text ending in GSM8K's "#### N" instead
+    # of the <answer> tags: a base model that solves the task but follows the required format
+    # only part of the time, as small pretrained models do (the format rewards and the exact
+    # answer check then have something to teach).
+    warmstart_free_text_fraction: float = Field(0.0, ge=0, le=1)
     # The base model's own seed (initial weights, warm-start order), not the run's ``seed``:
     # like a pretrained checkpoint, one base model is shared by every training seed.
     seed: int = 0

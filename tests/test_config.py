@@ -44,6 +44,7 @@ def test_overrides_have_yaml_types_and_reach_nested_keys():
         ("learner.num_learners=3", "learner.num_learners = 3"),
         ("model.tiny.num_heads=3", "model.tiny.hidden_size (128) must be divisible"),
         ("grpo.top_p=1.5", "grpo.top_p"),
+        ("model.tiny.warmstart_free_text_fraction=1.5", "model.tiny.warmstart_free_text_fraction"),
     ],
 )
 def test_bad_values_name_the_key(override, fragment):

@@ -21,6 +21,7 @@ class EvalResult:
     num_correct: int
     num_total: int
     mean_length: float  # completion tokens
+    answer_tag_rate: float  # share of completions that open an <answer> tag
 
 
 def chunk_requests(prompts: Sequence[str], ids: Sequence[str], num_chunks: int) -> list[GenerationRequest]:
@@ -54,7 +55,8 @@ def evaluate_greedy(pool: RolloutPool, records: Sequence[Record], render: Callab
     batches = ray.get([r.batch_ref for r in results], timeout=timeout_s)
     scores = score_step(batches, {r.id: r for r in records}, correctness_only,
                         RewardComposer(correctness_only.specs), max_tokens, memory=None)
-    _, _, lengths = concat_texts(batches)
+    texts, _, lengths = concat_texts(batches)
     n_correct = int(scores.correct.sum())
     return EvalResult(accuracy=n_correct / len(records), num_correct=n_correct,
-                      num_total=len(records), mean_length=float(lengths.mean()))
+                      num_total=len(records), mean_length=float(lengths.mean()),
+                      answer_tag_rate=sum("<answer>" in t for t in texts) / len(texts))

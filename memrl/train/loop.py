@@ -203,8 +203,7 @@ class Trainer:
         result = evaluate_greedy(self.pool, self.eval_records, self.render, self.plan,
                                  max_tokens=self.cfg.grpo.max_completion_length,
                                  weights=self.weights, timeout_s=self.cfg.trainer.timeout_s)
-        return {"accuracy": result.accuracy, "num_correct": result.num_correct,
-                "num_total": result.num_total, "mean_length": result.mean_length}
+        return dataclasses.asdict(result)
 
     # -- one step ------------------------------------------------------------------------------
     def _score(self, records: list[Record], batch_refs: list[ray.ObjectRef]) -> StepScores:

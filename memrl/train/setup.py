@@ -64,8 +64,9 @@ def cache_root(cfg: Config) -> Path:
     return Path(root).expanduser()
 
 
-def demonstration(task: Task, record: Record) -> str:
-    """The assistant text that solves ``record`` in the task's answer format (warm-start data)."""
+def demonstration(task: Task, record: Record, *, free_text: bool = False) -> str:
+    """The assistant text that solves ``record`` in the task's answer format (warm-start data),
+    or with ``free_text`` the same solution ending in GSM8K's ``#### answer`` line, untagged."""
     solution = record.meta.get("solution")
     if not solution:
         raise ValueError(
@@ -74,8 +75,22 @@ def demonstration(task: Task, record: Record) -> str:
         )
     if task.name == "countdown":  # the solution is the equation itself
         numbers = record.meta.get("numbers")
-        return countdown_completion(f"Use {numbers} to make {record.answer}.", solution)
+        thinking = f"Use {numbers} to make {record.answer}."
+        if free_text:
+            return f"{thinking}\n{solution}"
+        return countdown_completion(thinking, solution)
+    if free_text:
+        return f"{solution}\n#### {record.answer}"
     return xml_completion(solution, record.answer)
+
+
+def warmstart_completions(task: Task, records: list[Record], free_text_fraction: float,
+                          seed: int) -> list[str]:
+    """One warm-start demonstration per record; each is free text with probability
+    ``free_text_fraction`` (drawn from a stream seeded by ``seed`` alone, so the prompts'
+    exemplar draws do not depend on the fraction), else in the task's answer format."""
+    draws = random.Random(f"free-text:{seed}")
+    return [demonstration(task, r, free_text=draws.random() < free_text_fraction) for r in records]
 
 
 def prepare_model(cfg: Config, task: Task) -> str:
@@ -87,29 +102,32 @@ def prepare_model(cfg: Config, task: Task) -> str:
     n = min(tiny.warmstart_examples, len(train))
     records = [train[i] for i in range(n)]
     rng = random.Random(tiny.seed)
+    completions = warmstart_completions(task, records, tiny.warmstart_free_text_fraction, tiny.seed)
 
     def texts() -> list[str]:
         corpus = [task.system_prompt] + [q for q, _ in task.exemplars] + [a for _, a in task.exemplars]
-        for r in records:
-            corpus += [r.question, demonstration(task, r)]
+        for r, completion in zip(records, completions):
+            corpus += [r.question, completion]
         return corpus
 
     def examples() -> list[tuple[list[dict[str, str]], str]]:
         return [
             (build_messages(r.question, system_prompt=task.system_prompt, exemplars=task.exemplars,
-                            num_shots=cfg.task.num_shots, rng=rng), demonstration(task, r))
-            for r in records
+                            num_shots=cfg.task.num_shots, rng=rng), completion)
+            for r, completion in zip(records, completions)
         ]
 
     sizes = tiny.model_dump(exclude={"warmstart_steps", "warmstart_lr", "warmstart_batch_size",
-                                     "warmstart_examples", "cache_dir"})
+                                     "warmstart_examples", "warmstart_free_text_fraction",
+                                     "cache_dir"})
     spec = {
         "model": sizes,
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
                       "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed},
         # Not arguments: recorded so that different warm-start data gets a different folder.
         "data": {"task": cfg.task.model_dump(mode="json", exclude={"eval_size"}),
-                 "files": cfg.data.model_dump(mode="json"), "examples": n, "format": 1},
+                 "files": cfg.data.model_dump(mode="json"), "examples": n, "format": 1,
+                 "free_text_fraction": tiny.warmstart_free_text_fraction},
     }
     return str(cached_tiny_model(cache_root(cfg), spec, texts, examples))
 

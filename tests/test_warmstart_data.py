@@ -1,0 +1,53 @@
+"""The tiny base model's warm-start demonstrations: the answer format, or free text by share."""
+
+import pytest
+
+from memrl.rewards.batch import RewardBatch
+from memrl.rewards.rule import correctness_reward, strict_format_reward
+from memrl.tasks import make_task
+from memrl.train.setup import demonstration, warmstart_completions
+
+TASK = make_task("arith", seed=0)
+RECORDS = [TASK.dataset("train")[i] for i in range(400)]
+
+
+def _scores(completions: list[str], fn, **kwargs) -> list[float]:
+    batch = RewardBatch(questions=[r.question for r in RECORDS[:len(completions)]],
+                        completions=completions,
+                        answers=[r.answer for r in RECORDS[:len(completions)]],
+                        completion_lengths=[10] * len(completions), max_completion_length=64)
+    return fn(batch, **kwargs)
+
+
+def test_tagged_demonstration_earns_full_format_and_exact_correctness():
+    texts = [demonstration(TASK, r) for r in RECORDS[:20]]
+    assert _scores(texts, strict_format_reward) == [0.5] * 20
+    assert _scores(texts, correctness_reward, mode="exact") == [1.0] * 20
+
+
+def test_free_text_demonstration_has_the_solution_but_no_tags():
+    record = RECORDS[0]
+    text = demonstration(TASK, record, free_text=True)
+    assert text == f"{record.meta['solution']}\n#### {record.answer}"
+    assert "<answer>" not in text and "<reasoning>" not in text
+    # The paper's exact check reads the whole untagged text, so it is never correct.
+    assert _scores([text], correctness_reward, mode="exact") == [0.0]
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.0, 0), (1.0, 400)])
+def test_fraction_zero_and_one_are_all_or_nothing(fraction, expected):
+    texts = warmstart_completions(TASK, RECORDS, fraction, seed=0)
+    assert len(texts) == len(RECORDS)
+    assert sum("<answer>" not in t for t in texts) == expected
+
+
+def test_half_free_text_is_about_half_and_fixed_by_the_seed():
+    texts = warmstart_completions(TASK, RECORDS, 0.5, seed=0)
+    free = ["<answer>" not in t for t in texts]
+    assert 160 <= sum(free) <= 240
+    assert texts == warmstart_completions(TASK, RECORDS, 0.5, seed=0)
+    assert texts != warmstart_completions(TASK, RECORDS, 0.5, seed=1)
+    # A higher fraction turns more demonstrations into free text, never fewer: the draws are
+    # shared, so the free-text set at 0.3 is contained in the one at 0.5.
+    smaller = ["<answer>" not in t for t in warmstart_completions(TASK, RECORDS, 0.3, seed=0)]
+    assert all(f for s, f in zip(smaller, free) if s) and sum(smaller) < sum(free)
