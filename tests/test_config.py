@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from memrl.cli import main
-from memrl.config import DEFAULT_CONFIG, ConfigError, load_config, parse_override
+from memrl.config import DEFAULT_CONFIG, ConfigError, TinyModelConfig, load_config, parse_override
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -16,6 +16,9 @@ def test_default_config_is_the_embedded_cpu_default():
     assert cfg.method == "memoryr+"
     assert cfg.model.name_or_path == "tiny"
     assert cfg.task.name == "arith"
+    # The base model follows the answer format half the time; answers are checked exactly.
+    assert cfg.model.tiny.warmstart_free_text_fraction == 0.5 and cfg.task.verifier == "exact"
+    assert TinyModelConfig().warmstart_free_text_fraction == 0.0  # built-in: all tagged
     assert cfg.rollout.num_workers == 2
     assert cfg.learner.num_learners == 1
     assert cfg.grpo.prompts_per_step * cfg.grpo.num_generations == cfg.grpo.batch_size
