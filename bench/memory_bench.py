@@ -158,11 +158,29 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+class RecordingEmbedder:
+    """Delegates to an embedder and records every text passed to its ``encode``."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+        self.encoded: list[str] = []  # in call order
+
+    def __getattr__(self, name: str):
+        return getattr(self.embedder, name)
+
+    def encode(self, texts):
+        self.encoded.extend(texts)
+        return self.embedder.encode(texts)
+
+
 class MemrlPath:
-    """memrl's rewarder on the benchmark memories, one :meth:`step` per training step."""
+    """memrl's rewarder on the benchmark memories, one :meth:`step` per training step; records
+    the texts its encoder encodes (``encoded``)."""
 
     def __init__(self, settings: MemorySettings, embedder, contents: Contents):
-        self.rewarder = memrl_rewarder(settings, embedder, contents)
+        recorder = RecordingEmbedder(embedder)
+        self.encoded = recorder.encoded
+        self.rewarder = memrl_rewarder(settings, recorder, contents)
 
     def step(self, questions, reasonings, correct) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
         """(seconds, (exploit, explore)) of one step."""
@@ -200,13 +218,10 @@ class OfficialPath:
         return timed(lambda: official_step(*self.memories, questions, reasonings, correct, self.k))
 
 
-def memrl_encoded_texts(questions: list[str], reasonings: list[str]) -> list[str]:
-    """What memrl's step encoder encodes with a cold question cache: each distinct text once."""
-    return list(dict.fromkeys([*dict.fromkeys(questions), *reasonings]))
-
-
-def encoder_work(embedder: SentenceTransformerEmbedder, official: list[list[str]], steps) -> dict:
-    """Texts and tokens encoded per timed step by each path (medians over steps)."""
+def encoder_work(embedder: SentenceTransformerEmbedder, official: list[list[str]],
+                 memrl: list[list[str]]) -> dict:
+    """Texts and tokens encoded per timed step by each path (medians over steps), from the
+    texts each path passed to its encoder."""
     counts: dict[str, int] = {}
     limit = embedder.model.max_seq_length  # the encoder truncates longer texts
 
@@ -217,7 +232,6 @@ def encoder_work(embedder: SentenceTransformerEmbedder, official: list[list[str]
             counts.update(zip(todo, (min(len(row), limit) for row in ids)))
         return sum(counts[t] for t in texts)
 
-    memrl = [memrl_encoded_texts(q, r) for q, r, _ in steps[1:]]
     out = {
         "official_texts_per_step": statistics.median(len(t) for t in official),
         "memrl_texts_per_step": statistics.median(len(t) for t in memrl),
@@ -337,16 +351,17 @@ def main(argv: list[str] | None = None) -> dict:
     del contents
     times: dict[str, list[float]] = {name: [] for name in paths}
     results: dict[str, list] = {name: [] for name in paths}
-    official_texts = []
+    encoded: dict[str, list[list[str]]] = {"official": [], "paper": []}
     for i, step in enumerate(steps):
-        first = len(paths["official"].encoded)
+        first = {name: len(paths[name].encoded) for name in encoded}
         for name, path in paths.items():
             seconds, out = path.step(*step)
             if i:
                 times[name].append(seconds)
                 results[name].append(out)
         if i:
-            official_texts.append(paths["official"].encoded[first:])
+            for name in encoded:
+                encoded[name].append(paths[name].encoded[first[name]:])
             print(f"step {i}: " + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in paths))
     del paths
     gc.collect()
@@ -381,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"({100 * figures['reference_vs_official_frac_over_1e-3']:.1f}% of rewards over 1e-3; "
           "batched vs single-text encoder rounding meeting self-match windows)")
 
-    figures["encoder_work"] = encoder_work(embedder, official_texts, steps)
+    figures["encoder_work"] = encoder_work(embedder, encoded["official"], encoded["paper"])
     figures["per_token_speedup"] = figures["speedup"] / figures["encoder_work"]["work_ratio"]
     questions, reasonings, _ = steps[0]
     figures["encoder_reasonings"] = encoder_costs(embedder, reasonings[:64])

@@ -115,6 +115,11 @@ def test_benchmark_runs_and_reports_speedup(tmp_path):
     written = json.loads(out.read_text())
     assert written["speedup"] == pytest.approx(figures["speedup"])
     assert written["speedup"] > 1.0  # 6 encoder calls per completion vs one batched call
+    # Counted from the texts each path handed its encoder: memrl encodes a step's 2 questions
+    # and 6 reasonings once each; the official path encodes texts again per memory and per call.
+    work = written["encoder_work"]
+    assert work["memrl_texts_per_step"] == 8
+    assert work["official_texts_per_step"] > work["memrl_texts_per_step"]
     assert written["official_median_s"] > written["memrl_paper_median_s"] > 0
     assert {row["keys"] for row in written["search_scaling"]} == {2000}
     assert written["search_scaling"][0]["batched_p99_ms"] >= written["search_scaling"][0]["batched_p50_ms"]
