@@ -38,7 +38,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids, resolve_engine_kind
-from memrl.train.rollout_pool import request_seed
+from memrl.train.rollout_pool import request_seed, training_sampling
 from memrl.train.setup import rollout_worker_factory
 
 TARGET_FRACTION = 0.9
@@ -239,9 +239,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     g = cfg.grpo
     prompt_count = args.prompts or g.prompts_per_step
     prompts = common.render_prompts(task, tokenizer, common.stream_records(task, cfg, prompt_count), cfg)
-    template = SamplingSettings(temperature=g.temperature, top_p=g.top_p,
-                                max_tokens=args.max_tokens or g.max_completion_length,
-                                num_generations=args.generations or g.num_generations)
+    template = dataclasses.replace(training_sampling(g),
+                                   max_tokens=args.max_tokens or g.max_completion_length,
+                                   num_generations=args.generations or g.num_generations)
     engine_kind = resolve_engine_kind(cfg.rollout.engine)
     on_vllm = gpu and engine_kind == "vllm"
 

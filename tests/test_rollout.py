@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.rollout import make_rollout_worker_class
+from memrl.config import GRPOConfig
 from memrl.model.tiny import build_tiny_model
 from memrl.rollout.engine import (
     SamplingSettings,
@@ -19,6 +20,7 @@ from memrl.rollout.engine import (
     resolve_engine_kind,
 )
 from memrl.rollout.hf_engine import HFEngine
+from memrl.train.rollout_pool import training_sampling
 from memrl.weights import pack_state_dict, unpack
 
 TEXTS = [
@@ -128,6 +130,13 @@ def test_settings_and_requests_are_validated():
             SamplingSettings(**{field: value})
     with pytest.raises(ValueError, match="2 prompts but 1 record ids"):
         check_request(["a", "b"], ["r"])
+
+
+def test_training_sampling_follows_the_grpo_section():
+    grpo = GRPOConfig(num_generations=4, temperature=0.7, top_p=0.95, max_completion_length=48)
+    assert training_sampling(grpo, seed=11) == SamplingSettings(
+        temperature=0.7, top_p=0.95, max_tokens=48, num_generations=4, seed=11)
+    assert training_sampling(grpo).seed is None
 
 
 def test_auto_engine_is_hf_without_cuda(monkeypatch):

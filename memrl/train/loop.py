@@ -44,7 +44,7 @@ from memrl.config import Config, config_to_yaml
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
-from memrl.rollout.engine import SamplingSettings, load_tokenizer
+from memrl.rollout.engine import load_tokenizer
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import chunk_requests, evaluate_greedy
 from memrl.train.metrics import MetricsWriter
@@ -53,6 +53,7 @@ from memrl.train.rollout_pool import (
     PendingGeneration,
     RolloutPool,
     request_seed,
+    training_sampling,
 )
 from memrl.train.scoring import StepScores, score_step
 from memrl.train.setup import (
@@ -185,10 +186,7 @@ class Trainer:
         weights = self.weights
 
         def submit(actor: Any, req: GenerationRequest):
-            settings = SamplingSettings(temperature=g.temperature, top_p=g.top_p,
-                                        max_tokens=g.max_completion_length,
-                                        num_generations=g.num_generations,
-                                        seed=request_seed(self.cfg.seed, step, req.index))
+            settings = training_sampling(g, request_seed(self.cfg.seed, step, req.index))
             return actor.generate.remote(req.prompts, req.record_ids, settings, weights)
 
         return StepBatch(step=step, records=records, pending=self.pool.start(requests, submit))

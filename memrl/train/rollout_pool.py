@@ -18,6 +18,9 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from memrl.config import GRPOConfig
+from memrl.rollout.engine import SamplingSettings
+
 log = logging.getLogger(__name__)
 
 # Errors that mean "this worker could not finish the request", as opposed to a bug in the
@@ -39,6 +42,14 @@ def request_seed(run_seed: int, step: int, chunk: int) -> int:
     """Sampling seed of chunk ``chunk`` of step ``step``: per (step, chunk), not per worker, so
     a chunk re-dispatched to another worker samples the same completions."""
     return (run_seed * 1_000_003 + step) * 97 + chunk
+
+
+def training_sampling(grpo: GRPOConfig, seed: int | None = None) -> SamplingSettings:
+    """The sampling a training step asks of its rollout workers: ``grpo``'s temperature, top-p,
+    completion length and group size, with ``seed`` (see :func:`request_seed`)."""
+    return SamplingSettings(temperature=grpo.temperature, top_p=grpo.top_p,
+                            max_tokens=grpo.max_completion_length,
+                            num_generations=grpo.num_generations, seed=seed)
 
 
 @dataclass
