@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from actors.learner import LearnerGroup
+    from memrl.actors.learner import LearnerGroup
     from memrl.train.loop import init_ray
     from memrl.train.rollout_pool import RolloutPool
     from memrl.train.setup import learner_settings

@@ -16,7 +16,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 METHODS = ("r1", "cosine", "memoryr", "memoryr+")
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def _configs_folder() -> Path:
+    """The shipped experiment configs: memrl/configs in an installed wheel, configs/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "configs"
+    return installed if installed.is_dir() else here.parent / "configs"
+
+
+CONFIGS_DIR = _configs_folder()
+DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 
 
 class ConfigError(ValueError):
@@ -334,8 +344,22 @@ def _read_tree(source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     return _merge(parent, tree)
 
 
+def _resolve_config_path(path: str | Path | None) -> Path:
+    """A file as given, else a shipped config of that name (``memrl train gsm8k_base.yaml``)."""
+    if path is None:
+        return DEFAULT_CONFIG
+    given = Path(path)
+    shipped = CONFIGS_DIR / given.name
+    if not given.is_file() and given.parent in (Path("."), Path("configs")) and shipped.is_file():
+        return shipped
+    return given
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML experiment (``configs/default.yaml`` when ``path`` is None) and apply overrides.
+
+    A path that is not a file, written as a bare name or ``configs/NAME``, means the shipped
+    config of that name, so an installed memrl runs its experiments from any directory.
 
     A file may start from another with a top-level ``base: other.yaml`` key (path relative to
     the file); its keys are merged over the base's, section by section.
@@ -344,7 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         ConfigError: the file is missing or not YAML, or a key/value is invalid; the message
             names the file or key path and the offending value.
     """
-    source = Path(path) if path is not None else DEFAULT_CONFIG
+    source = _resolve_config_path(path)
     tree = _read_tree(source, seen=())
     for text in overrides:
         key, value = parse_override(text)

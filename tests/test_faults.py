@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from actors.learner import LearnerError
+from memrl.actors.learner import LearnerError
 from memrl.rollout.engine import SamplingSettings
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics

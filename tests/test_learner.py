@@ -388,7 +388,7 @@ def test_zero3_matches_zero0_and_publishes_full_weights(model_dir: Path, single_
 def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
     model_dir: Path, single_rank: None, ray_cluster, tmp_path: Path
 ) -> None:
-    from actors.learner import LearnerError, LearnerGroup
+    from memrl.actors.learner import LearnerError, LearnerGroup
     from memrl.weights import unpack
 
     ray = ray_cluster

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from actors.memory import MemoryClient
+from memrl.actors.memory import MemoryClient
 from memrl.memory import MemoryRewarder, MemorySettings
 from memrl.memory.inspect import inspect_snapshot
 from memrl.memory.store import read_shard

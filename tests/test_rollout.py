@@ -9,7 +9,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM
 
-from actors.rollout import make_rollout_worker_class
+from memrl.actors.rollout import make_rollout_worker_class
 from memrl.config import GRPOConfig
 from memrl.model.tiny import build_tiny_model
 from memrl.rollout.engine import (

@@ -111,7 +111,7 @@ class Trainer:
     """Owns the run's actors and metadata; ``run()`` is the training loop."""
 
     def __init__(self, cfg: Config, resume: str = "none"):
-        from actors.learner import LearnerGroup
+        from memrl.actors.learner import LearnerGroup
 
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
@@ -137,7 +137,7 @@ class Trainer:
         init_ray(cfg)
         self.memory = None
         if cfg.uses_memory:
-            from actors.memory import MemoryClient
+            from memrl.actors.memory import MemoryClient
 
             self.memory = MemoryClient(
                 memory_settings(cfg), num_shards=cfg.memory.num_shards,

@@ -186,7 +186,7 @@ def memory_settings(cfg: Config) -> MemorySettings:
 def rollout_worker_factory(cfg: Config, model_path: str) -> Callable[[str], Any]:
     """``worker_id -> actor handle``: a rollout worker with the configured resources, engine,
     seed and vLLM options, loading ``model_path`` (the trainer and the benchmarks use this)."""
-    from actors.rollout import make_rollout_worker_class
+    from memrl.actors.rollout import make_rollout_worker_class
 
     worker_cls = make_rollout_worker_class(cfg.rollout.num_cpus_per_worker,
                                            cfg.rollout.num_gpus_per_worker, cfg.rollout.resources)
