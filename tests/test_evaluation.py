@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
+
 import pytest
 import torch
 
-from memrl.evaluation import (
-    EvalSettings,
-    EvalSettingsError,
-    build_eval_task,
-    evaluate,
-    extract_answer,
-    format_table,
-    main_eval,
-    pass_at_k,
-    score_completions,
-)
+from memrl.eval.cli import main_eval
+from memrl.eval.evaluate import evaluate
+from memrl.config import config_to_yaml, load_config
+from memrl.eval.extractive import extract_answer, score_completions
+from memrl.eval.graders import grade
+from memrl.eval.pass_at_k import pass_at_k
+from memrl.eval.results import format_table
+from memrl.eval.settings import EvalSettings, EvalSettingsError, build_eval_task
 from memrl.model.tiny import build_tiny_model
 from memrl.prompts import SYSTEM_PROMPT
 from memrl.rollout.engine import GenerationEngine, build_rollout_batch, load_tokenizer, pad_rows
 from memrl.tasks import make_task
+from memrl.train.setup import build_task
 from memrl.types import Record
 
 TEXTS = [
@@ -281,3 +281,96 @@ def test_settings_reject_bad_values():
     with pytest.raises(EvalSettingsError, match="--num-shots"):
         build_eval_task(EvalSettings(task="countdown", num_shots=1))
 
+
+
+# -- the two graders ---------------------------------------------------------------------------
+
+
+def test_graders_differ_where_the_run_requires_the_answer_tag():
+    task = make_task("arith")
+    records = [Record(id=f"g{i}", question="q", answer="19") for i in range(3)]
+    # No tag: the correctness reward compares the whole text (the official split semantics).
+    completions = ["So 12 + 7 = 19. The answer is 19.",
+                   "<answer>\n19\n</answer>",
+                   "<answer>\n19.0\n</answer>"]  # equal as numbers, not as strings
+    kwargs = dict(max_tokens=20, timeout_s=5.0)
+    extractive = grade("extractive_match", task, records, completions, [5] * 3, verifier="exact",
+                       **kwargs)
+    exact = grade("correctness_reward", task, records, completions, [5] * 3, verifier="exact",
+                  **kwargs)
+    math = grade("correctness_reward", task, records, completions, [5] * 3, verifier="math",
+                 **kwargs)
+    assert [s.correct for s in extractive] == [True, True, True]
+    assert [s.correct for s in exact] == [False, True, False]
+    assert [s.correct for s in math] == [True, True, True]
+    assert [s.extracted for s in exact] == [completions[0], "19", "19.0"]
+
+
+# -- evaluation that remembers the run ---------------------------------------------------------
+
+
+@pytest.fixture
+def trained_run(tmp_path, tiny_model):
+    """A run directory as training leaves it: config.yaml (arith up to 20, exact answers,
+    100-token completions, eval_size 30) and the exported model folder."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(None, ["task.arith.max_value=20", "task.verifier=exact", "task.eval_size=30",
+                             "task.seed=3", "grpo.max_completion_length=6", "seed=4"])
+    (run / "config.yaml").write_text(config_to_yaml(cfg))
+    shutil.copytree(tiny_model, run / "model")
+    return run, cfg
+
+
+def test_eval_of_a_run_uses_its_task_settings_and_grader(trained_run, capsys):
+    run, cfg = trained_run
+    assert main_eval(model=str(run / "model"), task="arith", limit=5, batch_size=8,
+                     engine="hf") == 0
+    out = capsys.readouterr().out
+    assert f"settings from run {run}" in out and "grader: correctness_reward, verifier exact" in out
+    data = json.loads((run / "model" / "eval_arith_test.json").read_text())
+    expected = build_task(cfg).dataset("test")[:5]  # the run's own held-out problems
+    builtin = make_task("arith").dataset("test")[:5]
+    assert [r["id"] for r in data["records"]] == [r.id for r in expected]
+    assert [r["question"] for r in data["records"]] == [r.question for r in expected]
+    assert [r.question for r in expected] != [r.question for r in builtin]
+    assert (data["grader"], data["verifier"]) == ("correctness_reward", "exact")
+    assert data["decoding"]["max_tokens"] == 6 and data["decoding"]["seed"] == 4
+    assert data["run"]["run_dir"] == str(run)
+    assert set(data["run"]["taken_from_run"]) == {"num_shots", "seed", "max_tokens", "grader",
+                                                  "verifier"}
+    assert all(r["completion_tokens"] <= 6 for r in data["records"])
+
+
+def test_eval_of_a_run_dir_and_what_the_command_line_overrides(trained_run, capsys):
+    run, _ = trained_run
+    assert main_eval(model=str(run), limit=3, max_tokens=4, grader="extractive_match",
+                     engine="hf", run_override=["task.arith.max_value=50"]) == 0
+    data = json.loads((run / "model" / "eval_arith_test.json").read_text())
+    assert data["model"] == str(run / "model") and data["grader"] == "extractive_match"
+    assert data["decoding"]["max_tokens"] == 4
+    assert set(data["run"]["taken_from_run"]) == {"num_shots", "seed", "verifier"}
+    cfg50 = load_config(run / "config.yaml", ["task.arith.max_value=50"])
+    assert [r["id"] for r in data["records"]] == [r.id for r in build_task(cfg50).dataset("test")[:3]]
+
+
+def test_eval_of_a_run_ignore_run_and_contradictions(trained_run, capsys):
+    run, _ = trained_run
+    assert main_eval(model=str(run / "model"), task="arith", limit=2, max_tokens=4, engine="hf",
+                     ignore_run=True) == 0
+    data = json.loads((run / "model" / "eval_arith_test.json").read_text())
+    assert data["run"] is None and data["grader"] == "extractive_match"
+    assert [r["id"] for r in data["records"]] == [r.id for r in make_task("arith").dataset("test")[:2]]
+    capsys.readouterr()
+    assert main_eval(model=str(run), task="gsm8k", limit=2) == 2
+    assert "trained on 'arith'" in capsys.readouterr().err
+    assert main_eval(model=str(run), task_option=["max_value=9"]) == 2
+    err = capsys.readouterr().err
+    assert "--task-option" in err and "--run-override" in err
+    assert main_eval(model=str(run), run_override=["task.arith.max_valu=9"]) == 2
+    assert "max_valu" in capsys.readouterr().err
+
+
+def test_task_is_required_without_a_run(tiny_model, capsys):
+    assert main_eval(model=str(tiny_model)) == 2
+    assert "--task is required" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""The extractive-match grader: the answer read from free text, checked with math-verify.
+
+Answers are read as the paper's LightEval "extractive match" does (docs/method.md,
+"Evaluation"), in this order of preference:
+
+1. the content of the XML ``<answer>`` tag (when the completion has one),
+2. else the last ``\\boxed{}``,
+3. else math-verify's own extraction from the whole completion (LaTeX, then plain
+   expressions; e.g. the 19 of "The answer is 19.").
+
+The first non-empty candidate is the answer and is checked against the gold answer with
+:func:`memrl.verify.check_answers` (exact for plain numbers, math-verify otherwise); a
+completion with no candidate is unparsed, and wrong. Countdown is checked by its own equation
+check (the equation in ``<answer>`` must use each given number once and hit the target).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from memrl.tasks.base import Task
+    from memrl.types import Record
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """The answer read from one completion and whether it is correct.
+
+    ``source`` says where the answer was found: ``"xml"`` (``<answer>`` tag), ``"boxed"``,
+    ``"free_text"`` (math-verify extraction), ``"equation"`` (Countdown) or ``"none"``.
+    """
+
+    extracted: Optional[str]
+    source: str
+    correct: bool
+
+
+def _free_text_answer(text: str, timeout_s: float) -> Optional[str]:
+    """The answer math-verify extracts from free text (its matched string), or None."""
+    from math_verify import parse
+
+    # math-verify times out with signal.alarm, which only works in the main thread.
+    in_main = threading.current_thread() is threading.main_thread()
+    timeout = max(1, math.ceil(timeout_s)) if in_main else None
+    parsed = parse(text, parsing_timeout=timeout)
+    return next((item for item in parsed if isinstance(item, str) and item.strip()), None)
+
+
+def extract_answer(completion: str, *, timeout_s: float = 5.0) -> tuple[Optional[str], str]:
+    """(answer, source) of a completion: the first non-empty of the ``<answer>`` content, the
+    last ``\\boxed{}`` content and math-verify's free-text extraction; ``(None, "none")`` when
+    none gives anything. ``timeout_s`` bounds math-verify's parse (main thread only)."""
+    from memrl.verify import extract_boxed, extract_xml_answer
+
+    if "<answer>" in completion:
+        answer = extract_xml_answer(completion)
+        if answer:
+            return answer, "xml"
+    boxed = extract_boxed(completion)
+    if boxed and boxed.strip():
+        return boxed.strip(), "boxed"
+    free = _free_text_answer(completion, timeout_s) if completion.strip() else None
+    if free is not None:
+        return free, "free_text"
+    return None, "none"
+
+
+def countdown_score(completion: str, record: Record) -> ScoredAnswer:
+    """Countdown's equation check of one completion (both graders use it)."""
+    from memrl.rewards.countdown import equation_score, extract_equation
+
+    numbers, target = record.meta.get("numbers"), record.meta.get("target", record.answer)
+    if numbers is None:
+        raise ValueError(
+            f"record {record.id!r} has no meta['numbers']: the Countdown check needs the numbers"
+        )
+    equation = extract_equation(completion)
+    correct = equation_score(completion, numbers, Fraction(str(target))) == 1.0
+    return ScoredAnswer(equation or None, "equation" if equation else "none", correct)
+
+
+def score_completions(
+    task: Task, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
+) -> list[ScoredAnswer]:
+    """Score ``completions[i]`` against ``records[i]``: Countdown-style tasks (correctness
+    reward ``countdown_equation``) by their equation check, all others by answer extraction
+    (:func:`extract_answer`) and math-verify. ``timeout_s`` bounds each math-verify call."""
+    from memrl.verify import check_answers
+
+    if len(records) != len(completions):
+        raise ValueError(f"{len(completions)} completions for {len(records)} records")
+    if task.correctness_reward == "countdown_equation":
+        return [countdown_score(text, record) for text, record in zip(completions, records)]
+    found = [extract_answer(text, timeout_s=timeout_s) for text in completions]
+    pairs = {i: (answer, records[i].answer) for i, (answer, _) in enumerate(found) if answer}
+    matches = check_answers(
+        [pred for pred, _ in pairs.values()],
+        [gold for _, gold in pairs.values()],
+        mode="math",
+        timeout_s=timeout_s,
+    )
+    correct = dict(zip(pairs, matches))
+    return [
+        ScoredAnswer(answer, source, correct.get(i, False))
+        for i, (answer, source) in enumerate(found)
+    ]
