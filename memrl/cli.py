@@ -29,6 +29,13 @@ def _cmd_config_show(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_docs(ns: argparse.Namespace) -> int:
+    from memrl.config_docs import DOCS_PATH, write_reference
+
+    print(f"wrote {write_reference(Path(ns.out) if ns.out else DOCS_PATH)}")
+    return 0
+
+
 def _cmd_train(ns: argparse.Namespace) -> int:
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
@@ -136,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     show.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE")
     show.set_defaults(func=_cmd_config_show)
+    docs = config_sub.add_parser(
+        "docs", help="write the configuration reference generated from the config's descriptions"
+    )
+    docs.add_argument("--out", default=None,
+                      help="output file (default: docs/configuration.md of this checkout)")
+    docs.set_defaults(func=_cmd_config_docs)
 
     memory = sub.add_parser("memory", help="inspect episodic-memory snapshots")
     memory_sub = memory.add_subparsers(dest="memory_command", required=True, metavar="ACTION")

@@ -40,25 +40,55 @@ class _Section(BaseModel):
 class TinyModelConfig(_Section):
     """The offline tiny Llama model built when ``model.name_or_path`` is ``tiny``."""
 
-    vocab_size: int = Field(512, ge=64)
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(512, ge=8)
-    max_position_embeddings: int = Field(512, ge=32)
-    warmstart_steps: int = Field(600, ge=0)
-    warmstart_lr: float = Field(3e-3, gt=0)
-    warmstart_batch_size: int = Field(32, ge=1)
-    warmstart_examples: int = Field(4000, ge=1)
+    vocab_size: int = Field(
+        512, ge=64,
+        description="tokens of the BPE tokenizer trained on the task's text",
+    )
+    hidden_size: int = Field(
+        128, ge=8,
+        description="width of the Llama model (a multiple of num_heads)",
+    )
+    num_layers: int = Field(4, ge=1, description="transformer layers")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    intermediate_size: int = Field(512, ge=8, description="width of the MLP")
+    max_position_embeddings: int = Field(
+        512, ge=32,
+        description="longest prompt + completion in tokens",
+    )
+    warmstart_steps: int = Field(
+        600, ge=0,
+        description="supervised steps on worked solutions before RL (0: no warm start)",
+    )
+    warmstart_lr: float = Field(3e-3, gt=0, description="learning rate of the warm start")
+    warmstart_batch_size: int = Field(32, ge=1, description="demonstrations per warm-start step")
+    warmstart_examples: int = Field(
+        4000, ge=1,
+        description="training records turned into demonstrations",
+    )
     # Share of warm-start demonstrations written as free text ending in GSM8K's "#### N" instead
     # of the <answer> tags: a base model that solves the task but follows the required format
     # only part of the time, as small pretrained models do (the format rewards and the exact
     # answer check then have something to teach).
-    warmstart_free_text_fraction: float = Field(0.0, ge=0, le=1)
+    warmstart_free_text_fraction: float = Field(
+        0.0, ge=0, le=1,
+        description=(
+            "share of demonstrations written as free text ending in '#### N' instead of "
+            "the <answer> tags (the base then follows the format only part of the time)"
+        ),
+    )
     # The base model's own seed (initial weights, warm-start order), not the run's ``seed``:
     # like a pretrained checkpoint, one base model is shared by every training seed.
-    seed: int = 0
-    cache_dir: Optional[str] = None  # default: $MEMRL_CACHE or ~/.cache/memrl
+    seed: int = Field(
+        0,
+        description=(
+            "the base model's seed (initial weights, warm-start order), shared by every "
+            "run seed"
+        ),
+    )
+    cache_dir: Optional[str] = Field(
+        None,
+        description="where built tiny models are cached (None: $MEMRL_CACHE or ~/.cache/memrl)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "TinyModelConfig":
@@ -71,17 +101,29 @@ class TinyModelConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name_or_path: str = "tiny"  # a hub id, a local HF folder, or "tiny" (built offline)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    name_or_path: str = Field(
+        "tiny",
+        description="the policy: a hub id, a local Hugging Face folder, or 'tiny' (built offline)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="weights' dtype; auto: bfloat16 on GPU, float32 on CPU",
+    )
+    tiny: TinyModelConfig = Field(
+        default_factory=TinyModelConfig,
+        description="the offline tiny model built when name_or_path is 'tiny'",
+    )
 
 
 class ArithConfig(_Section):
-    min_steps: int = Field(1, ge=1)
-    max_steps: int = Field(1, ge=1)
-    max_value: int = Field(50, ge=2)
-    operations: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"])
-    max_factor: int = Field(5, ge=2)
+    min_steps: int = Field(1, ge=1, description="fewest operations per problem")
+    max_steps: int = Field(1, ge=1, description="most operations per problem")
+    max_value: int = Field(50, ge=2, description="largest operand (and intermediate result)")
+    operations: list[Literal["+", "-", "*"]] = Field(
+        default_factory=lambda: ["+", "-"],
+        description="operators the problems use",
+    )
+    max_factor: int = Field(5, ge=2, description="largest operand of a multiplication")
 
     @model_validator(mode="after")
     def _ordered(self) -> "ArithConfig":
@@ -94,51 +136,141 @@ class ArithConfig(_Section):
 
 
 class CountdownConfig(_Section):
-    source: Literal["generated", "hub"] = "generated"
-    min_numbers: int = Field(3, ge=2)
-    max_numbers: int = Field(4, ge=2)
-    max_number: int = Field(100, ge=2)
-    max_target: int = Field(100, ge=1)
+    source: Literal["generated", "hub"] = Field(
+        "generated",
+        description="generated: procedural problems; hub: the Countdown dataset",
+    )
+    min_numbers: int = Field(3, ge=2, description="fewest numbers given per problem")
+    max_numbers: int = Field(4, ge=2, description="most numbers given per problem")
+    max_number: int = Field(100, ge=2, description="largest given number")
+    max_target: int = Field(100, ge=1, description="largest target")
 
 
 class TaskConfig(_Section):
-    name: Literal["arith", "gsm8k", "aimo", "math500", "aime24", "countdown"] = "arith"
+    name: Literal["arith", "gsm8k", "aimo", "math500", "aime24", "countdown"] = Field(
+        "arith",
+        description="the task: prompts, answers and rule rewards",
+    )
     # Data seed of the procedural tasks (arith, countdown), not the run's ``seed``: every
     # training seed sees the same problems and is evaluated on the same held-out set.
-    seed: int = 0
-    num_shots: int = Field(0, ge=0, le=9)
-    verifier: Literal["exact", "math"] = "math"  # exact: the paper's GSM8K string match
+    seed: int = Field(
+        0,
+        description=(
+            "data seed of the procedural tasks (arith, countdown): every run seed sees "
+            "the same problems and held-out set"
+        ),
+    )
+    num_shots: int = Field(0, ge=0, le=9, description="worked exemplars before the question (0-9)")
+    verifier: Literal["exact", "math"] = Field(
+        "math",
+        description=(
+            "answer check: math (numeric, then math-verify) or exact (the paper's GSM8K "
+            "string match)"
+        ),
+    )
     # None: the task's default (procedural tasks: 100,000 train records; datasets: every row).
-    train_size: Optional[int] = Field(None, ge=1)
-    eval_size: Optional[int] = Field(200, ge=1)  # held-out records for evaluation (None: all)
-    arith: ArithConfig = Field(default_factory=ArithConfig)
-    countdown: CountdownConfig = Field(default_factory=CountdownConfig)
+    train_size: Optional[int] = Field(
+        None, ge=1,
+        description=(
+            "records in the train split (None: procedural tasks 100,000, datasets every "
+            "row)"
+        ),
+    )
+    eval_size: Optional[int] = Field(
+        200, ge=1,
+        description="held-out records for evaluation (None: all)",
+    )
+    arith: ArithConfig = Field(
+        default_factory=ArithConfig,
+        description="the arithmetic task's generator",
+    )
+    countdown: CountdownConfig = Field(
+        default_factory=CountdownConfig,
+        description="the Countdown task's generator",
+    )
 
 
 class DataConfig(_Section):
     """Local files instead of the hub (air-gapped clusters)."""
 
-    path: Optional[str] = None  # train split: JSONL or Parquet
-    eval_path: Optional[str] = None  # held-out split: JSONL or Parquet
-    question_field: Optional[str] = None  # None: the task's own field name
-    answer_field: Optional[str] = None
-    id_field: Optional[str] = None
-    plain_answers: bool = False  # the answer field is the bare final answer (no '####')
+    path: Optional[str] = Field(
+        None,
+        description="local train split (JSONL or Parquet) instead of the hub",
+    )
+    eval_path: Optional[str] = Field(
+        None,
+        description="local held-out split (JSONL or Parquet) instead of the hub",
+    )
+    question_field: Optional[str] = Field(
+        None,
+        description="question field of those files (None: the task's own name)",
+    )
+    answer_field: Optional[str] = Field(
+        None,
+        description="answer field of those files (None: the task's own name)",
+    )
+    id_field: Optional[str] = Field(
+        None,
+        description="record id field of those files (None: the file's name and row number)",
+    )
+    plain_answers: bool = Field(
+        False,
+        description="the answer field is the bare final answer (no '#### ...' line)",
+    )
 
 
 class GRPOConfig(_Section):
-    num_generations: int = Field(16, description="completions per prompt (the group size G)")
-    batch_size: int = Field(256, ge=1, description="completions per optimizer step")
-    temperature: float = Field(0.9, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_prompt_length: int = Field(256, ge=1)
-    max_completion_length: int = Field(200, ge=1)
-    beta: float = Field(0.04, ge=0)
-    clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.2, ge=0)
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = "token_mean"
-    scale_rewards: Literal["std", "none"] = "std"
-    filter_zero_variance: bool = False
+    num_generations: int = Field(16, description="completions per prompt (the group size G, >= 2)")
+    batch_size: int = Field(
+        256, ge=1,
+        description="completions per optimizer step (a multiple of num_generations)",
+    )
+    temperature: float = Field(
+        0.9, gt=0,
+        description="sampling temperature of training completions",
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of training completions")
+    max_prompt_length: int = Field(
+        256, ge=1,
+        description=(
+            "prompt token budget (vLLM's context is this + max_completion_length; a "
+            "longer prompt is an error naming it)"
+        ),
+    )
+    max_completion_length: int = Field(
+        200, ge=1,
+        description="completion tokens (also the evaluation's limit)",
+    )
+    beta: float = Field(
+        0.04, ge=0,
+        description=(
+            "KL coefficient (k3 estimator) towards the reference model; 0 loads no "
+            "reference"
+        ),
+    )
+    clip_low: float = Field(
+        0.2, ge=0, lt=1,
+        description="PPO clip range below 1 (ratio >= 1 - clip_low)",
+    )
+    clip_high: float = Field(
+        0.2, ge=0,
+        description="PPO clip range above 1 (ratio <= 1 + clip_high; raise it for clip-higher)",
+    )
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = Field(
+        "token_mean",
+        description=(
+            "token_mean: over every token of the step; seq_mean_token_mean: per sequence, "
+            "then mean; dr_grpo: sum over tokens / (sequences x max_completion_length)"
+        ),
+    )
+    scale_rewards: Literal["std", "none"] = Field(
+        "std",
+        description="std: advantages divided by the group's std (GRPO); none: not (Dr. GRPO)",
+    )
+    filter_zero_variance: bool = Field(
+        False,
+        description="drop groups whose rewards are all equal (no learning signal)",
+    )
 
     @model_validator(mode="after")
     def _groups(self) -> "GRPOConfig":
@@ -160,100 +292,270 @@ class GRPOConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    max_steps: int = Field(100, ge=1)
-    save_every_steps: int = Field(100, ge=0)  # 0: only the final checkpoint
-    lr: float = Field(5e-6, gt=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.99, ge=0, lt=1)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float = Field(0.1, gt=0)
-    eval_before_after: bool = True
-    eval_every_steps: int = Field(0, ge=0)  # 0: off; else evaluate and keep the best model
-    timeout_s: float = Field(600.0, gt=0, description="limit on any one remote call")
-    keep_last_checkpoints: int = Field(3, ge=1)
-    save_every_minutes: float = Field(0.0, ge=0)  # 0: by steps only
-    preemption_deadline_s: float = Field(90.0, gt=0)  # SIGTERM -> checkpoint -> exit within this
-    checkpoint_uri: Optional[str] = None  # default: output_dir; may be s3://... or gs://...
+    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    save_every_steps: int = Field(
+        100, ge=0,
+        description="checkpoint cadence in steps (0: only the final checkpoint)",
+    )
+    lr: float = Field(5e-6, gt=0, description="AdamW peak learning rate")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.99, ge=0, lt=1, description="AdamW beta2")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="share of max_steps of linear warm-up, then cosine decay",
+    )
+    max_grad_norm: float = Field(0.1, gt=0, description="gradient clipping norm")
+    eval_before_after: bool = Field(
+        True,
+        description="greedy accuracy on the held-out set before and after training",
+    )
+    eval_every_steps: int = Field(
+        0, ge=0,
+        description="evaluate every N steps and keep the best model in best_model/ (0: off)",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="limit on any one remote call, in seconds")
+    keep_last_checkpoints: int = Field(
+        3, ge=1,
+        description="checkpoints kept; older ones are deleted",
+    )
+    save_every_minutes: float = Field(
+        0.0, ge=0,
+        description="checkpoint cadence in minutes (0: by steps only)",
+    )
+    preemption_deadline_s: float = Field(
+        90.0, gt=0,
+        description=(
+            "after SIGTERM, the checkpoint is written and the run exits within this many "
+            "seconds"
+        ),
+    )
+    checkpoint_uri: Optional[str] = Field(
+        None,
+        description=(
+            "where checkpoints/ lives: a path, file://, s3://... or gs://... (None: "
+            "output_dir)"
+        ),
+    )
 
 
 class RolloutConfig(_Section):
-    num_workers: int = Field(2, ge=1)
-    engine: Literal["auto", "hf", "vllm"] = "auto"
-    num_cpus_per_worker: float = Field(1.0, ge=0)
-    num_gpus_per_worker: float = Field(0.0, ge=0)
+    num_workers: int = Field(2, ge=1, description="rollout workers generating completions")
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="auto: vLLM when a GPU and vLLM are present, else transformers (hf)",
+    )
+    num_cpus_per_worker: float = Field(
+        1.0, ge=0,
+        description="CPUs each rollout worker asks Ray for",
+    )
+    num_gpus_per_worker: float = Field(
+        0.0, ge=0,
+        description="GPUs each rollout worker asks Ray for (fractions share a GPU)",
+    )
     # Custom Ray resources each worker asks for, e.g. {rollout_node: 0.01} to land on the node
     # type that the cluster files in cluster/ label with it.
-    resources: dict[str, float] = Field(default_factory=dict)
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # vLLM only
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "custom Ray resources per worker, e.g. {rollout_node: 0.01} to land on the "
+            "node type cluster/ labels with it"
+        ),
+    )
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1,
+        description="vLLM's share of its GPU's memory",
+    )
     # sync: generate with the newest weights (on-policy, the paper's setting). async: generate
     # step t+1 while step t trains, with weights at most max_staleness versions old.
-    mode: Literal["sync", "async"] = "sync"
-    max_staleness: int = Field(1, ge=1)
-    is_cap: float = Field(2.0, gt=0, description="truncation of the async IS correction")
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description=(
+            "sync: generate with the newest weights (on-policy, the paper's setting); "
+            "async: generate step t+1 while step t trains"
+        ),
+    )
+    max_staleness: int = Field(
+        1, ge=1,
+        description="async: weight versions a batch may lag behind the learner",
+    )
+    is_cap: float = Field(
+        2.0, gt=0,
+        description="async: truncation of the importance-sampling correction",
+    )
 
 
 class LearnerConfig(_Section):
-    num_learners: int = Field(1, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources per learner
-    micro_batch_size: int = Field(16, ge=1, description="completions per forward/backward")
-    gradient_checkpointing: bool = False
+    num_learners: int = Field(
+        1, ge=1,
+        description="data-parallel DeepSpeed ranks (each gets whole prompt groups)",
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs each learner asks Ray for")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each learner asks Ray for")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources per learner, e.g. {learner_node: 0.01}",
+    )
+    micro_batch_size: int = Field(
+        16, ge=1,
+        description=(
+            "completions per forward/backward (memory budget; results do not depend on "
+            "it)"
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass to save memory",
+    )
 
 
 class MemoryConfig(_Section):
-    mode: Literal["paper", "reference"] = "paper"
-    k: int = Field(1, ge=1, description="nearest stored questions retrieved")
-    capacity_keys: int = Field(10_000, ge=1)
-    capacity_values: int = Field(100, ge=1)
-    warmup: int = Field(50, ge=0, description="explore reward is 0 for this many units")
-    warmup_unit: Literal["steps", "failure_keys"] = "steps"
-    anneal_rate: float = Field(1.0, gt=0, le=1)
-    window: int = Field(100, ge=1)
-    lambda_exploit: float = 1.0
-    lambda_explore: float = 1.0
-    embedder: str = "all-MiniLM-L6-v2"
-    embedder_backend: Literal["onnx", "torch"] = "onnx"
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    num_shards: int = Field(1, ge=1)
-    value_text_chars: int = Field(400, ge=0)
+    mode: Literal["paper", "reference"] = Field(
+        "paper",
+        description=(
+            "paper: the paper's definitions; reference: the official code's, switch by "
+            "switch"
+        ),
+    )
+    k: int = Field(1, ge=1, description="nearest stored questions retrieved per lookup")
+    capacity_keys: int = Field(10_000, ge=1, description="questions each memory holds")
+    capacity_values: int = Field(
+        100, ge=1,
+        description="responses kept per question (first in, first out)",
+    )
+    warmup: int = Field(50, ge=0, description="the explore reward is 0 for this many units")
+    warmup_unit: Literal["steps", "failure_keys"] = Field(
+        "steps",
+        description="unit of warmup: steps, or questions in the failure memory (failure_keys)",
+    )
+    anneal_rate: float = Field(
+        1.0, gt=0, le=1,
+        description="multiplies the explore reward each step after warm-up (1: no annealing)",
+    )
+    window: int = Field(
+        100, ge=1,
+        description="sliding window of the min-max normalisation of the intrinsic rewards",
+    )
+    lambda_exploit: float = Field(
+        1.0,
+        description="weight of the exploit reward in the total reward",
+    )
+    lambda_explore: float = Field(
+        1.0,
+        description="weight of the explore reward in the total reward",
+    )
+    embedder: str = Field(
+        "all-MiniLM-L6-v2",
+        description=(
+            "sentence-transformers model name or path (offline copy by default), or "
+            "'hash' (model-free, for tests)"
+        ),
+    )
+    embedder_backend: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description=(
+            "onnx: the model exported once and run by onnxruntime on CPU; torch: "
+            "sentence-transformers as is"
+        ),
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs of each memory actor")
+    num_gpus: float = Field(
+        0.0, ge=0,
+        description="GPUs of each memory actor (a fraction puts FAISS on the GPU)",
+    )
+    num_shards: int = Field(
+        1, ge=1,
+        description="memory actors, each holding the questions whose text hashes to it",
+    )
+    value_text_chars: int = Field(
+        400, ge=0,
+        description="characters of each stored reasoning kept for memrl memory inspect",
+    )
 
 
 class RewardSpecConfig(_Section):
-    fn: str
-    weight: float = 1.0
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    fn: str = Field(
+        description="a built-in reward name or an import path 'package.module:function'",
+    )
+    weight: float = Field(1.0, description="weight of this reward in the total reward")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments passed to the reward on every call",
+    )
 
 
 class LoggingConfig(_Section):
-    tensorboard: bool = True
-    wandb_project: Optional[str] = None
-    progress_bar: bool = True
+    tensorboard: bool = Field(
+        True,
+        description="write the metrics for TensorBoard under output_dir/tensorboard",
+    )
+    wandb_project: Optional[str] = Field(
+        None,
+        description="log to this Weights & Biases project (None: off)",
+    )
+    progress_bar: bool = Field(True, description="show a progress bar of the steps")
 
 
 class RayConfig(_Section):
-    address: Optional[str] = None  # None: start a local cluster (or join RAY_ADDRESS)
-    num_cpus: Optional[int] = Field(None, ge=1)
+    address: Optional[str] = Field(
+        None,
+        description="join this Ray cluster (None: RAY_ADDRESS, else start a local one)",
+    )
+    num_cpus: Optional[int] = Field(
+        None, ge=1,
+        description="logical CPUs of a local cluster (None: the machine's)",
+    )
 
 
 class Config(_Section):
-    method: Literal["r1", "cosine", "memoryr", "memoryr+"] = "memoryr+"
-    seed: int = 0
-    output_dir: str = "runs/default"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    rewards: Optional[list[RewardSpecConfig]] = None  # None: the task's rule rewards
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    method: Literal["r1", "cosine", "memoryr", "memoryr+"] = Field(
+        "memoryr+",
+        description=(
+            "r1: rule rewards; cosine: + cosine length reward; memoryr: + exploit; "
+            "memoryr+: + exploit + explore; memoryr+cosine: all three"
+        ),
+    )
+    seed: int = Field(
+        0,
+        description=(
+            "the run's seed: prompt order, sampling, learner init (data and the tiny base "
+            "model have their own)"
+        ),
+    )
+    output_dir: str = Field(
+        "runs/default",
+        description="the run directory: config, metrics, checkpoints, final model",
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the policy model")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="the task and its data")
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="local files instead of the hub (air-gapped clusters)",
+    )
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="sampling and the GRPO loss")
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig,
+        description="optimizer, schedule, evaluation and checkpoints",
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="rollout workers")
+    learner: LearnerConfig = Field(
+        default_factory=LearnerConfig,
+        description="learner ranks (DeepSpeed)",
+    )
+    memory: MemoryConfig = Field(
+        default_factory=MemoryConfig,
+        description="the episodic memories and their intrinsic rewards",
+    )
+    rewards: Optional[list[RewardSpecConfig]] = Field(
+        None,
+        description=(
+            "rewards replacing the task's rule rewards, each {fn, weight, kwargs} (None: "
+            "the method's)"
+        ),
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="loggers")
+    ray: RayConfig = Field(default_factory=RayConfig, description="the Ray cluster")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -127,3 +127,53 @@ def test_cli_config_show_prints_resolved_yaml(capsys):
 def test_cli_missing_config_file_exit_2(capsys, tmp_path):
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def _leaf_fields(model, prefix=""):
+    from pydantic import BaseModel
+
+    from memrl.config_docs import _section_model
+
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        section = _section_model(field.annotation)
+        if section is not None and section is not BaseModel:
+            yield from _leaf_fields(section, prefix + name + ".")
+
+
+def test_every_config_key_has_a_description():
+    from memrl.config import Config
+
+    missing = [key for key, field in _leaf_fields(Config) if not (field.description or "").strip()]
+    assert not missing, f"add Field(description=...) in memrl/config.py for {missing}"
+
+
+def test_configuration_reference_is_current():
+    from memrl.config import Config
+    from memrl.config_docs import DOCS_PATH, render_reference
+
+    rendered = render_reference()
+    assert DOCS_PATH.read_text(encoding="utf-8") == rendered, (
+        "docs/configuration.md is stale: run `memrl config docs` and commit it")
+    # every key, with its built-in default, is in the reference
+    for key, field in _leaf_fields(Config):
+        assert f"| `{key}` |" in rendered or f"| `{key.replace('rewards.', 'rewards[].')}` |" \
+            in rendered, key
+    assert "| `trainer.lr` | float (> 0) | `5e-06` |" in rendered
+    assert "| `grpo.beta` | float (≥ 0) | `0.04` |" in rendered
+
+
+def test_config_docs_command_writes_the_reference(tmp_path):
+    from memrl.config_docs import render_reference
+
+    out = tmp_path / "configuration.md"
+    assert main(["config", "docs", "--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == render_reference()
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("gsm8k_qwen2.5-0.5b_r1.yaml").method == "r1"
+    assert load_config("configs/default.yaml").task.name == "arith"
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_experiment.yaml")
