@@ -9,6 +9,7 @@ current ``(version, ref)``.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ from memrl.rollout.engine import SamplingSettings, make_engine, resolve_engine_k
 from memrl.types import RolloutBatch
 
 WeightsHandle = tuple[int, ray.ObjectRef]
+
+log = logging.getLogger(__name__)
 
 
 class RolloutWorker:
@@ -56,11 +59,18 @@ class RolloutWorker:
         self._worker_id = worker_id
         self._engine_kind = resolve_engine_kind(engine_kind)
         kwargs = {"seed": seed, **(engine_kwargs or {})}
-        if self._engine_kind == "hf":
-            kwargs.setdefault("num_threads", self._threads)
-        else:
+        # One torch thread per CPU of the actor (on vLLM's CPU build too): no oversubscription.
+        kwargs.setdefault("num_threads", self._threads)
+        if self._engine_kind == "vllm":
             kwargs.update(vllm_kwargs or {})
+            memory = ray.get_runtime_context().get_assigned_resources().get("memory")
+            if memory:  # half of the actor's reserved memory for the KV cache (CPU build)
+                kwargs.setdefault("kv_cache_gib", max(1.0, memory / 2**31))
         self._engine = make_engine(self._engine_kind, model_path, **kwargs)
+        self._engine_info = f"{self._engine_kind} on {self._engine.device}"
+        # One line per worker (re)start in its log and the driver's: which engine really runs.
+        log.warning("rollout worker %s: engine %s, %d thread(s), model %s", worker_id,
+                    self._engine_info, self._threads, model_path)
         self._weight_fetch_timeout_s = weight_fetch_timeout_s
         # generate() runs on one thread at a time; ping()/stats() answer while it runs.
         self._generate_lock = threading.Lock()
@@ -152,6 +162,7 @@ class RolloutWorker:
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
             "engine": self._engine_kind,
+            "engine_info": self._engine_info,
             "threads": self._threads,
             "weight_version": self._engine.weight_version,
             "busy": self._busy,

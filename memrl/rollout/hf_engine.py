@@ -121,6 +121,10 @@ class HFEngine(GenerationEngine):
         return self._weight_version
 
     @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
     def model(self) -> torch.nn.Module:
         """The underlying ``PreTrainedModel`` (for tests and diagnostics)."""
         return self._model

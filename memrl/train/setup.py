@@ -193,8 +193,11 @@ def rollout_worker_factory(cfg: Config, model_path: str) -> Callable[[str], Any]
     vllm_kwargs = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
                    "max_model_len": cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length}
 
+    # The engines compute in the learner's dtype, so behaviour log-probs match its recomputation.
+    engine_kwargs = {"dtype": cfg.model.dtype}
+
     def make_worker(worker_id: str) -> Any:
-        return worker_cls.remote(worker_id, model_path, cfg.rollout.engine, None, cfg.seed,
-                                 vllm_kwargs=vllm_kwargs)
+        return worker_cls.remote(worker_id, model_path, cfg.rollout.engine, engine_kwargs,
+                                 cfg.seed, vllm_kwargs=vllm_kwargs)
 
     return make_worker
