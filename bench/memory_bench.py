@@ -45,8 +45,9 @@ from memrl.memory import MemoryRewarder, MemorySettings, SentenceTransformerEmbe
 from memrl.memory.embedder import EMBEDDER_BACKENDS
 from memrl.memory.episodic import MemoryArrays
 from memrl.memory.index import KeyIndex
+from memrl.shared_data import gsm8k_file
 
-DEFAULT_DATA = Path("/work/shared/data/gsm8k/train.jsonl")
+DEFAULT_DATA = gsm8k_file("train")  # $MEMRL_SHARED_DIR or ../shared beside the checkout
 OPENERS = ["", "Let's think step by step. ", "First, ", "We need to find the answer. ", "Okay. "]
 CLOSERS = ["", " So that is the answer.", " Let me double-check: yes.", " I think this is right.", " Done."]
 

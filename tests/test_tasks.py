@@ -17,9 +17,11 @@ from memrl.tasks.arith import NAMES, OBJECTS, apply_operation
 from memrl.tasks.base import GeneratedRecords, held_out
 from memrl.tasks.files import load_records_file
 from memrl.tasks.hub import DatasetUnavailableError, load_hub_split, unreachable_reason
+from memrl.shared_data import gsm8k_file, missing_reason
 from memrl.types import Record
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
+GSM8K_TEST = gsm8k_file("test")
+needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason=missing_reason(GSM8K_TEST))
 
 
 def _write_jsonl(path: Path, rows) -> Path:
@@ -186,6 +188,7 @@ def test_parquet_loading_and_row_errors(tmp_path):
         load_records_file(good)
 
 
+@needs_gsm8k
 def test_gsm8k_from_the_real_local_test_file():
     task = make_task("gsm8k", eval_path=str(GSM8K_TEST))
     records = task.dataset("test")
@@ -209,6 +212,7 @@ def test_gsm8k_file_without_hashes_and_plain_answers(tmp_path):
     assert records[0].answer == "42" and records[0].meta == {}
 
 
+@needs_gsm8k
 def test_size_takes_a_seeded_subset_in_source_order():
     a = make_task("gsm8k", eval_path=str(GSM8K_TEST), eval_size=200, seed=0).dataset("test")
     b = make_task("gsm8k", eval_path=str(GSM8K_TEST), eval_size=200, seed=0).dataset("test")
