@@ -1,6 +1,6 @@
 """Training-collapse indicators over a run's per-step metrics (the records of ``metrics.jsonl``).
 
-The paper (see ``memory-r-plus.md``, "Training collapse") describes the failure modes but gives
+The paper (see docs/method.md, "Training collapse") describes the failure modes but gives
 no thresholds; memrl flags them with these documented rules, all evaluated on per-step means
 (``reward/<component>/mean``, ``completion/length/mean``, ``completion/clipped_frac``) over a
 window of the last ``window`` training steps that log the keys:
