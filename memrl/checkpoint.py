@@ -124,6 +124,9 @@ class CheckpointManager:
         self.uri = output_dir.rstrip("/") + "/checkpoints"
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
         self.keep_last = keep_last
+        # Names this manager's partial checkpoints: pruning removes only its own, never a
+        # partial another writer is filling.
+        self.token = uuid.uuid4().hex[:8]
 
     def _uri(self, name: str) -> str:
         path = f"{self.root.rstrip('/')}/{name}"
@@ -132,7 +135,7 @@ class CheckpointManager:
     # -- writing -------------------------------------------------------------------------------
     def begin(self, step: int) -> str:
         """A fresh partial directory for checkpoint ``step``; returns its URI."""
-        name = f"step_{step}.partial-{uuid.uuid4().hex[:8]}"
+        name = f"step_{step}.partial-{self.token}-{uuid.uuid4().hex[:8]}"
         self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
         return self._uri(name)
 
@@ -171,9 +174,25 @@ class CheckpointManager:
         steps = sorted(self.list_steps())
         for old in steps[: max(0, len(steps) - self.keep_last)]:
             self.fs.rm(f"{self.root}/step_{old}", recursive=True)
+        self._remove_partials(lambda name: f".partial-{self.token}-" in name)
+
+    def remove_stale_partials(self) -> int:
+        """Remove partial checkpoints left by earlier (crashed) runs; returns how many.
+
+        Call it only while holding the run directory's lock (:mod:`memrl.run_lock`): then no
+        other writer can be filling one of them."""
+        return self._remove_partials(lambda name: f".partial-{self.token}-" not in name)
+
+    def _remove_partials(self, select: Any) -> int:
+        if not self.fs.exists(self.root):
+            return 0
+        removed = 0
         for entry in self.fs.ls(self.root, detail=False):
-            if ".partial-" in entry.rsplit("/", 1)[-1]:
-                self.fs.rm(entry, recursive=True)  # left behind by a crash mid-save
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if ".partial-" in name and select(name):
+                self.fs.rm(entry, recursive=True)
+                removed += 1
+        return removed
 
     # -- reading -------------------------------------------------------------------------------
     def list_steps(self) -> list[int]:

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from memrl.config import ConfigError, config_to_yaml, load_config
+from memrl.errors import EXIT_INPUT, debug_enabled, error_log, explain, write_traceback
 
-EXIT_CONFIG_ERROR = 2
+EXIT_CONFIG_ERROR = EXIT_INPUT
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memrl",
         description="Memory-R+ reinforcement learning for small language models on Ray.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="on failure, print the full traceback too (also: MEMRL_DEBUG=1); "
+                             "it is always written to a log file, named in the message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -163,13 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; any failure ends in memrl's few-line message and exit code (2: bad
+    input, 1: runtime fault), the full traceback in a log file (see :mod:`memrl.errors`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, e.g. `memrl train --debug`
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args([a for a in argv if a != "--debug"])
+    error_log.use_run_dir(None)  # a run sets it once it owns its directory
     try:
         return ns.func(ns)
-    except ConfigError as exc:
-        print(f"memrl: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    except (Exception, KeyboardInterrupt) as exc:  # SystemExit (preemption) passes through
+        return _report(exc, argv, debug_enabled(debug))
+
+
+def _report(exc: BaseException, argv: list[str], debug: bool) -> int:
+    message, code = explain(exc)
+    if isinstance(exc, ConfigError) and not debug:  # one line naming the key says it all
+        print(f"memrl: {message}", file=sys.stderr)
+        return code
+    log_path = write_traceback(exc, argv)
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"memrl: {message}", file=sys.stderr)
+    if log_path is not None:
+        print(f"  full traceback: {log_path}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

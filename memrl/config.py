@@ -631,8 +631,15 @@ def _read_tree(source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {source}")
     if source.resolve() in seen:
         raise ConfigError(f"config file {source}: 'base' chain loops back to itself")
+    raw = source.read_bytes()
     try:
-        tree = yaml.safe_load(source.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"config file {source}, line {line}: not UTF-8 text "
+                          f"(byte {raw[exc.start:exc.start + 1]!r}); re-save it as UTF-8") from None
+    try:
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {source} is not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):

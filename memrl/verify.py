@@ -15,6 +15,12 @@ In the main thread its own timeouts are used (whole seconds, at least one). Anyw
 timeouts off; the caller waits at most ``timeout_s`` per item and kills and restarts the worker
 when an item overruns. A timed-out or unparseable item counts as "no match" and is logged; it
 never raises.
+
+Checking is bounded per answer *and* per batch, whatever the text: answers longer than
+``MAX_ANSWER_CHARS`` are compared as stripped strings only (no number or LaTeX parsing, whose
+cost grows with the text, and whose integer conversion refuses more than 4300 digits), each
+math-verify item gets at most ``timeout_s``, and a batch stops calling math-verify once
+``batch_timeout_s`` is spent (the remaining items count as no match, with one warning).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import multiprocessing
 import re
 import threading
+import time
 from fractions import Fraction
 from multiprocessing.connection import Connection
 from typing import Callable, Literal, Sequence
@@ -34,6 +41,13 @@ logger = logging.getLogger(__name__)
 
 CheckMode = Literal["exact", "math"]
 CHECK_MODES: tuple[str, ...] = ("exact", "math")
+# Longer answers are compared as strings only: gold answers are short, and parsing cost (and
+# Python's int-from-digits limit) grows with the text.
+MAX_ANSWER_CHARS = 1000
+# Default per-batch budget of math-verify: a base plus a little per item, far above the tens of
+# milliseconds a normal answer takes, far below timeout_s per item for a batch of bad ones.
+BATCH_BASE_S = 30.0
+BATCH_PER_ITEM_S = 0.5
 
 # --------------------------------------------------------------------------------------------
 # Extraction
@@ -288,11 +302,16 @@ class VerifyWorker:
             self._conn.close()
         self._process, self._conn = None, None
 
-    def run(self, pairs: Sequence[tuple[str, str]], timeout_s: float) -> list[bool]:
-        """Match of each (pred, gold) pair; an item taking over ``timeout_s`` seconds is False."""
+    def run(self, pairs: Sequence[tuple[str, str]], timeout_s: float,
+            deadline: float | None = None) -> list[bool]:
+        """Match of each (pred, gold) pair; an item taking over ``timeout_s`` seconds is False,
+        and so is every item not done by ``deadline`` (a ``time.monotonic()`` value)."""
         results = [False] * len(pairs)
         start = 0
         while start < len(pairs):
+            if _out_of_time(deadline, len(pairs) - start):
+                self.close()  # it may still be busy with the batch
+                break
             if self._process is not None and not self._process.is_alive():
                 self.close()  # died between calls (killed from outside)
             conn = self._conn or self._start()
@@ -300,8 +319,10 @@ class VerifyWorker:
             done = start
             while done < len(pairs):
                 failure = None
-                if not conn.poll(timeout_s):
-                    failure = f"took over {timeout_s} s"
+                wait_s = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
+                if not conn.poll(max(0.0, wait_s)):
+                    failure = f"took over {timeout_s} s" if wait_s >= timeout_s else \
+                        "ran past the batch's time budget"
                 else:
                     try:
                         index, match, problem = conn.recv()
@@ -324,26 +345,44 @@ class VerifyWorker:
         return results
 
 
+def _out_of_time(deadline: float | None, left: int) -> bool:
+    """True (with one warning) once the batch deadline has passed with ``left`` items to go."""
+    if deadline is None or time.monotonic() < deadline:
+        return False
+    logger.warning("answer checking ran out of its batch time budget; %d remaining answers "
+                   "count as no match (raise batch_timeout_s if your answers are this slow)", left)
+    return True
+
+
 _shared_worker = VerifyWorker()
 _shared_worker_lock = threading.Lock()
 
 
-def _check_math(pairs: Sequence[tuple[str, str]], timeout_s: float) -> list[bool]:
+def _check_math(pairs: Sequence[tuple[str, str]], timeout_s: float, deadline: float) -> list[bool]:
     """math-verify match of each (pred, gold) pair, in-thread or through the worker process."""
     if not pairs:
         return []
     if threading.current_thread() is threading.main_thread():
-        # signal.alarm counts whole seconds; 0 would switch the timeout off.
-        timeout = max(1, math.ceil(timeout_s))
-        results = []
-        for pred, gold in pairs:
-            match, problem = _math_verify_match(pred, gold, timeout)
+        results = [False] * len(pairs)
+        for i, (pred, gold) in enumerate(pairs):
+            if _out_of_time(deadline, len(pairs) - i):
+                break
+            # signal.alarm counts whole seconds; 0 would switch the timeout off.
+            timeout = max(1, math.ceil(min(timeout_s, deadline - time.monotonic())))
+            try:
+                match, problem = _math_verify_match(pred, gold, timeout)
+            except Exception as exc:  # noqa: BLE001 - a check never raises: the item is no match
+                match, problem = False, f"{type(exc).__name__}: {exc}"
             if problem is not None:
-                logger.warning("answer check of %r: %s", pred, problem)
-            results.append(match)
+                logger.warning("answer check of %r: %s", _short(pred), problem)
+            results[i] = match
         return results
     with _shared_worker_lock:
-        return _shared_worker.run(pairs, timeout_s)
+        return _shared_worker.run(pairs, timeout_s, deadline)
+
+
+def _short(text: str, chars: int = 200) -> str:
+    return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} chars)"
 
 
 def check_answers(
@@ -352,11 +391,14 @@ def check_answers(
     *,
     mode: CheckMode = "math",
     timeout_s: float = 5.0,
+    batch_timeout_s: float | None = None,
 ) -> list[bool]:
     """Whether each prediction matches its gold answer (see the module docstring for modes).
 
     In ``"math"`` mode pairs where both sides are plain numbers are compared exactly here; the
-    rest go through math-verify in one batch, each item limited to about ``timeout_s`` seconds.
+    rest go through math-verify in one batch, each item limited to about ``timeout_s`` seconds
+    and the whole batch to ``batch_timeout_s`` (default: ``BATCH_BASE_S`` plus
+    ``BATCH_PER_ITEM_S`` per item). Never raises on any text.
     """
     if len(preds) != len(golds):
         raise ValueError(
@@ -368,15 +410,22 @@ def check_answers(
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     if mode == "exact":
         return [p.strip() == g.strip() for p, g in zip(preds, golds)]
+    started = time.monotonic()
     results = [False] * len(preds)
     symbolic: list[int] = []
     for i, (pred, gold) in enumerate(zip(preds, golds)):
+        if max(len(pred), len(gold)) > MAX_ANSWER_CHARS:
+            results[i] = pred.strip() == gold.strip()
+            continue
         pred_num, gold_num = normalize_number(pred), normalize_number(gold)
         if pred_num is not None and gold_num is not None:
             results[i] = pred_num == gold_num
         else:
             symbolic.append(i)
-    matches = _check_math([(preds[i], golds[i]) for i in symbolic], timeout_s)
+    if batch_timeout_s is None:
+        batch_timeout_s = BATCH_BASE_S + BATCH_PER_ITEM_S * len(symbolic)
+    matches = _check_math([(preds[i], golds[i]) for i in symbolic], timeout_s,
+                          started + batch_timeout_s)
     for i, match in zip(symbolic, matches):
         results[i] = match
     return results

@@ -10,8 +10,8 @@ import numpy as np
 
 from memrl.memory.embedder import Embedder, make_embedder
 from memrl.memory.episodic import MemoryArrays
-from memrl.memory.snapshot import snapshot_parts
-from memrl.memory.store import read_shard
+from memrl.memory.snapshot import SnapshotError, snapshot_parts
+from memrl.memory.store import ShardSnapshot, read_shard
 
 _EDGES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 _BAR = 40
@@ -36,6 +36,8 @@ def inspect_snapshot(
         The report as text (the CLI prints it).
     """
     parts = [read_shard(p) for p in snapshot_parts(snapshot_dir)]
+    for part in parts:
+        check_consistent(part)
     settings = parts[0].settings
     memories: dict[str, list[MemoryArrays]] = {}
     for snap in parts:
@@ -65,6 +67,30 @@ def inspect_snapshot(
             lines.append(f"nearest {name} keys for query {_cut(query, text_chars)!r}:")
             lines.extend(_nearest(shards, qvec, k, values_per_key, text_chars))
     return "\n".join(lines)
+
+
+def check_consistent(snap: ShardSnapshot) -> None:
+    """Raise :class:`SnapshotError` unless every memory's entries agree with each other (a
+    manifest recomputed over edited files verifies, yet its contents may not fit together)."""
+    for name, a in snap.memories.items():
+        where = f"{snap.path}: {name} memory"
+        shapes = {"keys": a.keys.shape, "values": a.values.shape}
+        for entry, shape in shapes.items():
+            if len(shape) != 2 or shape[1] != snap.dim:
+                raise SnapshotError(f"{where}: {name}_{entry}.npy has shape {shape}, expected "
+                                    f"[N, {snap.dim}] (the snapshot's embedding dim)")
+        sizes = {"keys": len(a.keys), "value_counts": len(a.value_counts),
+                 "questions": len(a.questions), "value_texts": len(a.value_texts)}
+        if len(set(sizes.values())) != 1:
+            raise SnapshotError(f"{where}: entries disagree on the number of keys ({sizes})")
+        if a.value_counts.ndim != 1 or (a.value_counts < 0).any() or \
+                int(a.value_counts.sum()) != len(a.values):
+            raise SnapshotError(f"{where}: value counts sum to {int(a.value_counts.sum())}, but "
+                                f"{name}_values.npy holds {len(a.values)} values")
+        for slot, (count, texts) in enumerate(zip(a.value_counts, a.value_texts)):
+            if int(count) != len(texts):
+                raise SnapshotError(f"{where}: key {slot} counts {int(count)} values but has "
+                                    f"{len(texts)} value texts")
 
 
 def _histogram(counts: np.ndarray) -> list[str]:

@@ -18,7 +18,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -234,10 +235,52 @@ def cached_tiny_model(
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{key}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _build_lock(root / f"{key}.lock"):
         if final.is_dir():  # another process finished it while we waited
             return final
+        # Under the lock no one else builds this key: leftovers are from killed builds.
+        for stale in root.glob(f".{key}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        try:
+            logger.info("building tiny model %s in %s", key, final)
+            build_tiny_model(staging, make_texts(), **model_options)
+            warm_start(staging, make_examples(), **warmstart_options)
+            (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
+            os.chmod(staging, 0o755)
+            os.rename(staging, final)
+        except OSError:
+            # Renaming onto a folder that appeared meanwhile (a filesystem without flock).
+            shutil.rmtree(staging, ignore_errors=True)
+            if final.is_dir():
+                return final
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return final
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``, removed again on every exit path.
+
+    A waiter may wake up holding a file the previous holder already unlinked; it then retries
+    on the file now at ``path``, so two builders never hold "the" lock at once."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
         # Under the lock no one else builds this key: leftovers are from killed builds.
         for stale in root.glob(f".{key}.*"):
             shutil.rmtree(stale, ignore_errors=True)

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from memrl.errors import DataError
 from memrl.types import Record
 
 logger = logging.getLogger(__name__)
@@ -42,21 +43,35 @@ def read_rows(path: str | Path) -> tuple[list[NumberedRow], str]:
         return _read_parquet(path), "row"
     if suffix in (".jsonl", ".json"):
         return _read_jsonl(path), "line"
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
+
+
+def decode_line(raw: bytes, path: Path, number: int) -> str:
+    """One line of a text file as UTF-8; bytes that are not raise DataError naming file,
+    line and byte column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}, line {number}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at "
+            f"column {exc.start + 1})",
+            hint="re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
 
 
 def _read_jsonl(path: Path) -> list[NumberedRow]:
     rows: list[NumberedRow] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # decoded per line, so a bad byte is reported at its line
+        for number, raw in enumerate(handle, start=1):
+            line = decode_line(raw, path, number)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
+                raise DataError(f"{path}, line {number}: malformed JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(
+                raise DataError(
                     f"{path}, line {number}: expected a JSON object, got {type(row).__name__}"
                 )
             rows.append((number, row))
@@ -69,7 +84,7 @@ def _read_parquet(path: Path) -> list[NumberedRow]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise ValueError(f"{path}: cannot read Parquet file ({exc})") from exc
+        raise DataError(f"{path}: cannot read Parquet file ({exc})") from exc
     return list(enumerate(table.to_pylist(), start=1))
 
 
@@ -91,13 +106,20 @@ def rows_to_records(
         try:
             record = make_record(row, number)
         except RowError as exc:
-            raise ValueError(f"{source}, {unit} {number}: {exc}") from None
+            raise DataError(f"{source}, {unit} {number}: {exc}") from None
         if record is None:
             skipped += 1
         else:
             records.append(record)
     if skipped:
         logger.warning("%s: skipped %d %ss without a usable answer", source, skipped, unit)
+    if not records:
+        # Caught here, with the file named, rather than deep in whatever needs the first record.
+        raise DataError(
+            f"{source}: no usable records" + (f" ({skipped} {unit}s without a usable answer)"
+                                             if skipped else f" (the file has no {unit}s)"),
+            hint="point data.path / data.eval_path at a file with at least one record",
+        )
     return records
 
 
@@ -163,7 +185,7 @@ def check_unique_ids(records: list[Record], source: str) -> None:
     seen: set[str] = set()
     for record in records:
         if record.id in seen:
-            raise ValueError(f"{source}: duplicate record id {record.id!r}")
+            raise DataError(f"{source}: duplicate record id {record.id!r}")
         seen.add(record.id)
 
 

@@ -41,13 +41,16 @@ from ray.exceptions import RayActorError
 
 from memrl.checkpoint import CheckpointManager
 from memrl.config import Config, config_to_yaml
+from memrl.errors import InputError, error_log, phase
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import chunk_requests, evaluate_greedy
+from memrl.run_lock import RunLock
 from memrl.train.metrics import MetricsWriter
+from memrl.train.placement import PendingReporter, check_fits
 from memrl.train.rollout_pool import (
     GenerationRequest,
     PendingGeneration,
@@ -73,6 +76,24 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and re
 MEMORY_RETRIES = 3
 
 
+def read_control(text: str) -> tuple[int | None, str | None]:
+    """``(num_workers, None)`` from a control file's text, or ``(None, reason)`` when invalid."""
+    expected = "expected 'rollout: {num_workers: N}' with a whole number N >= 1"
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return None, f"not valid YAML ({str(exc).splitlines()[0]}); {expected}"
+    value = tree.get("rollout", {}).get("num_workers") if isinstance(tree, dict) and \
+        isinstance(tree.get("rollout"), dict) else None
+    if value is None:
+        return None, f"no rollout.num_workers; {expected}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None, f"rollout.num_workers = {value!r} is not a whole number; {expected}"
+    if value < 1:
+        return None, f"rollout.num_workers = {value} is below 1 (a run needs a worker); {expected}"
+    return value, None
+
+
 class Preempted(SystemExit):
     """Raised after the preemption checkpoint is written; exits with a non-zero code."""
 
@@ -91,8 +112,13 @@ def _stat(prefix: str, values: np.ndarray) -> dict[str, float]:
 
 
 def init_ray(cfg: Config) -> None:
-    """Join the cluster named by ``ray.address``/``RAY_ADDRESS`` (a ``ray job submit`` job),
-    or start a local one. One torch thread per process unless an actor is given more CPUs."""
+    """Connect to Ray as the config says, and say which cluster the run uses.
+
+    ``ray.address`` (or ``RAY_ADDRESS``, set for a ``ray job submit`` job) names a cluster to
+    join; ``ray.address=local`` starts a new one for this run. Without either, the run joins a
+    cluster that ``ray start`` runs on this machine, as Ray's own ``ray.init()`` does (its
+    resources then apply, not ``ray.num_cpus``), and otherwise starts its own with
+    ``ray.num_cpus``. One torch thread per process unless an actor is given more CPUs."""
     if ray.is_initialized():
         return
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -100,60 +126,80 @@ def init_ray(cfg: Config) -> None:
         if key in os.environ:
             env[key] = os.environ[key]
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
+    if address and address != "local":
         ray.init(address=address, **kwargs)
+        cpus = ray.cluster_resources().get("CPU", 0)
+        how = "the cluster named by ray.address/RAY_ADDRESS" if cfg.ray.address or \
+            os.environ.get("RAY_ADDRESS") else "the cluster `ray start` runs on this machine"
+        ignored = f"; ray.num_cpus={cfg.ray.num_cpus} does not apply to it" if cfg.ray.num_cpus else ""
+        print(f"memrl: joined {how} at {address} ({cpus:g} CPUs){ignored}; set ray.address=local "
+              "to start a separate cluster for this run", file=sys.stderr, flush=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+def _local_cluster_address() -> str | None:
+    """The address ``ray start`` recorded on this machine (what a plain ``ray.init()`` joins)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - private API moved or stale file: start a local cluster
+        return None
 
 
 class Trainer:
     """Owns the run's actors and metadata; ``run()`` is the training loop."""
 
     def __init__(self, cfg: Config, resume: str = "none"):
-        from memrl.actors.learner import LearnerGroup
-
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        self.memory = self.learners = self.pool = None
+        # Before anything is written: one run per output directory.
+        self.lock = RunLock(self.run_dir).acquire()
+        try:
+            self._set_up(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, resume: str) -> None:
+        cfg = self.cfg
         self.checkpoints = CheckpointManager(cfg.trainer.checkpoint_uri or cfg.output_dir,
                                              cfg.trainer.keep_last_checkpoints)
         resume_from = self.checkpoints.resolve(resume)
         state = self.checkpoints.verify(resume_from) if resume_from else None
 
-        self.task = build_task(cfg)
-        self.plan = build_reward_plan(cfg, self.task)
-        self.composer = RewardComposer(self.plan.specs)
-        self.model_path = prepare_model(cfg, self.task)
-        self.tokenizer = load_tokenizer(self.model_path)
+        # Inputs are read and checked before the run directory gets its first file.
+        try:
+            self.task = build_task(cfg)
+            self.plan = build_reward_plan(cfg, self.task)
+            self.composer = RewardComposer(self.plan.specs)
+        except InputError:
+            raise
+        except ValueError as exc:  # an unusable task option or reward spec of the config
+            raise InputError(str(exc), where=f"config {'rewards' if hasattr(self, 'task') else 'task'} "
+                             "section", hint="fix that entry of the config (memrl config show "
+                             "prints the resolved one)") from exc
         stream_state = StreamState.from_dict(state["stream"]) if state else None
         self.stream = PromptStream(self.task.dataset("train"), seed=cfg.seed, state=stream_state)
         self.eval_records = list(self.task.dataset("test"))
+        self.model_path = prepare_model(cfg, self.task)
+        self.tokenizer = load_tokenizer(self.model_path)
         torch.manual_seed(cfg.seed)
         if state:
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.metrics_lines = int(state.get("metrics_lines", -1)) if state else 0
+
+        (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        error_log.use_run_dir(self.run_dir)
+        self.checkpoints.remove_stale_partials()  # safe: the lock keeps other writers out
 
         init_ray(cfg)
-        self.memory = None
-        if cfg.uses_memory:
-            from memrl.actors.memory import MemoryClient
-
-            self.memory = MemoryClient(
-                memory_settings(cfg), num_shards=cfg.memory.num_shards,
-                num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
-                snapshot_root=str((self.run_dir / "memory").absolute()),
-                initial_snapshot=f"{resume_from}/memory" if resume_from else None,
-                timeout_s=cfg.trainer.timeout_s,
-            )
-        self.learners = LearnerGroup(
-            learner_settings(cfg, self.model_path), cfg.learner.num_learners,
-            num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
-            resources_per_learner=cfg.learner.resources, timeout_s=cfg.trainer.timeout_s,
-        )
-        self.pool = RolloutPool(rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
-                                timeout_s=cfg.trainer.timeout_s)
-        self.pool.wait_until_ready()
+        check_fits(cfg)
+        with PendingReporter("start-up") as reporter:
+            self._start_actors(resume_from, reporter)
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0
         self.step = 0
@@ -162,13 +208,45 @@ class Trainer:
         self._preempt_at: float | None = None
         self.memory_restarts = 0
         self._last_save = time.monotonic()
+        self._control_seen: tuple[float, str] | None = None
+        self._writer: MetricsWriter | None = None
         if state:
-            self.learners.load(f"{resume_from}/learner")
+            with phase("resume: loading the learner state", timeout_s=cfg.trainer.timeout_s):
+                self.learners.load(f"{resume_from}/learner")
             self.step = int(state["step"])
             self.version = int(state["weight_version"])
             self._publish()
             self._inflight = [Record(**r) for r in state.get("inflight_records", [])]
             print(f"resumed from step {self.step} ({resume_from})", flush=True)
+
+    def _start_actors(self, resume_from: str | None, reporter: PendingReporter) -> None:
+        from memrl.actors.learner import LearnerGroup
+
+        cfg, timeout_s = self.cfg, self.cfg.trainer.timeout_s
+        if cfg.uses_memory:
+            from memrl.actors.memory import MemoryClient
+
+            reporter.set_phase("start-up of the memory service")
+            with phase("start-up of the memory service", timeout_s=timeout_s):
+                self.memory = MemoryClient(
+                    memory_settings(cfg), num_shards=cfg.memory.num_shards,
+                    num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
+                    snapshot_root=str((self.run_dir / "memory").absolute()),
+                    initial_snapshot=f"{resume_from}/memory" if resume_from else None,
+                    timeout_s=timeout_s,
+                )
+        reporter.set_phase("start-up of the learners")
+        with phase("start-up of the learners", timeout_s=timeout_s):
+            self.learners = LearnerGroup(
+                learner_settings(cfg, self.model_path), cfg.learner.num_learners,
+                num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
+                resources_per_learner=cfg.learner.resources, timeout_s=timeout_s,
+            )
+        reporter.set_phase("start-up of the rollout workers")
+        with phase("start-up of the rollout workers", timeout_s=timeout_s):
+            self.pool = RolloutPool(rollout_worker_factory(cfg, self.model_path),
+                                    cfg.rollout.num_workers, timeout_s=timeout_s)
+            self.pool.wait_until_ready()
 
     # -- prompts and generation ----------------------------------------------------------------
     def render(self, record: Record) -> str:
@@ -198,9 +276,10 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        result = evaluate_greedy(self.pool, self.eval_records, self.render, self.plan,
-                                 max_tokens=self.cfg.grpo.max_completion_length,
-                                 weights=self.weights, timeout_s=self.cfg.trainer.timeout_s)
+        with phase("evaluation", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
+            result = evaluate_greedy(self.pool, self.eval_records, self.render, self.plan,
+                                     max_tokens=self.cfg.grpo.max_completion_length,
+                                     weights=self.weights, timeout_s=self.cfg.trainer.timeout_s)
         return dataclasses.asdict(result)
 
     # -- one step ------------------------------------------------------------------------------
@@ -213,7 +292,11 @@ class Trainer:
             ref = _score_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
                                      by_id, memory_call, self.step, *batch_refs)
             try:
-                return ray.get(ref, timeout=self.cfg.trainer.timeout_s)
+                with phase(f"scoring (rewards {', '.join(s.label for s in self.plan.specs)}"
+                           + (" and the memory service)" if self.memory is not None else ")"),
+                           step=self.step + 1, actor="the reward task (_score_task)",
+                           timeout_s=self.cfg.trainer.timeout_s):
+                    return ray.get(ref, timeout=self.cfg.trainer.timeout_s)
             except ray.exceptions.RayTaskError as exc:
                 # The task itself is fine; its call into a dying/restarting memory actor is not.
                 memory_died = isinstance(exc.cause, RayActorError)
@@ -246,13 +329,16 @@ class Trainer:
         and that next batch (None in sync mode)."""
         cfg, g = self.cfg, self.cfg.grpo
         t0 = time.perf_counter()
-        results = self.pool.finish(batch.pending)
+        step, timeout_s = batch.step + 1, cfg.trainer.timeout_s
+        with phase("generation", step=step, actor="the rollout workers", timeout_s=timeout_s):
+            results = self.pool.finish(batch.pending)
         t_gen = time.perf_counter()
         upcoming = next_batch() if cfg.rollout.mode == "async" else None
         batch_refs = [r.batch_ref for r in results]
 
         # Scoring and the learners' reference/old log-probs run at the same time.
-        prep = self.learners.begin_step(batch_refs)
+        with phase("reference log-probs", step=step, actor="the learners", timeout_s=timeout_s):
+            prep = self.learners.begin_step(batch_refs)
         scores = self._score(batch.records, batch_refs)
         t_score = time.perf_counter()
 
@@ -262,11 +348,13 @@ class Trainer:
         keep = keep_mask_for_groups(keep_groups, g.num_generations) if g.filter_zero_variance else None
         if keep is not None and not bool(keep.any()):
             keep = None  # every group is flat: all advantages are 0, the step only moves KL
-        train_stats = self.learners.finish_step(prep, advantages, keep=keep)
+        with phase("optimizer step", step=step, actor="the learners", timeout_s=timeout_s):
+            train_stats = self.learners.finish_step(prep, advantages, keep=keep)
         t_train = time.perf_counter()
 
         self.version += 1
-        publish_seconds = self._publish()
+        with phase("weight publish", step=step, actor="learner rank 0", timeout_s=timeout_s):
+            publish_seconds = self._publish()
         t_sync = time.perf_counter()
 
         tokens = int(sum(r.info["tokens"] for r in results))
@@ -300,7 +388,7 @@ class Trainer:
         metrics["weights/version"] = self.version
         metrics["weights/publish_seconds"] = publish_seconds
         metrics["weights/staleness"] = float(staleness)
-        metrics["rollout/num_workers"] = len(self.pool)
+        metrics["rollout/num_workers"] = self.pool.num_running()
         metrics["rollout/failures"] = self.pool.events.failures
         metrics["rollout/redispatched"] = self.pool.events.redispatched
         metrics["health/memory_restarts"] = self.memory_restarts
@@ -311,6 +399,10 @@ class Trainer:
     # -- checkpoints, control, preemption ------------------------------------------------------
     def save_checkpoint(self, upcoming: StepBatch | None = None) -> str:
         """Write ``checkpoints/step_N`` atomically; ``latest`` names it once complete."""
+        with phase("checkpoint", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
+            return self._save_checkpoint(upcoming)
+
+    def _save_checkpoint(self, upcoming: StepBatch | None) -> str:
         started = time.perf_counter()
         partial = self.checkpoints.begin(self.step)
         learner_files = self.learners.save(f"{partial}/learner", export_hf=True)
@@ -325,6 +417,8 @@ class Trainer:
             # async mode: prompts already taken from the stream for the next step
             "inflight_records": [dataclasses.asdict(r) for r in upcoming.records] if upcoming else [],
             "config": self.cfg.model_dump(mode="json"),
+            # metrics.jsonl lines up to here: a resume drops the lines logged after them
+            "metrics_lines": self._writer.lines if self._writer is not None else 0,
         }
         uri = self.checkpoints.complete(partial, self.step, state, files=files)
         if self.memory is not None:  # the snapshot moved with the rename of the partial dir
@@ -340,18 +434,28 @@ class Trainer:
         return by_steps or by_time
 
     def _apply_control(self) -> None:
-        """Resize the rollout pool when ``OUTPUT_DIR/control.yaml`` asks for another count."""
+        """Resize the rollout pool when ``OUTPUT_DIR/control.yaml`` asks for another count; an
+        invalid file is reported (once per change) with the reason, and ignored."""
         path = self.run_dir / CONTROL_FILE
-        if not path.is_file():
-            return
         try:
-            wanted = int(yaml.safe_load(path.read_text())["rollout"]["num_workers"])
-        except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring %s: expected 'rollout: {num_workers: N}' (%s)", path, exc)
+            seen = (path.stat().st_mtime, path.read_text(encoding="utf-8", errors="replace"))
+        except FileNotFoundError:
             return
-        if wanted != len(self.pool) and wanted >= 1:
+        changed = seen != self._control_seen
+        self._control_seen = seen
+        wanted, problem = read_control(seen[1])
+        if problem is not None:
+            if changed:
+                log.warning("ignoring %s: %s", path, problem)
+            return
+        if wanted != len(self.pool):
             log.info("rollout workers: %d -> %d (from %s)", len(self.pool), wanted, path)
             self.pool.resize(wanted)
+        if changed and self.pool.num_running() < wanted:
+            log.warning("rollout workers: %d asked for in %s, %d running; the others wait for "
+                        "the cluster to place them (%s)", wanted, path, self.pool.num_running(),
+                        f"{self.cfg.rollout.num_cpus_per_worker:g} CPU, "
+                        f"{self.cfg.rollout.num_gpus_per_worker:g} GPU each")
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         if self._preempt_at is not None:
@@ -380,9 +484,12 @@ class Trainer:
         if self.resumed_from and previous.is_file():
             summary.update({k: v for k, v in json.loads(previous.read_text()).items()
                             if k in ("accuracy_before", "best_accuracy", "best_step")})
-        writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard,
-                               wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
-                               config=cfg.model_dump(mode="json"))
+        writer = self._writer = MetricsWriter(
+            self.run_dir, tensorboard=cfg.logging.tensorboard,
+            wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
+            config=cfg.model_dump(mode="json"),
+            keep_lines=self.metrics_lines if self.resumed_from else 0,
+            resume_step=self.step if self.resumed_from else None)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
         if cfg.trainer.eval_before_after and "accuracy_before" not in summary:
@@ -422,9 +529,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
             writer.close()
-        self.learners.export_hf(self.run_dir / "model")
-        if self.memory is not None:
-            self.memory.snapshot(str((self.run_dir / "memory" / "final").absolute()))
+        with phase("final export (model, memory)", step=self.step, timeout_s=cfg.trainer.timeout_s):
+            self.learners.export_hf(self.run_dir / "model")
+            if self.memory is not None:
+                self.memory.snapshot(str((self.run_dir / "memory" / "final").absolute()))
         summary.update({"steps": self.step, "wall_seconds": time.time() - started,
                         "model_dir": str(self.run_dir / "model")})
         if "best_step" in summary:  # step 0 is the starting model itself
@@ -446,11 +554,18 @@ class Trainer:
         return result["accuracy"]
 
     def close(self) -> None:
-        """Stop the run's actors (the Ray cluster itself is left running)."""
-        self.pool.resize(0, allow_empty=True)
-        self.learners.shutdown()
-        if self.memory is not None:
-            self.memory.shutdown()
+        """Stop the run's actors (the Ray cluster itself is left running) and release the run
+        directory; safe after a failed start-up and when called twice."""
+        try:
+            if self.pool is not None:
+                self.pool.resize(0, allow_empty=True)
+            if self.learners is not None:
+                self.learners.shutdown()
+            if self.memory is not None:
+                self.memory.shutdown()
+        finally:
+            self.pool = self.learners = self.memory = None
+            self.lock.release()
 
 
 @ray.remote(num_cpus=0, max_retries=0)

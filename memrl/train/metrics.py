@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,15 +24,26 @@ class MetricsWriter:
     """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb_project: str | None = None,
-                 run_name: str = "memrl", config: Mapping[str, Any] | None = None):
+                 run_name: str = "memrl", config: Mapping[str, Any] | None = None,
+                 keep_lines: int = 0, resume_step: int | None = None):
+        """``resume_step``: this run resumes a checkpoint of that step, taken when the file had
+        ``keep_lines`` lines (-1: unknown, an older checkpoint); what the earlier run logged
+        after the checkpoint is dropped, here and in TensorBoard, so each step appears once."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            self.lines = _truncate_after(self.path, keep_lines, resume_step)
+        else:
+            self.lines = _count_lines(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            # purge_step hides the earlier run's events from that step on (TensorBoard's own
+            # restart handling), so its charts agree with metrics.jsonl.
+            purge = resume_step + 1 if resume_step is not None else None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
         self._wandb = None
         if wandb_project:
             import wandb
@@ -43,6 +55,7 @@ class MetricsWriter:
         record = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
+        self.lines += 1
         numeric = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if self._tb is not None:
@@ -58,6 +71,38 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def _truncate_after(path: Path, keep_lines: int, resume_step: int) -> int:
+    """Keep the first ``keep_lines`` lines of ``path`` (or, with -1, the lines of steps up to
+    ``resume_step``), replacing the file atomically; returns the number of lines kept."""
+    if not path.is_file():
+        return 0
+    with path.open("rb") as fh:
+        lines = fh.readlines()
+    if keep_lines >= 0:
+        kept = lines[:keep_lines]
+    else:
+        kept = [line for line in lines if _step_of(line) is None or _step_of(line) <= resume_step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(b"".join(kept))
+        os.replace(tmp, path)
+    return len(kept)
+
+
+def _step_of(line: bytes) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

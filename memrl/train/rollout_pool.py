@@ -117,6 +117,16 @@ class RolloutPool:
     def __len__(self) -> int:
         return len(self.workers)
 
+    def num_running(self) -> int:
+        """Workers that have answered since they were created: the ones really generating (the
+        rest wait for the cluster to place them). Checks for new answers without blocking."""
+        if self._joining:
+            done, _ = ray.wait(list(self._joining.values()), num_returns=len(self._joining), timeout=0)
+            for worker_id, ref in list(self._joining.items()):
+                if ref in done:
+                    del self._joining[worker_id]
+        return len(self.workers) - len(self._joining)
+
     def resize(self, size: int, *, allow_empty: bool = False) -> None:
         """Add or remove workers so that ``size`` remain (removing the newest first).
 
