@@ -81,7 +81,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_report(ns: argparse.Namespace) -> int:
-    from memrl.report import main_report
+    from memrl.report.cli import main_report
 
     return main_report(ns.run_dirs, ns.out, ns.format, ns.smooth)
 

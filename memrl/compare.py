@@ -110,7 +110,8 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
                 resume: str = "auto") -> dict[str, Any]:
     """Train every trial that has not finished yet, then write ``compare.json``,
     ``compare.md`` and the overlaid report under ``out``; returns the comparison."""
-    from memrl.report import summarise_run, write_report
+    from memrl.report.summary import summarise_run
+    from memrl.report.write import write_report
     from memrl.train.loop import run_training
 
     trials = plan_trials(methods, seeds, out)

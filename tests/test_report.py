@@ -7,8 +7,12 @@ import matplotlib.image
 import pytest
 import yaml
 
-from memrl.report import (RunDirError, main_report, moving_average, shorten_config, summarise_run,
-                          write_report)
+from memrl.report.cli import main_report
+from memrl.report.configs import shorten_config
+from memrl.report.plots import moving_average
+from memrl.report.runs import RunDirError
+from memrl.report.summary import summarise_run
+from memrl.report.write import write_report
 from memrl.train.metrics import MetricsWriter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
