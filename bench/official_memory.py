@@ -18,10 +18,10 @@ mode against it:
   [v, v] matrix of norms, as the original does;
 - one normalisation window per memory, shared by all questions.
 
-Not reproduced (bugs (a) and (b) of memory-r-plus.md): every completion is keyed by its own
-question, not the first prompt's; eviction drops the oldest key together with its values
-(the original re-indexed the key list but not the value dict). Eviction still rebuilds the
-FAISS index from the remaining keys, as the original does.
+Not reproduced (the official code's two bugs, docs/method.md "Episodic memory"): every
+completion is keyed by its own question, not the first prompt's; eviction drops the oldest key
+together with its values (the original re-indexed the key list but not the value dict).
+Eviction still rebuilds the FAISS index from the remaining keys, as the original does.
 """
 
 from __future__ import annotations

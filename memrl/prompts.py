@@ -1,4 +1,4 @@
-"""System prompts, the k-shot exemplars and chat-prompt rendering (see memory-r-plus.md,
+"""System prompts, the k-shot exemplars and chat-prompt rendering (see docs/method.md,
 "Prompt and answer format").
 
 The XML system prompt and the exemplars are those of the paper's official code, character for

@@ -11,7 +11,8 @@ and failure memories) and the :class:`~memrl.memory.normaliser.RewardNormaliser`
 3. normalise in batch order (windows, warm-up, annealing) and return the exploit and explore
    rewards (unweighted; :func:`memrl.memory.rewards.combine` applies the λ weights).
 
-Differences between the modes (``reference`` = the official code; see memory-r-plus.md):
+Differences between the modes (``reference`` = the official code; docs/method.md,
+"Episodic memory"):
 
 ============================  =================================  ==============================
 aspect                        paper (default)                    reference
@@ -25,7 +26,7 @@ warm-up counted               before the step                    after inserting
 ============================  =================================  ==============================
 
 In both modes every response is keyed by its own question and eviction is correct (the
-official code's bugs (a) and (b) are not reproduced). ``reference`` mode repeats the official
+official code's two bugs are not reproduced). ``reference`` mode repeats the official
 float32 operations exactly, including its cosine's broadcast [v, v] division by norms
 (:func:`memrl.memory.rewards.reference_novelty`): with insert-before-score a wrong answer is
 compared with itself, its novelty is rounding noise (~1e-7), and that noise decides whether the

@@ -3,7 +3,7 @@
 The lead maps the YAML ``memory:`` section onto :class:`MemorySettings`; every field is
 documented below with its unit. ``mode`` picks between the paper's definition (``paper``, the
 default) and a switch-by-switch reproduction of the official code (``reference``); see
-``/work/shared/memory-r-plus.md`` and :mod:`memrl.memory.rewarder` for what differs.
+docs/method.md ("Episodic memory") and :mod:`memrl.memory.rewarder` for what differs.
 """
 
 from __future__ import annotations

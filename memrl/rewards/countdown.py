@@ -1,4 +1,4 @@
-"""Countdown rewards (memory-r-plus.md, "Countdown"): format and equation.
+"""Countdown rewards (docs/method.md, "Rule rewards"): format and equation.
 
 The equation is evaluated by a small recursive-descent parser over exact fractions — never
 Python ``eval`` — that accepts only numbers, ``+ - * /``, parentheses and whitespace. Inputs

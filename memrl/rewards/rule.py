@@ -2,7 +2,8 @@
 
 Each reward is ``fn(batch: RewardBatch, **kwargs) -> list[float]``, one value per completion.
 The format regexes are applied with ``re.match`` and without DOTALL, as in the official code, so
-the strict and soft format rewards fire only for single-line reasoning (see memory-r-plus.md).
+the strict and soft format rewards fire only for single-line reasoning (docs/method.md, "Rule
+rewards").
 """
 
 from __future__ import annotations
