@@ -30,6 +30,14 @@ def _cmd_config_show(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(ns: argparse.Namespace) -> int:
+    from memrl.plan import main_plan
+
+    path, overrides = _split_config_args(ns.args)
+    return main_plan(load_config(path, overrides), address=ns.address,
+                     gpu_memory_gib=ns.gpu_memory_gib)
+
+
 def _cmd_config_docs(ns: argparse.Namespace) -> int:
     from memrl.config_docs import DOCS_PATH, write_reference
 
@@ -38,6 +46,8 @@ def _cmd_config_docs(ns: argparse.Namespace) -> int:
 
 
 def _cmd_train(ns: argparse.Namespace) -> int:
+    if ns.dry_run:
+        return _cmd_plan(argparse.Namespace(args=ns.args, address=None, gpu_memory_gib=None))
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
     from memrl.train.loop import run_training
@@ -109,7 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="'auto': continue from OUTPUT_DIR/checkpoints/latest if present, else start fresh; "
         "'none' (default): start fresh; or a checkpoint directory",
     )
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the job instead of running it (memrl plan)")
     train.set_defaults(func=_cmd_train)
+
+    plan = sub.add_parser(
+        "plan", help="dry run: can this job be placed and loaded? (exit 2 naming the problem)",
+        description="memrl plan [CONFIG.yaml] [dotted.key=value ...]: resolve the config, check "
+        "actor placement on the cluster, model/tokenizer/datasets, the checkpoint URI, and "
+        "estimate memory per actor, in seconds.",
+    )
+    plan.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+    plan.add_argument("--address", default=None,
+                      help="Ray cluster to check against (default: ray.address, RAY_ADDRESS, "
+                           "else the local cluster memrl train would start)")
+    plan.add_argument("--gpu-memory-gib", type=float, default=None,
+                      help="memory of one GPU for the estimates (default: this machine's GPU, "
+                           "else 80)")
+    plan.set_defaults(func=_cmd_plan)
 
     evaluate = sub.add_parser(
         "eval", help="greedy accuracy (and sampled pass@k) of a model on a task",

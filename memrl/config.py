@@ -15,7 +15,19 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METHODS = ("r1", "cosine", "memoryr", "memoryr+")
+from memrl.official import OFFICIAL_EXPLICIT, apply_official, flat_keys
+
+# Rewards each method adds to the task's rule rewards (spec: R1 = rule rewards, Cosine = +
+# length reward, Memory-R = + exploit, Memory-R+ = + exploit + explore); memoryr+cosine is the
+# official script's combination of Memory-R+ with the cosine length reward.
+METHOD_REWARDS: dict[str, frozenset[str]] = {
+    "r1": frozenset(),
+    "cosine": frozenset({"cosine"}),
+    "memoryr": frozenset({"exploit"}),
+    "memoryr+": frozenset({"exploit", "explore"}),
+    "memoryr+cosine": frozenset({"exploit", "explore", "cosine"}),
+}
+METHODS = tuple(METHOD_REWARDS)
 
 
 def _configs_folder() -> Path:
@@ -509,11 +521,18 @@ class RayConfig(_Section):
 
 
 class Config(_Section):
-    method: Literal["r1", "cosine", "memoryr", "memoryr+"] = Field(
+    method: Literal[METHODS] = Field(
         "memoryr+",
         description=(
             "r1: rule rewards; cosine: + cosine length reward; memoryr: + exploit; "
             "memoryr+: + exploit + explore; memoryr+cosine: all three"
+        ),
+    )
+    official: bool = Field(
+        False,
+        description=(
+            "the official code's setup in one switch (memrl/official.py lists the keys it "
+            "sets)"
         ),
     )
     seed: int = Field(
@@ -566,11 +585,23 @@ class Config(_Section):
                 f"{prompts} prompt groups per step (grpo.batch_size / grpo.num_generations): "
                 "each learner must get whole groups"
             )
+        gpus = self.learner.num_gpus
+        if self.learner.num_learners > 1 and gpus > 0 and gpus != int(gpus):
+            raise ValueError(
+                f"learner.num_gpus = {gpus} with learner.num_learners = "
+                f"{self.learner.num_learners}: NCCL cannot run two ranks on one GPU, and a "
+                "fractional share lets Ray put two ranks on the same one; give each learner "
+                "whole GPUs, or use one learner"
+            )
         return self
 
     @property
     def uses_memory(self) -> bool:
-        return self.method in ("memoryr", "memoryr+")
+        return "exploit" in METHOD_REWARDS[self.method]
+
+    @property
+    def uses_explore(self) -> bool:
+        return "explore" in METHOD_REWARDS[self.method]
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -650,7 +681,12 @@ def _read_tree(source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ConfigError(f"config file {source}: base must be a file name (got {base!r})")
     parent = _read_tree(source.parent / base, seen + (source.resolve(),))
-    return _merge(parent, tree)
+    merged = _merge(parent, tree)
+    if tree.get("official") is True or OFFICIAL_EXPLICIT in parent:
+        # Keys of the file that turns `official` on and of files built on it win over the
+        # official values (applied in load_config, once the method is known).
+        merged[OFFICIAL_EXPLICIT] = sorted(set(parent.get(OFFICIAL_EXPLICIT, [])) | flat_keys(tree))
+    return merged
 
 
 def _resolve_config_path(path: str | Path | None) -> Path:
@@ -679,9 +715,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     source = _resolve_config_path(path)
     tree = _read_tree(source, seen=())
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    for key, value in parsed:
         _set_dotted(tree, key, value)
+    explicit = set(tree.pop(OFFICIAL_EXPLICIT, []))
+    if tree.get("official") is True:
+        # Official values replace what the files below the one that turned it on say;
+        # that file, files built on it and the overrides win (memrl/official.py).
+        if ("official", True) in parsed:
+            explicit = set()
+        apply_official(tree, explicit | {key for key, _ in parsed})
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -50,13 +50,42 @@ def node_address() -> str:
     return "127.0.0.1"
 
 
+def cuda_device_index() -> int:
+    """This process's CUDA device index, from the GPU ids Ray assigned to the actor.
+
+    Ray normally narrows ``CUDA_VISIBLE_DEVICES`` to the assigned ids, so the device is the
+    position of the first assigned id in that list (0 for a one-GPU actor); with
+    ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` every GPU stays visible and the id itself is
+    the index. Outside Ray (or with no assignment) ``LOCAL_RANK`` decides, default 0.
+    """
+    assigned: list[str] = []
+    try:
+        import ray
+
+        if ray.is_initialized():
+            assigned = [str(i) for i in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])]
+    except (ImportError, RuntimeError):  # not in a Ray worker
+        assigned = []
+    if not assigned:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible:
+        if assigned[0] not in visible:
+            raise RuntimeError(
+                f"Ray assigned GPU {assigned[0]} but CUDA_VISIBLE_DEVICES={','.join(visible)} "
+                "hides it"
+            )
+        return visible.index(assigned[0])
+    return int(assigned[0])
+
+
 def set_rank_env(
     rank: int, world_size: int, master_addr: str, master_port: int, local_rank: int = 0
 ) -> None:
     """Write the rendezvous variables torch.distributed reads for one rank.
 
-    ``local_rank`` is 0 for a Ray actor: Ray gives each actor its own GPUs through
-    ``CUDA_VISIBLE_DEVICES``, so the actor's GPU is always device 0.
+    ``local_rank`` is a placeholder for Ray actors: :func:`init_distributed` replaces it by
+    the device Ray assigned (:func:`cuda_device_index`) before DeepSpeed reads it.
     """
     if world_size < 1:
         raise ValueError(f"world_size = {world_size}: must be >= 1")
@@ -96,7 +125,10 @@ def init_distributed(device: str, timeout_s: float = 600.0) -> None:
             raise RuntimeError(f"environment variable {key} is not set: call set_rank_env first")
     deepspeed = load_deepspeed(device)
     if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # DeepSpeed places the engine on cuda:LOCAL_RANK: make both name the assigned GPU.
+        index = cuda_device_index()
+        os.environ["LOCAL_RANK"] = str(index)
+        torch.cuda.set_device(index)
     deepspeed.init_distributed(
         dist_backend=backend_for(device),
         timeout=timedelta(seconds=timeout_s),

@@ -106,6 +106,17 @@ class SentenceTransformerEmbedder:
             return self._onnx.encode(texts, self.batch_size)
         return self.encode_torch(texts)
 
+    def token_keys(self, texts: Sequence[str]) -> list[bytes]:
+        """One key per text: its token ids as the model sees them (after the tokenizer's
+        normalisation and truncation). Equal keys mean equal model inputs, hence embeddings
+        that are bit-identical when each text is encoded alone, as the official code does."""
+        if not texts:
+            return []
+        features = _tokenizer_of(self.model)(list(texts))
+        ids = features["input_ids"].numpy().astype(np.int64)
+        mask = features["attention_mask"].numpy().astype(bool)
+        return [row[keep].tobytes() for row, keep in zip(ids, mask)]
+
     def encode_torch(self, texts: Sequence[str]) -> np.ndarray:
         """:meth:`encode` with the torch backend, whichever backend is selected."""
         if not texts:
@@ -334,12 +345,21 @@ class EncodedStep:
 class StepEncoder:
     """Encodes a step's texts in one batched call: distinct texts once, questions cached (LRU)
     across steps. Identical question texts therefore always get bit-identical embeddings while
-    cached, which the key merge relies on."""
+    cached, which the key merge relies on.
 
-    def __init__(self, embedder: Embedder, question_cache_size: int = 100_000):
+    ``merge_equal_tokens`` (reference mode): questions whose token ids are equal (e.g. differing
+    only in case or spacing, which the MiniLM tokenizer normalises away) share one embedding,
+    hence one memory key. The official code encodes every text alone, so such questions get
+    bit-identical embeddings there and merge into one key; batched encoding would give them
+    embeddings ~1e-7 apart and two keys. Needs an embedder with ``token_keys``; others merge
+    on equal text only."""
+
+    def __init__(self, embedder: Embedder, question_cache_size: int = 100_000,
+                 merge_equal_tokens: bool = False):
         self.embedder = embedder
         self.cache_size = question_cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._key_of = getattr(embedder, "token_keys", None) if merge_equal_tokens else None
+        self._cache: OrderedDict[str | bytes, np.ndarray] = OrderedDict()
         self.texts_encoded = 0  # running count, for metrics
         self.cache_hits = 0
 
@@ -347,9 +367,15 @@ class StepEncoder:
         """Embed ``questions[i]`` and ``reasonings[i]`` for every response ``i``."""
         distinct_q = list(dict.fromkeys(questions))
         q_row = {q: i for i, q in enumerate(distinct_q)}
-        missing_q = [q for q in distinct_q if q not in self._cache]
-        self.cache_hits += len(distinct_q) - len(missing_q)
-        to_encode = list(dict.fromkeys([*missing_q, *reasonings]))
+        keys: list[str | bytes] = self._key_of(distinct_q) if self._key_of else list(distinct_q)
+        # One text stands for each key that is not cached yet (the first question with it).
+        missing = dict.fromkeys(k for k in keys if k not in self._cache)
+        stand_in = {}
+        for q, key in zip(distinct_q, keys):
+            if key in missing:
+                stand_in.setdefault(key, q)
+        self.cache_hits += len(distinct_q) - len(stand_in)
+        to_encode = list(dict.fromkeys([*stand_in.values(), *reasonings]))
         vecs = self.embedder.encode(to_encode)
         if vecs.shape != (len(to_encode), self.embedder.dim):
             raise ValueError(
@@ -357,12 +383,12 @@ class StepEncoder:
             )
         self.texts_encoded += len(to_encode)
         row_of = {t: i for i, t in enumerate(to_encode)}
-        fresh = {q: vecs[row_of[q]] for q in missing_q}
+        fresh = {key: vecs[row_of[q]] for key, q in stand_in.items()}
         question_vecs = np.zeros((len(distinct_q), self.embedder.dim), dtype=np.float32)
-        for i, q in enumerate(distinct_q):
-            question_vecs[i] = fresh[q] if q in fresh else self._cached(q)
-        for q, vec in fresh.items():
-            self._remember(q, vec.copy())
+        for i, key in enumerate(keys):
+            question_vecs[i] = fresh[key] if key in fresh else self._cached(key)
+        for key, vec in fresh.items():
+            self._remember(key, vec.copy())
         response_vecs = vecs[[row_of[r] for r in reasonings]].reshape(-1, self.embedder.dim)
         return EncodedStep(
             questions=distinct_q,
@@ -374,13 +400,13 @@ class StepEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def _remember(self, question: str, vec: np.ndarray) -> None:
+    def _remember(self, key: str | bytes, vec: np.ndarray) -> None:
         if self.cache_size == 0:
             return
-        self._cache[question] = vec
+        self._cache[key] = vec
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _cached(self, question: str) -> np.ndarray:
-        self._cache.move_to_end(question)
-        return self._cache[question]
+    def _cached(self, key: str | bytes) -> np.ndarray:
+        self._cache.move_to_end(key)
+        return self._cache[key]

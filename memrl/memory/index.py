@@ -6,27 +6,118 @@ costs one row write, never a rebuild. Search is FAISS brute force over the table
 (``faiss.knn`` on CPU; ``faiss.knn_gpu`` on a CUDA tensor when a GPU is used) — FAISS's GPU
 indexes cannot remove or update vectors, and its brute-force kernels are the same ones its flat
 indexes use.
+
+GPU use is probed, not assumed: a FAISS wheel without kernels for the device's compute
+capability (e.g. one built for sm_70/sm_80 only, on an H100/H200) aborts the whole process on
+its first search ("no kernel image is available"), so :func:`gpu_available` first runs one
+small search in a child process and falls back to the CPU index, with a warning, when it fails.
+Every GPU index of a process shares one ``StandardGpuResources`` with a bounded scratch size.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import subprocess
+import sys
 
 import numpy as np
 
 import faiss
 
 _INITIAL_ROWS = 1024
+# FAISS's GPU k-selection handles at most this many neighbours per query.
+GPU_MAX_K = 2048
+# Scratch memory of the shared GPU resources: FAISS tiles brute-force search to fit it (its
+# default, ~1.5 GiB per StandardGpuResources, is far beyond a 0.1-GPU share beside vLLM).
+GPU_TEMP_MEMORY_BYTES = 256 * 1024 * 1024
+_PROBE_TIMEOUT_S = 120.0
+_PROBE = """
+import faiss, faiss.contrib.torch_utils, torch
+res = faiss.StandardGpuResources()
+keys = torch.nn.functional.normalize(torch.randn(64, 8, device="cuda"), dim=1)
+d, i = faiss.knn_gpu(res, keys[:4], keys, 2, metric=faiss.METRIC_INNER_PRODUCT)
+torch.cuda.synchronize()
+assert i[:, 0].tolist() == [0, 1, 2, 3], i
+print("ok")
+"""
+
+logger = logging.getLogger(__name__)
+
+
+def faiss_distributions() -> list[str]:
+    """Installed distributions that provide the ``faiss`` package (exactly one is sane: they
+    all write the same ``faiss/`` folder, and which module loads is then an accident)."""
+    names = set()
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name.startswith("faiss"):
+            files = dist.files or []
+            if any(str(f).startswith("faiss/") for f in files):
+                names.add(name)
+    return sorted(names)
+
+
+@functools.lru_cache(maxsize=1)
+def probe_gpu_search() -> str | None:
+    """None when one FAISS GPU search runs correctly on this machine's device 0, else why not.
+
+    Runs in a child process (cached for this process): an unsupported device aborts the
+    process that tries, which must not be this one."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return f"the FAISS GPU probe did not finish within {_PROBE_TIMEOUT_S:g} s"
+    if done.returncode == 0 and done.stdout.strip().endswith("ok"):
+        return None
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return f"a FAISS GPU search failed (exit {done.returncode}): {' | '.join(tail)}"
+
+
+def gpu_unavailable_reason() -> str | None:
+    """None when the key index can run on the GPU; else why not (no GPU build of FAISS, no
+    visible GPU, or a build whose kernels do not run on this device)."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        installed = faiss_distributions()
+        if len(installed) > 1:
+            return (
+                f"the loaded FAISS module has no GPU support although {installed} are all "
+                "installed (they overwrite each other's faiss/ folder): uninstall all of them, "
+                "then install exactly one"
+            )
+        return f"the installed FAISS ({', '.join(installed) or 'faiss'}) has no GPU support"
+    if faiss.get_num_gpus() <= 0:  # the GPU build imports fine without a GPU: count them
+        return "FAISS sees no GPU"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    reason = probe_gpu_search()
+    if reason is not None:
+        major, minor = torch.cuda.get_device_capability(0)
+        return (
+            f"{reason}; the installed FAISS build ({', '.join(faiss_distributions()) or 'faiss'}) "
+            f"has no kernels for this GPU (compute capability {major}.{minor}): install one "
+            f"built for it (faiss-gpu-cu12-cuvs has sm_90 code)"
+        )
+    return None
 
 
 def gpu_available() -> bool:
-    """True when a GPU build of FAISS sees a GPU and torch can place tensors on it.
+    """True when a GPU build of FAISS sees a GPU, torch can place tensors on it, and a probe
+    search runs there (see :func:`gpu_unavailable_reason`)."""
+    return gpu_unavailable_reason() is None
 
-    The GPU build of FAISS imports fine on machines without a GPU, so the GPU count is what
-    decides, not the import."""
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() <= 0:
-        return False
-    import torch
 
-    return torch.cuda.is_available()
+@functools.lru_cache(maxsize=1)
+def shared_gpu_resources() -> "faiss.StandardGpuResources":
+    """The process's one ``StandardGpuResources`` (scratch capped at GPU_TEMP_MEMORY_BYTES)."""
+    res = faiss.StandardGpuResources()
+    res.setTempMemory(GPU_TEMP_MEMORY_BYTES)
+    return res
 
 
 def resolve_device(device: str) -> str:
@@ -35,15 +126,30 @@ def resolve_device(device: str) -> str:
     if device == "cpu":
         return "cpu"
     if device == "cuda":
-        if not gpu_available():
+        reason = gpu_unavailable_reason()
+        if reason is not None:
             raise RuntimeError(
-                "memory.device = 'cuda' but no GPU is usable by FAISS (needs faiss-gpu and a "
-                "visible CUDA device); use 'auto' or 'cpu'"
+                f"memory.device = 'cuda' but no GPU is usable by FAISS: {reason}; use 'auto' "
+                "(CPU fallback) or 'cpu'"
             )
         return "cuda"
     if device == "auto":
-        return "cuda" if gpu_available() else "cpu"
+        reason = gpu_unavailable_reason()
+        if reason is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            # A GPU build on a GPU machine that cannot search there: say so, then use the CPU.
+            logger.warning("memory key index on CPU: %s", reason)
+        return "cuda" if reason is None else "cpu"
     raise ValueError(f"memory.device = {device!r}: must be 'auto', 'cpu' or 'cuda'")
+
+
+def check_gpu_k(k: int) -> None:
+    """Refuse ``k`` neighbours beyond FAISS GPU's limit (it would fail mid-run, once that many
+    keys are stored)."""
+    if k > GPU_MAX_K:
+        raise ValueError(
+            f"memory.k = {k} exceeds FAISS GPU's limit of {GPU_MAX_K} neighbours per query: "
+            f"use memory.k <= {GPU_MAX_K}, or the CPU index (memory.num_gpus = 0)"
+        )
 
 
 class KeyIndex:
@@ -60,7 +166,7 @@ class KeyIndex:
             import torch
 
             self._torch = torch
-            self._res = faiss.StandardGpuResources()
+            self._res = shared_gpu_resources()
             self._table = torch.zeros((rows, dim), dtype=torch.float32, device="cuda")
         else:
             self._table = np.zeros((rows, dim), dtype=np.float32)
@@ -109,6 +215,7 @@ class KeyIndex:
             return sims, slots
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.device == "cuda":
+            check_gpu_k(kk)
             found_d, found_i = faiss.knn_gpu(
                 self._res,
                 self._torch.from_numpy(np.array(queries)).cuda(),

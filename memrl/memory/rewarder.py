@@ -70,7 +70,8 @@ class MemoryRewarder:
                 settings.embedder, encoder_device(settings.device), settings.encode_batch_size,
                 backend=settings.embedder_backend,
             )
-        self.encoder = StepEncoder(embedder, settings.question_cache_size)
+        self.encoder = StepEncoder(embedder, settings.question_cache_size,
+                                   merge_equal_tokens=settings.mode == "reference")
         self.shard = MemoryShard(settings, embedder.dim, shard_index, num_shards, self.device)
         self.normaliser = RewardNormaliser(settings)
         self.steps_done = 0

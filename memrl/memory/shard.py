@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memrl.memory.episodic import EpisodicMemory, MemoryArrays
+from memrl.memory.index import check_gpu_k
 from memrl.memory.rewards import (
     centroid_distance,
     explore_active,
@@ -89,6 +90,8 @@ class MemoryShard:
                 "memory.mode = 'reference' scores one response at a time against the whole "
                 "memory and cannot be sharded; use num_shards = 1"
             )
+        if device == "cuda":
+            check_gpu_k(settings.k)
         self.settings = settings
         self.dim = dim
         self.shard_index = shard_index

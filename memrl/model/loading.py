@@ -9,6 +9,7 @@ hub client's retries (tens of seconds).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,62 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 class ModelUnavailableError(RuntimeError):
-    """The requested model cannot be loaded here (missing folder, offline, unknown hub id)."""
+    """The requested model cannot be loaded here (missing folder, offline, unknown hub id).
+
+    The message names the model, says why, and what to do; the CLI exits with code 2."""
 
 
 def _unavailable(name: str, why: str) -> ModelUnavailableError:
+    if _looks_like_path(name):
+        todo = "pass an existing model folder (model.name_or_path=/path/to/folder)"
+    else:
+        todo = (
+            f"download it where the hub is reachable (`hf download {name}`, or "
+            f"`huggingface-cli download {name}`) and make that cache visible here "
+            f"(HF_HOME={constants.HF_HOME} now), or pass a local folder "
+            f"(model.name_or_path=/path/to/folder)"
+        )
     return ModelUnavailableError(
-        f"cannot load model {name!r}: {why}. Download it elsewhere and pass its folder "
-        f"(model.name_or_path=/path/to/folder), or use model.name_or_path=tiny for the "
-        f"offline tiny model."
+        f"cannot load model {name!r}: {why}. To fix: {todo}; or use model.name_or_path=tiny "
+        f"for the offline tiny model."
     )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model would be loaded from: ``folder`` (a local folder), ``cache`` (a complete
+    copy in the Hugging Face cache) or ``hub`` (not cached; the hub answers)."""
+
+    kind: str
+    location: str
+
+
+def locate_model(name_or_path: str) -> ModelSource:
+    """Where :func:`load_policy` would find ``name_or_path``, without loading it.
+
+    Raises ``ModelUnavailableError`` when it is a missing folder, or a hub id that is neither
+    cached nor downloadable (offline mode, hub unreachable)."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise _unavailable(name_or_path, f"the folder {folder} has no config.json")
+        return ModelSource("folder", str(folder))
+    if _looks_like_path(name_or_path):
+        raise _unavailable(name_or_path, f"the folder {folder} does not exist")
+    cached = huggingface_hub.try_to_load_from_cache(name_or_path, "config.json")
+    if isinstance(cached, str):
+        return ModelSource("cache", str(Path(cached).parent))
+    if _hub_offline():
+        raise _unavailable(
+            name_or_path, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+        )
+    if not _hub_reachable():
+        raise _unavailable(
+            name_or_path,
+            f"it is neither in the local Hugging Face cache nor reachable ({constants.ENDPOINT} "
+            f"cannot be reached within {HUB_PROBE_TIMEOUT_S:g} s)",
+        )
+    return ModelSource("hub", f"{constants.ENDPOINT}/{name_or_path}")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -44,12 +92,11 @@ def _hub_offline() -> bool:
 
 
 def _hub_reachable() -> bool:
-    """Whether the hub endpoint answers within ``HUB_PROBE_TIMEOUT_S`` seconds."""
-    try:
-        huggingface_hub.get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
-    except Exception:  # any failure to get an answer (DNS, refused, timeout, proxy) means no
-        return False
-    return True
+    """Whether the hub endpoint answers within ``HUB_PROBE_TIMEOUT_S`` seconds (bounded even
+    when the name lookup hangs)."""
+    from memrl.tasks.hub import unreachable_reason
+
+    return unreachable_reason(constants.ENDPOINT, HUB_PROBE_TIMEOUT_S) is None
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
@@ -102,7 +149,8 @@ def load_policy(
             if not _hub_reachable():
                 raise _unavailable(
                     name_or_path,
-                    f"it is not in the local cache and {constants.ENDPOINT} cannot be reached",
+                    f"it is neither in the local cache nor reachable ({constants.ENDPOINT} "
+                    "cannot be reached)",
                 ) from cache_miss
             try:
                 model, tokenizer = _from_pretrained(name_or_path, dtype, local_files_only=False)

@@ -16,7 +16,40 @@ if TYPE_CHECKING:
 
 
 class DatasetUnavailableError(RuntimeError):
-    """A hub dataset cannot be loaded; the message says how to use a local file instead."""
+    """A hub dataset cannot be loaded; the message says how to use a local file instead.
+    The CLI exits with code 2."""
+
+
+def locate_hub_dataset(
+    dataset_id: str,
+    split: str,
+    *,
+    config: Optional[str] = None,
+    path_option: str = "data.path",
+    fields: Sequence[str] = ("question", "answer"),
+    probe_timeout_s: float = 3.0,
+) -> str:
+    """Where :func:`load_hub_split` would read ``dataset_id`` from, without loading it:
+    ``cache <folder>`` (a copy in the Hugging Face cache) or ``hub <endpoint>`` (reachable).
+    Raises DatasetUnavailableError (the same message as a failed load) otherwise."""
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    try:
+        return "cache " + snapshot_download(dataset_id, repo_type="dataset", local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError and friends: not in the hub cache
+        pass
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    if offline:
+        reason = "offline mode (HF_HUB_OFFLINE) is on and it is not in the local cache"
+    else:
+        reason = unreachable_reason(_hub_endpoint(), probe_timeout_s)
+        if reason is None:
+            return f"hub {_hub_endpoint()}/datasets/{dataset_id}"
+        reason = f"it is neither in the local cache nor reachable ({reason})"
+    raise DatasetUnavailableError(
+        _message(dataset_id, config, split, reason, path_option, fields, offline)
+    )
 
 
 def load_hub_split(
@@ -39,9 +72,10 @@ def load_hub_split(
     if not offline:
         reason = unreachable_reason(_hub_endpoint(), probe_timeout_s)
         if reason is not None:
-            raise DatasetUnavailableError(
-                _message(dataset_id, config, split, reason, path_option, fields, offline=False)
-            )
+            raise DatasetUnavailableError(_message(
+                dataset_id, config, split, f"it is neither in the local cache nor reachable "
+                f"({reason})", path_option, fields, offline=False,
+            ))
     try:
         return datasets.load_dataset(dataset_id, config, split=split)
     except OSError as exc:  # ConnectionError, DatasetNotFoundError, LocalEntryNotFoundError
@@ -99,6 +133,12 @@ def _message(
         f"cannot load the Hugging Face dataset {name}, split {split!r}: {reason}. "
         f"To run without the hub, pass a local JSONL or Parquet file instead, e.g. "
         f"{path_option}=/path/to/{split}.jsonl, one row per problem with the fields {field_list}."
+    )
+    from huggingface_hub import constants
+
+    text += (
+        f" Or download it where the hub is reachable (`hf download {dataset_id} --repo-type "
+        f"dataset`) and make that cache visible here (HF_HOME={constants.HF_HOME} now)."
     )
     if not offline:
         text += " To use a copy already in the Hugging Face cache, set HF_HUB_OFFLINE=1."

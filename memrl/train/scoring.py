@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from memrl.config import METHOD_REWARDS
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer, RewardSpec
 from memrl.types import Record, RolloutBatch
@@ -46,8 +47,10 @@ class StepScores:
 def reward_plan(method: str, task_rule_rewards: Sequence[str], correctness: str, *,
                 verifier: str, reference: bool, lambda_exploit: float, lambda_explore: float,
                 user_specs: Sequence[RewardSpec] | None = None) -> RewardPlan:
-    """The rewards of ``method`` (spec: R1 = rule rewards; Cosine adds the length reward;
-    Memory-R adds exploit; Memory-R+ adds exploit and explore)."""
+    """The rewards of ``method`` (:data:`memrl.config.METHOD_REWARDS`: R1 = rule rewards;
+    Cosine adds the length reward; Memory-R adds exploit; Memory-R+ adds exploit and explore;
+    memoryr+cosine adds all three)."""
+    parts = METHOD_REWARDS[method]
     if user_specs is not None:
         specs = list(user_specs)
     else:
@@ -55,7 +58,7 @@ def reward_plan(method: str, task_rule_rewards: Sequence[str], correctness: str,
         for name in task_rule_rewards:
             kwargs = {"mode": verifier} if name == "correctness" else {}
             specs.append(RewardSpec(fn=name, weight=1.0, kwargs=kwargs))
-        if method == "cosine":
+        if "cosine" in parts:
             specs.append(RewardSpec(fn="cosine_length", weight=1.0,
                                     kwargs={"mode": verifier, "reference": reference}))
     labels = [s.label for s in specs]
@@ -67,8 +70,8 @@ def reward_plan(method: str, task_rule_rewards: Sequence[str], correctness: str,
     return RewardPlan(
         specs=tuple(specs),
         correctness=correctness,
-        lambda_exploit=lambda_exploit if method in ("memoryr", "memoryr+") else 0.0,
-        lambda_explore=lambda_explore if method == "memoryr+" else 0.0,
+        lambda_exploit=lambda_exploit if "exploit" in parts else 0.0,
+        lambda_explore=lambda_explore if "explore" in parts else 0.0,
     )
 
 
@@ -108,8 +111,11 @@ def score_step(batches: Sequence[RolloutBatch], records: dict[str, Record], plan
     memory_seconds = 0.0
     if memory is not None and (plan.lambda_exploit or plan.lambda_explore):
         start = time.perf_counter()
-        # The memory stores the reasoning; without the tag the whole completion stands in.
-        reasonings = [extract_xml_reasoning(t) or t for t in texts]
+        # The memory stores the reasoning; without the tag the whole completion stands in (the
+        # split semantics of extract_xml_reasoning). An empty <reasoning> block stays empty, as
+        # in the official code: the windows are shared by all questions, so substituting the
+        # whole text would shift every later memory reward.
+        reasonings = [extract_xml_reasoning(t) for t in texts]
         exploit, explore = memory(list(batch.questions), reasonings, correct.tolist(), step)
         memory_seconds = time.perf_counter() - start
         if plan.lambda_exploit:

@@ -11,6 +11,7 @@ from memrl.config import Config
 from memrl.grpo.loss import LossSettings
 from memrl.learner.policy import LearnerSettings
 from memrl.memory.settings import MemorySettings
+from memrl.model.loading import locate_model
 from memrl.model.warmstart import cached_tiny_model
 from memrl.prompts import build_messages, countdown_completion, xml_completion
 from memrl.rewards.registry import RewardSpec
@@ -96,6 +97,9 @@ def warmstart_completions(task: Task, records: list[Record], free_text_fraction:
 def prepare_model(cfg: Config, task: Task) -> str:
     """The policy's model folder or hub id; builds (once, cached) the offline tiny model."""
     if cfg.model.name_or_path != "tiny":
+        # Fail here, naming the model and what to do, rather than with a traceback from the
+        # first loader; the id itself is passed on (each node reads its own cache).
+        locate_model(cfg.model.name_or_path)
         return cfg.model.name_or_path
     tiny = cfg.model.tiny
     train = task.dataset("train")
@@ -175,7 +179,7 @@ def memory_settings(cfg: Config) -> MemorySettings:
         window=m.window,
         lambda_exploit=m.lambda_exploit,
         lambda_explore=m.lambda_explore,
-        use_explore=cfg.method == "memoryr+",
+        use_explore=cfg.uses_explore,
         embedder=m.embedder,
         embedder_backend=m.embedder_backend,
         device="auto",  # the GPU index when the actor got a GPU and FAISS has GPU support
