@@ -80,7 +80,7 @@ def phase(name: str, *, step: int | None = None, actor: str | None = None,
     except Exception as exc:
         where = _phase_text(name, step, actor)
         if _is_ray_timeout(exc):
-            limit = f"{timeout_s:.0f} s" if timeout_s is not None else "the limit"
+            limit = f"{timeout_s:g} s" if timeout_s is not None else "the limit"
             raise PhaseTimeout(
                 f"timed out after {limit} waiting for {name}",
                 where=where,

@@ -84,6 +84,11 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(ray_clust
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from step 2" in resumed.stdout
+    # The killed run's lock was stale (SIGKILL), and its step-3 line is superseded: each step
+    # appears once in the file itself, not only after read_metrics merges.
+    assert "taking over the stale lock" in resumed.stderr and not (run_b / ".memrl.lock").exists()
+    lines = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "reward/total/mean" in m] == [1, 2, 3, 4]
 
     # Same prompts in the same order, step by step.
     sha = {run: [m["data/prompts_sha1"] for m in read_metrics(run) if "data/prompts_sha1" in m]

@@ -281,24 +281,3 @@ def _build_lock(path: Path) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
-        # Under the lock no one else builds this key: leftovers are from killed builds.
-        for stale in root.glob(f".{key}.*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-        try:
-            logger.info("building tiny model %s in %s", key, final)
-            build_tiny_model(staging, make_texts(), **model_options)
-            warm_start(staging, make_examples(), **warmstart_options)
-            (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
-            os.chmod(staging, 0o755)
-            os.rename(staging, final)
-        except OSError:
-            # Renaming onto a folder that appeared meanwhile (a filesystem without flock).
-            shutil.rmtree(staging, ignore_errors=True)
-            if final.is_dir():
-                return final
-            raise
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return final
