@@ -33,10 +33,15 @@ from memrl.train.data_stream import PromptStream  # noqa: E402
 from memrl.train.setup import build_task, cache_root, prepare_model  # noqa: E402
 from memrl.types import Record  # noqa: E402
 
-# Shapes of the random models for GPU-sized measurements: Qwen2.5-0.5B / -1.5B dimensions in a
-# Llama config (a Qwen2 config reloads the tokenizer as another class, see field notes).
+# Shapes of the random models: 34m for CPU; for GPU-sized measurements Qwen2.5-0.5B / -1.5B
+# dimensions in a Llama config (a Qwen2 config reloads the tokenizer as another class, see
+# field notes).
 # attention_bias adds Qwen2's q/k/v biases (and an o_proj bias Qwen2 lacks: 0.004% of params).
 RANDOM_SHAPES: dict[str, dict[str, int]] = {
+    # Hidden 512 x 8 layers (33.6M parameters, vocabulary of the 512-token BPE): on CPU the
+    # smallest shape where generation, not per-call overhead, dominates.
+    "34m": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
+            "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 512},
     "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
              "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151_936},
     "1.5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -193,7 +198,8 @@ def add_model_arguments(parser: Any) -> None:
     """Add ``--model-size``, ``--dtype``, ``--set`` and ``--json`` to an ``argparse`` parser
     (the options the rollout and weight-sync benchmarks share)."""
     parser.add_argument("--model-size", default="tiny", choices=["tiny", *RANDOM_SHAPES],
-                        help="tiny: the embedded default's model; else a random model (GPU)")
+                        help="tiny: the embedded default's model; else a random model (34m: a "
+                        "CPU-sized one; 0.5b/1.5b: GPU)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weights of a random model; default bfloat16 on GPU, else float32")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],

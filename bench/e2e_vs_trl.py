@@ -1,15 +1,19 @@
-"""Benchmark: seconds per GRPO step, memrl (local Ray, CPU engine) vs TRL's GRPOTrainer.
+"""Benchmark: seconds per GRPO step, memrl (local Ray; hf and vLLM engines) vs TRL's GRPOTrainer.
 
 Both train the embedded default's tiny model on arith with the same group size, batch,
 completion length, sampling, loss settings (KL coefficient beta, clip epsilons, loss
 aggregation, reward scaling), optimizer settings and step count, in one run:
 
-- memrl: ``memrl.train.loop.run_training`` with the default config and overrides (hf engine,
-  no evaluation, no checkpoint until the end, no TensorBoard). The like-for-like row is method
-  ``r1`` (rule rewards only); ``memoryr+`` (adds the episodic-memory service) is an extra row.
-  A row may name a rollout mode, e.g. ``r1:async`` (generation of step t+1 overlaps training
-  of step t).
-- TRL: ``GRPOTrainer`` in this process with 1 torch thread, the same prompts in the same order
+- memrl: ``memrl.train.loop.run_training`` with the default config and overrides (hf engine
+  unless the row says ``@vllm``, no evaluation, no checkpoint until the end, no TensorBoard).
+  The like-for-like row is method ``r1`` (rule rewards only); ``memoryr+`` (adds the
+  episodic-memory service) is an extra row, and ``r1@vllm`` (vLLM rollout workers; a default
+  row when a working vLLM is installed) another. A row may name a rollout mode, e.g.
+  ``r1:async`` (generation of step t+1 overlaps training of step t).
+- TRL: ``GRPOTrainer`` in this process with 1 torch thread, with transformers generation and,
+  when vLLM works here, again with TRL's own vLLM generation (``use_vllm=True``,
+  ``vllm_mode="colocate"``); the faster of the two is the baseline of ``speedup`` (a TRL mode
+  that fails to run is reported with its error). Both see the same prompts in the same order
   (the records ``memrl train``'s prompt stream hands out, rendered by the same prompt builder,
   not shuffled) and the same reward: memrl's R1 rule rewards (``RewardComposer`` over the
   task's reward plan, correctness checked by ``memrl.verify``).
@@ -110,14 +114,28 @@ def e2e_figures(memrl_steps: dict[str, Sequence[float]], trl_steps: Sequence[flo
     return figures
 
 
-def parse_row(text: str) -> tuple[str, str]:
-    """``"r1"`` or ``"memoryr+:async"`` -> (method, rollout mode)."""
-    method, _, mode = text.partition(":")
-    mode = mode or "sync"
-    if method not in METHODS or mode not in ("sync", "async"):
-        raise ValueError(f"--rows {text!r}: expected METHOD[:MODE] with METHOD in {METHODS} "
-                         "and MODE sync or async")
-    return method, mode
+def parse_row(text: str) -> tuple[str, str, str]:
+    """``"r1"``, ``"memoryr+:async"`` or ``"r1@vllm"`` -> (method, rollout mode, engine); the
+    engine defaults to ``hf``."""
+    spec, _, engine = text.partition("@")
+    method, _, mode = spec.partition(":")
+    mode, engine = mode or "sync", engine or "hf"
+    if method not in METHODS or mode not in ("sync", "async") or engine not in ("hf", "vllm"):
+        raise ValueError(f"--rows {text!r}: expected METHOD[:MODE][@ENGINE] with METHOD in "
+                         f"{METHODS}, MODE sync or async and ENGINE hf or vllm")
+    return method, mode, engine
+
+
+def row_name(method: str, mode: str, engine: str) -> str:
+    """The row's label: the method, then ``:async`` and ``@vllm`` when not the defaults."""
+    return method + ("" if mode == "sync" else f":{mode}") + ("" if engine == "hf" else f"@{engine}")
+
+
+def fastest(runs: dict[str, Sequence[float]]) -> str:
+    """The configuration with the lowest median seconds per step (the baseline to beat)."""
+    if not runs:
+        raise ValueError("fastest got no runs")
+    return min(runs, key=lambda name: float(np.median(runs[name])))
 
 
 def trl_reward(records: Sequence[Record], composer: RewardComposer,
@@ -171,12 +189,13 @@ class StepClock:
             loop.MetricsWriter = base
 
 
-def memrl_overrides(method: str, mode: str, steps: int, run_dir: Path) -> list[str]:
+def memrl_overrides(method: str, mode: str, steps: int, run_dir: Path,
+                    engine: str = "hf") -> list[str]:
     """Config overrides of one memrl row (start-up and bookkeeping kept out of the steps)."""
     return [f"method={method}", f"rollout.mode={mode}", f"output_dir={run_dir}",
             f"trainer.max_steps={steps}", "trainer.save_every_steps=0",
             "trainer.eval_before_after=false", "trainer.eval_every_steps=0",
-            "rollout.engine=hf", "logging.progress_bar=false", "logging.tensorboard=false"]
+            f"rollout.engine={engine}", "logging.progress_bar=false", "logging.tensorboard=false"]
 
 
 def run_memrl(cfg: Config, warmup_steps: int) -> tuple[list[float], dict[str, float]]:
@@ -199,9 +218,10 @@ def trl_rows(task: Any, tokenizer: Any, cfg: Config, steps: int) -> tuple[list[R
     return records, [{"prompt": p, "record_id": r.id} for p, r in zip(prompts, records)]
 
 
-def trl_config(cfg: Config, steps: int, out_dir: Path) -> Any:
+def trl_config(cfg: Config, steps: int, out_dir: Path, use_vllm: bool = False) -> Any:
     """``GRPOConfig`` with memrl's settings under TRL's names (one optimizer step per
-    generation batch, on CPU, no shuffling, no checkpoints, logging every step)."""
+    generation batch, on CPU, no shuffling, no checkpoints, logging every step). ``use_vllm``:
+    TRL's own vLLM generation in this process (``vllm_mode="colocate"``)."""
     from trl import GRPOConfig
 
     g, t = cfg.grpo, cfg.trainer
@@ -217,12 +237,17 @@ def trl_config(cfg: Config, steps: int, out_dir: Path) -> Any:
         weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio, lr_scheduler_type="cosine",
         max_grad_norm=t.max_grad_norm, max_steps=steps, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, shuffle_dataset=False, dataloader_num_workers=0,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False,
+            "vllm_max_model_length": g.max_prompt_length + g.max_completion_length}
+           if use_vllm else {}),
     )
 
 
 def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
-            warmup_steps: int, out_dir: Path) -> tuple[list[float], dict[str, float]]:
-    """Train with TRL; returns steady-state step seconds and TRL's phase medians."""
+            warmup_steps: int, out_dir: Path, use_vllm: bool = False
+            ) -> tuple[list[float], dict[str, float]]:
+    """Train with TRL (its vLLM generation with ``use_vllm``); returns steady-state step
+    seconds and TRL's phase medians."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
@@ -264,7 +289,7 @@ def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
     clock = StepEnds()
     trainer = TimedGRPOTrainer(
         model=model_path, processing_class=tokenizer, reward_funcs=timed_reward,
-        args=trl_config(cfg, steps, out_dir), train_dataset=Dataset.from_list(rows),
+        args=trl_config(cfg, steps, out_dir, use_vllm), train_dataset=Dataset.from_list(rows),
         callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # keeps the table last on stdout
     trainer.train()
@@ -278,17 +303,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer")
     parser.add_argument("--warmup-steps", type=int, default=2, help="first steps not timed")
-    parser.add_argument("--rows", nargs="+", default=["r1", "memoryr+"],
-                        help="memrl rows, METHOD[:sync|async]; the first is compared (speedup)")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="memrl rows, METHOD[:sync|async][@hf|vllm]; the first is compared "
+                             "(speedup); default r1 memoryr+, then r1@vllm when vLLM works")
     parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True,
                         help="run TRL (off: memrl rows only, no speedup)")
+    parser.add_argument("--trl-vllm", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run TRL with its vLLM generation (colocate); default: when "
+                             "vLLM works here. The faster TRL configuration is the baseline")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="config overrides for both sides, dotted.key=value "
                              "(e.g. grpo.max_completion_length=128)")
     parser.add_argument("--keep", type=Path, default=None, help="keep run folders here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    from memrl.rollout.engine import vllm_available
+
+    on_vllm = vllm_available()
+    args.rows = args.rows or ["r1", "memoryr+", *(["r1@vllm"] if on_vllm else [])]
     rows = [parse_row(r) for r in args.rows]
+    trl_modes = ["hf", *(["vllm"] if (on_vllm if args.trl_vllm is None else args.trl_vllm) else [])]
 
     import ray
     import torch
@@ -300,31 +334,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.keep or Path(tempfile.mkdtemp(prefix="memrl-e2e-"))
     memrl_steps: dict[str, list[float]] = {}
     phases: dict[str, dict[str, float]] = {}
-    trl_steps: list[float] = []
-    trl_phases: dict[str, float] = {}
+    trl_runs: dict[str, list[float]] = {}
+    trl_phases_by_mode: dict[str, dict[str, float]] = {}
+    trl_failures: dict[str, str] = {}
     try:
-        for method, mode in rows:
-            name = method if mode == "sync" else f"{method}:{mode}"
+        for method, mode, engine in rows:
+            name = row_name(method, mode, engine)
             run_cfg = common.bench_config([*args.overrides, *memrl_overrides(
-                method, mode, args.steps, work / f"memrl-{method}-{mode}")])
+                method, mode, args.steps, work / f"memrl-{method}-{mode}-{engine}", engine)])
             started = time.perf_counter()
             memrl_steps[name], phases[name] = run_memrl(run_cfg, args.warmup_steps)
             print(f"memrl {name}: {args.steps} steps in {time.perf_counter() - started:.1f} s "
                   f"(start-up included); steady {np.median(memrl_steps[name]):.3f} s/step")
         ray.shutdown()  # TRL gets the cores to itself
-        if args.trl:
+        # TRL's reward is the R1 rule rewards whatever method the overrides name
+        trl_cfg = common.bench_config([*args.overrides, "method=r1"])
+        for trl_mode in trl_modes if args.trl else []:
             started = time.perf_counter()
-            # TRL's reward is the R1 rule rewards whatever method the overrides name
-            trl_cfg = common.bench_config([*args.overrides, "method=r1"])
-            trl_steps, trl_phases = run_trl(trl_cfg, task, model_path, tokenizer, args.steps,
-                                            args.warmup_steps, work / "trl")
-            print(f"TRL: {args.steps} steps in {time.perf_counter() - started:.1f} s (start-up "
-                  f"included); steady {np.median(trl_steps):.3f} s/step")
+            try:
+                trl_runs[trl_mode], trl_phases_by_mode[trl_mode] = run_trl(
+                    trl_cfg, task, model_path, tokenizer, args.steps, args.warmup_steps,
+                    work / f"trl-{trl_mode}", use_vllm=trl_mode == "vllm")
+            except Exception as error:  # noqa: BLE001 - TRL's vLLM mode may not run here
+                if trl_mode == "hf":
+                    raise
+                trl_failures[trl_mode] = f"{type(error).__name__}: {error}"
+                print(f"TRL with vLLM could not run here: {trl_failures[trl_mode][:500]}")
+                continue
+            print(f"TRL ({trl_mode} generation): {args.steps} steps in "
+                  f"{time.perf_counter() - started:.1f} s (start-up included); steady "
+                  f"{np.median(trl_runs[trl_mode]):.3f} s/step")
     finally:
         ray.shutdown()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    baseline = fastest(trl_runs) if trl_runs else None
+    trl_steps = trl_runs.get(baseline, []) if baseline else []
+    trl_phases = trl_phases_by_mode.get(baseline, {}) if baseline else {}
     if trl_steps:
         figures = e2e_figures(memrl_steps, trl_steps)
     else:
@@ -332,6 +379,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              for n, s in memrl_steps.items()}}
     figures["memrl_phases_s"] = phases
     figures["trl_phases_s"] = trl_phases
+    figures["trl_baseline"] = baseline
+    figures["trl_runs"] = {m: {"s_per_step": common.summarise(v), "steps_s": v}
+                           for m, v in trl_runs.items()}
+    figures["trl_failures"] = trl_failures
     figures["config"] = {"steps": args.steps, "warmup_steps": args.warmup_steps,
                          "rows": args.rows, "overrides": args.overrides, "model_path": model_path,
                          "num_generations": g.num_generations, "batch_size": g.batch_size,
@@ -346,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{g.batch_size // g.num_generations} prompts x {g.num_generations} completions, "
           f"<= {g.max_completion_length} tokens, beta {g.beta}, clip {g.clip_low}/{g.clip_high}, "
           f"{g.loss_aggregation}; {args.steps} steps, first {args.warmup_steps} dropped; "
-          f"memrl: {cfg.rollout.num_workers} rollout workers, hf engine")
+          f"memrl: {cfg.rollout.num_workers} rollout workers (@vllm rows: vLLM engine, else hf)")
     print("memrl phases, median s (reference overlaps score; train waits for it):")
     print(common.format_table(["row", *PHASES, "tok/s"],
                               [[n, *(p[k] for k in PHASES), p["tokens_per_s"]]
@@ -356,12 +407,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               + " (rollout = generate + reward + reference log-probs)")
     table = [[f"memrl {n}", s["s_per_step"]["median"], s["s_per_step"]["p90"],
               figures.get(f"speedup_{n}", float("nan"))] for n, s in figures["memrl"].items()]
-    if trl_steps:
-        table.append(["TRL GRPOTrainer", figures["trl_s_per_step"]["median"],
-                      figures["trl_s_per_step"]["p90"], 1.0])
+    for trl_mode, run in figures["trl_runs"].items():
+        summary = run["s_per_step"]
+        table.append([f"TRL GRPOTrainer ({trl_mode} generation)", summary["median"],
+                      summary["p90"], common.ratio(figures["trl_s_per_step"]["median"],
+                                                   summary["median"], "TRL mode")])
     print(common.format_table(["trainer", "median s/step", "p90", "TRL/this"], table))
     if trl_steps:
-        print(f"speedup (TRL / memrl {figures['like_for_like_row']}) = {figures['speedup']:.2f} "
+        print(f"speedup (TRL {baseline} generation, the faster TRL / memrl "
+              f"{figures['like_for_like_row']}) = {figures['speedup']:.2f} "
               f"(target >= {TARGET_SPEEDUP})")
     return figures
 

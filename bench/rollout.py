@@ -1,27 +1,31 @@
-"""Benchmark: tokens/s of memrl's rollout workers vs the bare generation engine.
+"""Benchmark: tokens/s of memrl's rollout workers vs the bare engines, vLLM and transformers
+side by side in one run.
 
-Both sides generate the same prompts (the embedded default's arith questions, rendered with
+Every row generates the same prompts (the embedded default's arith questions, rendered with
 ``memrl.prompts.record_prompt`` as the trainer renders them) with the same model, sampling
-settings, group size and number of new tokens, and count generated tokens the same way (every
+settings, group size and number of new tokens, and counts generated tokens the same way (every
 produced token up to and including the first EOS: ``memrl.rollout.engine.completion_mask``).
+For each engine (``--engines``, default vLLM when a working build is installed, then ``hf``):
 
-- bare engine: on CPU ``transformers`` ``model.generate`` in this process with 1 torch thread;
-  on a GPU with vLLM importable, ``vllm.LLM.generate`` offline in this process.
+- bare engine, in this process with 1 torch thread: ``vllm.LLM.generate`` offline (float32 on
+  the CPU build, eager, as memrl's engine runs it) or ``transformers`` ``model.generate``;
 - memrl: the real Ray actors of ``actors/rollout.py`` created as ``Trainer.__init__`` creates
-  them, fed through ``RolloutPool`` with the trainer's chunking and per-chunk seeds, timed on
-  the driver from dispatch to every worker's answer (the batch stays in the object store, as
-  in training). 1 worker (1 CPU, 1 thread) against the bare engine is the like-for-like figure
-  (``fraction``); 2 workers is a second row.
-- diagnostic: memrl's engine class (``HFEngine``) in this process, without Ray (CPU only),
-  to split memrl's overhead into engine work (log-prob recording, batch assembly, decoding)
-  and Ray transport.
+  them (``rollout.engine`` set to that engine), fed through ``RolloutPool`` with the trainer's
+  chunking and per-chunk seeds, timed on the driver from dispatch to every worker's answer
+  (the batch stays in the object store, as in training). 1 worker (1 CPU, 1 thread) against
+  the bare engine is the like-for-like figure (``fraction``, target >= 0.9); 2 workers is a
+  second row (``--two-workers``);
+- diagnostic (hf only): memrl's ``HFEngine`` in this process, without Ray, to split memrl's
+  overhead into engine work (log-prob recording, batch assembly, decoding) and Ray transport.
 
-Repetitions interleave the sides (bare, memrl, in-process, bare, ...) so that load from other
-processes on a shared machine hits both alike; the first repetition of each is a warm-up.
-With one worker the bare engine and memrl share seeds, so they sample the same tokens
-(``same_tokens`` in the JSON confirms the work was identical).
+Engines run one after the other; within an engine the repetitions interleave the rows (bare,
+memrl, in-process, bare, ...) so that load from other processes on a shared machine hits them
+alike; the first repetition of each row is a warm-up. ``vllm_over_hf`` compares the memrl
+workers of the two engines. ``--model-size 34m`` is a random Llama with hidden size 512 and 8
+layers (a size where generation dominates on CPU); ``0.5b``/``1.5b`` are for GPU machines.
 
 Run from the repository root: ``python -m bench.rollout --json rollout.json``
+(``--model-size 34m --prompts 32 --max-tokens 32 --no-two-workers`` for the larger model).
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids, resolve_engine_kind
+from memrl.rollout.engine import (
+    SamplingSettings,
+    checkpoint_eos_ids,
+    resolve_engine_kind,
+    vllm_available,
+)
 from memrl.train.rollout_pool import request_seed, training_sampling
 from memrl.train.setup import rollout_worker_factory
 
@@ -89,16 +98,32 @@ class BareHF:
                                                self.eos_ids)
         return Run(tokens, seconds)
 
+    def close(self) -> None:
+        del self.model
+
 
 class BareVLLM:
     """``vllm.LLM.generate`` offline with the engine arguments memrl's vLLM engine uses."""
 
     def __init__(self, model_path: str, tokenizer: Any, cfg: Any):
-        from vllm import LLM
+        import os
 
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         self.tokenizer = tokenizer
         self.eos_ids = checkpoint_eos_ids(model_path, tokenizer)
+        # float32 and eager on the CPU build: vLLM's fastest setting there (and the learner's
+        # dtype, which memrl's engine uses); its defaults (bfloat16, compiled) on a GPU.
         self.llm = LLM(model=model_path, seed=cfg.seed, enable_prefix_caching=True,
+                       dtype="float32" if on_cpu else "auto", enforce_eager=on_cpu,
+                       # as memrl's engine: chunked prefill breaks seeded requests on CPU
+                       **({"enable_chunked_prefill": False} if on_cpu else {}),
                        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                        max_model_len=cfg.grpo.max_prompt_length + cfg.grpo.max_completion_length)
 
@@ -116,6 +141,9 @@ class BareVLLM:
         seconds = time.perf_counter() - start
         rows = [list(c.token_ids) for out in outputs for c in out.outputs]
         return Run(common.count_generated_token_lists(rows, self.eos_ids), seconds)
+
+    def close(self) -> None:
+        del self.llm
 
 
 class InProcessEngine:
@@ -209,6 +237,66 @@ def rollout_figures(bare: Sequence[Run], memrl: dict[str, Sequence[Run]],
     return figures
 
 
+def side_by_side(by_engine: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Figures of every engine plus ``vllm_over_hf``: memrl's 1-worker vLLM tokens/s over its
+    1-worker hf tokens/s (medians), when both engines ran."""
+    figures: dict[str, Any] = {"engines": by_engine}
+    if {"vllm", "hf"} <= set(by_engine):
+        figures["vllm_over_hf"] = common.ratio(
+            by_engine["vllm"]["memrl_1_worker_tokens_per_s"]["median"],
+            by_engine["hf"]["memrl_1_worker_tokens_per_s"]["median"], "vllm over hf")
+    return figures
+
+
+def table_rows(by_engine: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """``[row, median tokens/s, min, vs bare of the same engine]`` for every engine's rows."""
+    rows: list[list[Any]] = []
+    for kind, figures in by_engine.items():
+        rate = figures["bare_tokens_per_s"]
+        rows.append([f"bare {BARE_NAMES[kind]} (1 thread)", rate["median"], rate["min"], 1.0])
+        if "in_process_engine_tokens_per_s" in figures:
+            rate = figures["in_process_engine_tokens_per_s"]
+            rows.append(["memrl HFEngine, no Ray", rate["median"], rate["min"],
+                         figures["fraction_in_process_engine"]])
+        for name in ("1_worker", "2_workers"):
+            if f"memrl_{name}_tokens_per_s" in figures:
+                rate = figures[f"memrl_{name}_tokens_per_s"]
+                rows.append([f"memrl {kind} rollout, {name.replace('_', ' ')}", rate["median"],
+                             rate["min"], figures[f"fraction_{name}"]])
+    return rows
+
+
+BARE_NAMES = {"vllm": "vllm.LLM.generate", "hf": "transformers generate"}
+
+
+def measure_engine(kind: str, overrides: Sequence[str], model_path: str, tokenizer: Any,
+                   prompts: list[str], template: SamplingSettings, repeats: int,
+                   two_workers: bool) -> dict[str, Any]:
+    """The rows of one engine (``"vllm"`` or ``"hf"``), warm-ups dropped."""
+    cfg = common.bench_config([*overrides, f"rollout.engine={kind}"])
+    bare = BareVLLM(model_path, tokenizer, cfg) if kind == "vllm" else BareHF(model_path, tokenizer)
+    in_process = InProcessEngine(model_path, cfg.seed) if kind == "hf" else None
+    pool = MemrlPool(cfg, model_path, 1)
+    runs: dict[str, list[Run]] = {"bare": [], "1_worker": [], "in_process": [], "2_workers": []}
+    try:
+        for r in range(repeats + 1):
+            settings = dataclasses.replace(template, seed=request_seed(cfg.seed, r, 0))
+            runs["bare"].append(bare.generate(prompts, settings))
+            runs["1_worker"].append(pool.generate(prompts, template, r))
+            if in_process is not None:
+                runs["in_process"].append(in_process.generate(prompts, settings))
+        if two_workers:
+            pool.resize(2)
+            for r in range(repeats + 1):
+                runs["2_workers"].append(pool.generate(prompts, template, r))
+    finally:
+        pool.close()
+        bare.close()
+    timed = {name: values[1:] for name, values in runs.items()}  # drop each row's warm-up
+    memrl_rows = {name: timed[name] for name in ("1_worker", "2_workers") if timed[name]}
+    return rollout_figures(timed["bare"], memrl_rows, timed["in_process"])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=None, help="default: one step's prompts")
@@ -218,10 +306,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (+1 warm-up)")
     parser.add_argument("--two-workers", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure 2 rollout workers")
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated, in order; default vllm,hf (hf without vLLM)")
     common.add_model_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         raise ValueError(f"--repeats {args.repeats}: must be >= 1")
+    engines = (args.engines.split(",") if args.engines
+               else ["vllm", "hf"] if vllm_available() else ["hf"])
+    for kind in engines:
+        if kind not in BARE_NAMES:
+            raise ValueError(f"--engines {args.engines!r}: {kind!r} is not one of vllm, hf")
+        resolve_engine_kind(kind)  # fails here, with the fix, when the engine cannot start
 
     import ray
 
@@ -236,42 +332,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = common.bench_config(overrides)
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     task, model_path, tokenizer = common.prepare(cfg, args.model_size, dtype)
+    run_overrides = overrides + ([f"model.name_or_path={model_path}", f"model.dtype={dtype}"]
+                                 if args.model_size != "tiny" else [])
     g = cfg.grpo
     prompt_count = args.prompts or g.prompts_per_step
     prompts = common.render_prompts(task, tokenizer, common.stream_records(task, cfg, prompt_count), cfg)
     template = dataclasses.replace(training_sampling(g),
                                    max_tokens=args.max_tokens or g.max_completion_length,
                                    num_generations=args.generations or g.num_generations)
-    engine_kind = resolve_engine_kind(cfg.rollout.engine)
-    on_vllm = gpu and engine_kind == "vllm"
-
-    bare = BareVLLM(model_path, tokenizer, cfg) if on_vllm else BareHF(model_path, tokenizer)
-    in_process = None if on_vllm else InProcessEngine(model_path, cfg.seed)
     init_ray(cfg)
-    pool = MemrlPool(cfg, model_path, 1)
-    runs: dict[str, list[Run]] = {"bare": [], "1_worker": [], "in_process": [], "2_workers": []}
     try:
-        for r in range(args.repeats + 1):
-            settings = dataclasses.replace(template, seed=request_seed(cfg.seed, r, 0))
-            runs["bare"].append(bare.generate(prompts, settings))
-            runs["1_worker"].append(pool.generate(prompts, template, r))
-            if in_process is not None:
-                runs["in_process"].append(in_process.generate(prompts, settings))
-        if args.two_workers:
-            pool.resize(2)
-            for r in range(args.repeats + 1):
-                runs["2_workers"].append(pool.generate(prompts, template, r))
+        by_engine = {kind: measure_engine(kind, run_overrides, model_path, tokenizer, prompts,
+                                          template, args.repeats, args.two_workers)
+                     for kind in engines}
     finally:
-        pool.close()
         ray.shutdown()
 
-    timed = {name: values[1:] for name, values in runs.items()}  # drop each row's warm-up
-    memrl_rows = {name: timed[name] for name in ("1_worker", "2_workers") if timed[name]}
-    figures = rollout_figures(timed["bare"], memrl_rows, timed["in_process"])
-    figures["engine"] = "vllm" if on_vllm else "hf"
+    figures = side_by_side(by_engine)
     figures["config"] = {"prompts": prompt_count, "generations": template.num_generations,
                          "max_tokens": template.max_tokens, "temperature": template.temperature,
-                         "top_p": template.top_p, "repeats": args.repeats,
+                         "top_p": template.top_p, "repeats": args.repeats, "engines": engines,
                          "model": args.model_size, "model_path": model_path,
                          "dtype": dtype if args.model_size != "tiny" else cfg.model.dtype,
                          "overrides": overrides}
@@ -279,23 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.write_json(args.json, figures)
 
     print(f"{prompt_count} prompts x {template.num_generations} completions x "
-          f"{template.max_tokens} new tokens, {figures['engine']} engine, model {args.model_size}; "
-          f"median of {args.repeats} calls; tokens counted up to and including EOS")
-    print(f"memrl 1-worker overhead per call: Ray transport {figures['overhead_s']['ray']:.3f} s, "
-          f"engine extras {figures['overhead_s']['engine']:.3f} s; same tokens as bare: "
-          f"{figures['same_tokens']}")
-    rows = [["bare engine (1 process, 1 thread)", figures["bare_tokens_per_s"]["median"],
-             figures["bare_tokens_per_s"]["min"], 1.0]]
-    if in_process is not None:
-        rate = figures["in_process_engine_tokens_per_s"]
-        rows.append(["memrl HFEngine, no Ray", rate["median"], rate["min"],
-                     figures["fraction_in_process_engine"]])
-    for name in memrl_rows:
-        rate = figures[f"memrl_{name}_tokens_per_s"]
-        rows.append([f"memrl rollout, {name.replace('_', ' ')}", rate["median"], rate["min"],
-                     figures[f"fraction_{name}"]])
-    print(common.format_table(["row", "median tokens/s", "min", "vs bare"], rows))
-    print(f"fraction (1 worker / bare) = {figures['fraction']:.3f} (target >= {TARGET_FRACTION})")
+          f"{template.max_tokens} new tokens, model {args.model_size}; median of {args.repeats} "
+          "calls; tokens counted up to and including EOS")
+    for kind, f in by_engine.items():
+        print(f"{kind}: memrl 1-worker overhead per call: Ray transport "
+              f"{f['overhead_s']['ray']:.3f} s, engine extras {f['overhead_s']['engine']:.3f} s; "
+              f"same tokens as bare: {f['same_tokens']}; fraction (1 worker / bare) = "
+              f"{f['fraction']:.3f} (target >= {TARGET_FRACTION})")
+    print(common.format_table(["row", "median tokens/s", "min", "vs bare"], table_rows(by_engine)))
+    if "vllm_over_hf" in figures:
+        print(f"memrl vLLM worker / memrl hf worker = {figures['vllm_over_hf']:.2f}")
     return figures
 
 

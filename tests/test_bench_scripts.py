@@ -171,11 +171,45 @@ def test_e2e_figures_compare_against_the_first_row():
 
 
 def test_parse_row():
-    assert e2e.parse_row("r1") == ("r1", "sync")
-    assert e2e.parse_row("memoryr+:async") == ("memoryr+", "async")
-    for bad in ("ppo", "r1:fast"):
+    assert e2e.parse_row("r1") == ("r1", "sync", "hf")
+    assert e2e.parse_row("memoryr+:async") == ("memoryr+", "async", "hf")
+    assert e2e.parse_row("r1@vllm") == ("r1", "sync", "vllm")
+    assert e2e.parse_row("r1:async@vllm") == ("r1", "async", "vllm")
+    for bad in ("ppo", "r1:fast", "r1@tpu"):
         with pytest.raises(ValueError, match=f"--rows '{bad}'"):
             e2e.parse_row(bad)
+    assert [e2e.row_name(*e2e.parse_row(r)) for r in ("r1", "r1:async@vllm")] == ["r1", "r1:async@vllm"]
+
+
+def test_memrl_row_overrides_name_the_engine(tmp_path):
+    assert "rollout.engine=hf" in e2e.memrl_overrides("r1", "sync", 3, tmp_path)
+    overrides = e2e.memrl_overrides("r1", "async", 3, tmp_path, "vllm")
+    assert {"rollout.engine=vllm", "rollout.mode=async", "method=r1"} <= set(overrides)
+
+
+def test_the_faster_trl_configuration_is_the_baseline():
+    assert e2e.fastest({"hf": [1.0, 2.0, 3.0], "vllm": [1.5, 1.5]}) == "vllm"
+    assert e2e.fastest({"hf": [1.0]}) == "hf"
+    with pytest.raises(ValueError, match="no runs"):
+        e2e.fastest({})
+
+
+def test_rollout_engines_side_by_side():
+    bare = [rollout.Run(1000, 1.0), rollout.Run(1000, 1.0)]
+    hf = rollout.rollout_figures(bare, {"1_worker": [rollout.Run(900, 1.0, 0.9)] * 2},
+                                 [rollout.Run(950, 1.0)] * 2)
+    vllm = rollout.rollout_figures([rollout.Run(3000, 1.0)] * 2,
+                                   {"1_worker": [rollout.Run(2800, 1.0, 0.95)] * 2})
+    figures = rollout.side_by_side({"vllm": vllm, "hf": hf})
+    assert figures["vllm_over_hf"] == pytest.approx(2800 / 900)
+    rows = rollout.table_rows(figures["engines"])
+    assert [r[0] for r in rows] == ["bare vllm.LLM.generate (1 thread)", "memrl vllm rollout, 1 worker",
+                                    "bare transformers generate (1 thread)", "memrl HFEngine, no Ray",
+                                    "memrl hf rollout, 1 worker"]
+    assert [r[1] for r in rows] == [3000.0, 2800.0, 1000.0, 950.0, 900.0]
+    assert rows[1][3] == pytest.approx(2800 / 3000) and rows[4][3] == pytest.approx(0.9)
+    assert "vllm_over_hf" not in rollout.side_by_side({"hf": hf})
+    json.dumps(figures)
 
 
 def test_trl_config_carries_memrls_settings(tmp_path):
@@ -187,6 +221,10 @@ def test_trl_config_carries_memrls_settings(tmp_path):
     assert (args.loss_type, args.scale_rewards) == ("dapo", "group")
     assert (args.max_completion_length, args.temperature, args.top_k) == (64, 0.8, 0)
     assert args.max_steps == 5 and args.num_iterations == 1 and args.shuffle_dataset is False
+    assert args.use_vllm is False
+    on_vllm = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, use_vllm=True)
+    assert (on_vllm.use_vllm, on_vllm.vllm_mode, on_vllm.vllm_max_model_length) == (True, "colocate",
+                                                                          cfg.grpo.max_prompt_length + 64)
 
 
 def test_trl_reward_is_memrls_rule_reward():

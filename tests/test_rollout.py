@@ -398,8 +398,8 @@ def vllm_model(tmp_path_factory) -> Path:
 def vllm_engine(vllm_model):
     from memrl.rollout.vllm_engine import VLLMEngine
 
-    # ~25 s to start on 2 cores (eager: no graph compilation); shared by the engine tests.
-    return VLLMEngine(str(vllm_model), max_model_len=96, enforce_eager=True)
+    # ~25 s to start on 2 cores; shared by the engine tests.
+    return VLLMEngine(str(vllm_model), max_model_len=96)
 
 
 @needs_vllm
@@ -469,6 +469,18 @@ def test_vllm_loads_verifies_and_restores_weights_in_place(vllm_engine, vllm_mod
     with pytest.raises(StaleWeightsError, match=f"version {start + 4}: the packed weights differ"):
         vllm_engine.load_weights(pack_state_dict(perturb(original), version=start + 4))
     assert vllm_engine.weight_version == start + 3
+
+
+@needs_vllm
+def test_vllm_seeded_batch_larger_than_one_scheduler_step(vllm_engine):
+    """20 prompts x 4 completions x ~60 prompt tokens overflow a step's 4096-token budget:
+    vLLM's CPU build then failed seeded requests unless chunked prefill is off."""
+    prompt = " ".join(TEXTS[:2])
+    assert 4096 < len(vllm_engine.tokenizer(prompt)["input_ids"]) * 80 and len(
+        vllm_engine.tokenizer(prompt)["input_ids"]) <= 96 - 4
+    batch = vllm_engine.generate([prompt] * 20, [f"r{i}" for i in range(20)],
+                                 dataclasses.replace(SETTINGS, max_tokens=4))
+    assert batch.num_completions == 80 and batch.completion_mask.sum() > 0
 
 
 @needs_vllm
