@@ -20,17 +20,11 @@ from ray.exceptions import GetTimeoutError, RayError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from memrl.learner.batching import (
-    concat_batches,
-    micro_batches_needed,
-    shard_bounds,
-    slice_batch,
-    take_rows,
-)
 from memrl.checkpoint import digest_dir, local_copy, local_staging
 from memrl.learner.distributed import free_port, node_address, set_rank_env
 from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
+from memrl.learner.step import StepShard, shard_step, step_inputs
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, pack_state_dict
 
@@ -61,7 +55,7 @@ class LearnerWorker:
         self.rank = rank
         self.world_size = world_size
         self.trainer = PolicyTrainer(settings)
-        self._step: dict[str, Any] | None = None
+        self._step: tuple[StepShard, torch.Tensor | None] | None = None
 
     def ping(self) -> dict[str, Any]:
         """Who and where this rank is, and its progress (cheap; for health checks)."""
@@ -85,59 +79,33 @@ class LearnerWorker:
         return self.trainer.train_step(batch, advantages, **kwargs)
 
     def begin_step(self, *batches: RolloutBatch) -> dict[str, Any]:
-        """Take this rank's shard of a step and compute its old and reference log-probs.
+        """Take this rank's shard of a step (``memrl.learner.step.shard_step``) and compute its
+        reference log-probs while the driver scores the rewards.
 
-        ``batches`` are the step's rollout chunks (Ray resolves the refs the driver passed);
-        every rank sees all of them, so each derives the same shards, global token and
-        sequence counts and micro-batch count without another collective. The results are
-        kept for :meth:`finish_step`, which only needs the advantages.
+        ``batches`` are the step's rollout chunks (Ray resolves the refs the driver passed).
+        The old log-probs need no pass of their own (one update per batch: they are the
+        update pass's). The shard is kept for :meth:`finish_step`, which needs the advantages.
         """
+        shard = shard_step(list(batches), self.rank, self.world_size,
+                           self.trainer.settings.micro_batch_size)
         started = time.perf_counter()
-        full = concat_batches(list(batches))
-        shards = shard_bounds(full.group_index, self.world_size)
-        start, stop = shards[self.rank]
-        shard = slice_batch(full, start, stop)
-        passes = max(
-            micro_batches_needed(b - a, self.trainer.settings.micro_batch_size) for a, b in shards
-        )
-        old_logp = self.trainer.logprobs(shard, num_micro_batches=passes)
-        ref_started = time.perf_counter()
-        ref_logp = self.trainer.ref_logprobs(shard) if self.trainer.reference is not None else None
-        self._step = {
-            "shard": shard, "rows": (start, stop), "old_logp": old_logp, "ref_logp": ref_logp,
-            "passes": passes, "global_tokens": int(full.completion_mask.sum()),
-            "global_seqs": full.num_completions, "lengths": full.completion_lengths,
-        }
-        return {
-            "rows": full.num_completions,
-            "old_logprob_seconds": ref_started - started,
-            "reference_seconds": time.perf_counter() - ref_started,
-        }
+        ref_logp = (self.trainer.ref_logprobs(shard.batch)
+                    if self.trainer.reference is not None else None)
+        self._step = (shard, ref_logp)
+        return {"rows": shard.global_seqs, "old_logprob_seconds": 0.0,
+                "reference_seconds": time.perf_counter() - started}
 
     def finish_step(self, advantages: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, float]:
         """One optimiser step on the shard prepared by :meth:`begin_step`.
 
         ``advantages`` [N] and ``keep`` [N] (bool; rows to train on, None = all) cover the whole
-        step; this rank slices its rows. Dropped rows leave the loss and its normaliser.
+        step (``memrl.learner.step.step_inputs`` slices this rank's rows).
         """
         if self._step is None:
             raise RuntimeError(f"learner rank {self.rank}: finish_step without begin_step")
-        step, self._step = self._step, None
-        start, stop = step["rows"]
-        shard, adv = step["shard"], advantages[start:stop]
-        old_logp, ref_logp = step["old_logp"], step["ref_logp"]
-        global_tokens, global_seqs, passes = step["global_tokens"], step["global_seqs"], step["passes"]
-        if keep is not None:
-            # Every rank recounts the kept rows of the whole step for the shared normaliser.
-            global_tokens = int(step["lengths"][keep].sum())
-            global_seqs = int(keep.sum())
-            rows = keep[start:stop]
-            shard, adv, old_logp = take_rows(shard, rows), adv[rows], old_logp[rows]
-            ref_logp = None if ref_logp is None else ref_logp[rows]
-        return self.trainer.train_step(
-            shard, adv, ref_logp=ref_logp, old_logp=old_logp, global_tokens=global_tokens,
-            global_seqs=global_seqs, num_micro_batches=passes,
-        )
+        (shard, ref_logp), self._step = self._step, None
+        batch, adv, options = step_inputs(shard, advantages, keep, ref_logp)
+        return self.trainer.train_step(batch, adv, **options)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's full weights on CPU (collective under ZeRO-3: call on every rank)."""

@@ -20,13 +20,16 @@ from memrl.learner.batching import (
     slice_batch,
 )
 from memrl.learner.distributed import free_port, set_rank_env
+from memrl.learner.packing import pack_completions
 from memrl.learner.policy import (
     LearnerSettings,
     PolicyTrainer,
     UnsafeCheckpointError,
     check_plain_pickles,
+    deepspeed_config,
 )
 from memrl.learner.stats import merge_rank_stats
+from memrl.learner.step import shard_step, step_inputs
 from memrl.model.tiny import build_tiny_model
 from memrl.types import RolloutBatch
 
@@ -63,8 +66,15 @@ def single_rank() -> None:
         set_rank_env(0, 1, "127.0.0.1", free_port())
 
 
+def cpu_trainer(settings: LearnerSettings) -> PolicyTrainer:
+    """A trainer on the CPU whatever the machine has: the float32 tolerances below assume it
+    (on a GPU machine the defaults would pick CUDA and bf16; GPU runs are tests marked gpu)."""
+    return PolicyTrainer(settings, device="cpu")
+
+
 def make_settings(model_dir: Path, **overrides) -> LearnerSettings:
     options = dict(
+        bf16=False,
         model_path=str(model_dir),
         max_steps=10,
         lr=1e-3,
@@ -114,6 +124,15 @@ def make_batch(
 def batch_for(model_dir: Path, groups: int, group_size: int, seed: int = 0) -> RolloutBatch:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return make_batch(len(tokenizer), groups, group_size, pad_id=tokenizer.pad_token_id, seed=seed)
+
+
+def grouped_batch(model_dir: Path, groups: int, group_size: int, seed: int = 0) -> RolloutBatch:
+    """``batch_for`` with one prompt per group, as a rollout returns it (the packed layout
+    then shares each prompt)."""
+    batch = batch_for(model_dir, groups, group_size, seed)
+    first = torch.arange(batch.num_completions) // group_size * group_size
+    batch.prompt_ids, batch.prompt_mask = batch.prompt_ids[first], batch.prompt_mask[first]
+    return batch
 
 
 def weights(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
@@ -166,6 +185,57 @@ def test_slice_batch_keeps_rows_aligned() -> None:
         slice_batch(batch, 4, 9)
 
 
+def test_pack_completions_shares_each_prompt_and_skips_padding() -> None:
+    # Rows 0 and 1 share the prompt [7, 8] (left-padded), row 2 has its own.
+    prompt_ids = torch.tensor([[0, 7, 8], [0, 7, 8], [5, 6, 9]])
+    prompt_mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1]])
+    completion_ids = torch.tensor([[3, 4, 0], [10, 0, 0], [11, 12, 13]])
+    completion_mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    packed = pack_completions(prompt_ids, prompt_mask, completion_ids, completion_mask, pad_id=0)
+    assert packed.input_ids.tolist() == [[7, 8, 3, 4, 10, 0], [5, 6, 9, 11, 12, 13]]
+    # Each completion continues the prompt's positions; the pad position restarts at 0.
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 2, 0], [0, 1, 2, 3, 4, 5]]
+    sees = packed.attention[0, 0].int().tolist()
+    assert sees[3] == [1, 1, 1, 1, 0, 0]  # completion 0's second token: prompt + itself
+    assert sees[4] == [1, 1, 0, 0, 1, 0]  # completion 1 does not see completion 0
+    assert sees[5] == [0, 0, 0, 0, 0, 1]  # padding sees only itself (no all-masked row)
+    # Token t of a completion is predicted at the position before it: the prompt's last first.
+    assert packed.source.tolist() == [1, 2, 1, 8, 9, 10]
+    assert packed.targets.tolist() == [3, 4, 10, 11, 12, 13]
+    assert list(zip(packed.rows.tolist(), packed.cols.tolist())) == [
+        (0, 0), (0, 1), (1, 0), (2, 0), (2, 1), (2, 2)]
+    assert packed.computed_tokens == 12  # against 3 rows x 6 = 18 padded
+    with pytest.raises(ValueError, match="row 1 has no real prompt token"):
+        pack_completions(prompt_ids, torch.tensor([[0, 1, 1], [0, 0, 0], [1, 1, 1]]),
+                         completion_ids, completion_mask)
+
+
+def test_shard_step_and_step_inputs_count_the_whole_step() -> None:
+    # Two rollout chunks (2 groups of 2, then 1 group of 2): 3 groups over 2 ranks.
+    chunks = [make_batch(50, 2, 2, pad_id=0, seed=0), make_batch(50, 1, 2, pad_id=0, seed=1)]
+    lengths = torch.cat([c.completion_lengths for c in chunks])
+    shards = [shard_step(chunks, rank, 2, micro_batch_size=3) for rank in (0, 1)]
+    assert [s.rows for s in shards] == [(0, 4), (4, 6)]
+    assert all(s.passes == 2 and s.global_seqs == 6 for s in shards)  # 4 rows need 2 passes
+    assert all(s.global_tokens == int(lengths.sum()) for s in shards)
+    assert shards[1].batch.group_index == [2, 2]  # the second chunk's group, offset
+    advantages = torch.arange(6.0)
+    batch, adv, options = step_inputs(shards[1], advantages)
+    assert adv.tolist() == [4.0, 5.0] and batch.num_completions == 2
+    assert options["global_tokens"] == int(lengths.sum()) and options["num_micro_batches"] == 2
+    # Dropping rows 0, 1 and 5: every rank renormalises over the kept rows of the whole step.
+    keep = torch.tensor([False, False, True, True, True, False])
+    ref = torch.ones(2, 5)
+    batch, adv, options = step_inputs(shards[1], advantages, keep, ref)
+    assert adv.tolist() == [4.0] and batch.num_completions == 1
+    assert options["ref_logp"].shape == (1, 5)
+    assert options["global_seqs"] == 3 and options["global_tokens"] == int(lengths[2:5].sum())
+    with pytest.raises(ValueError, match=r"advantages has shape \(5,\), expected \(6,\)"):
+        step_inputs(shards[0], torch.zeros(5))
+    with pytest.raises(ValueError, match=r"rank = 2: must be in \[0, 2\)"):
+        shard_step(chunks, 2, 2, micro_batch_size=3)
+
+
 def test_merge_rank_stats_sums_shares_and_weights_means_by_tokens() -> None:
     merged = merge_rank_stats(
         [
@@ -181,6 +251,15 @@ def test_merge_rank_stats_sums_shares_and_weights_means_by_tokens() -> None:
     assert merged["grad_norm"] == 2.0 and merged["step_time_s"] == 3.0
 
 
+def test_bf16_under_zero_accumulates_gradients_in_float32() -> None:
+    settings = LearnerSettings(model_path="x", max_steps=1, zero_stage=2)
+    assert deepspeed_config(settings, bf16=True)["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in deepspeed_config(settings, bf16=False)
+    # DeepSpeed refuses bf16 weights with float32 accumulation without ZeRO.
+    stage0 = LearnerSettings(model_path="x", max_steps=1, zero_stage=0)
+    assert "data_types" not in deepspeed_config(stage0, bf16=True)
+
+
 def test_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="LearnerSettings.zero_stage = 4"):
         LearnerSettings(model_path="x", max_steps=1, zero_stage=4)
@@ -193,7 +272,7 @@ def test_settings_reject_bad_values() -> None:
 def test_logprobs_with_left_padding_equal_unpadded_forward(
     model_dir: Path, single_rank: None
 ) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir, micro_batch_size=3))
+    trainer = cpu_trainer(make_settings(model_dir, micro_batch_size=3))
     batch = batch_for(model_dir, groups=2, group_size=4)
     got = trainer.logprobs(batch)
     assert got.shape == (8, 5) and got.dtype == torch.float32
@@ -210,7 +289,7 @@ def test_logprobs_with_left_padding_equal_unpadded_forward(
 def test_train_step_raises_logprob_of_positive_advantage_and_steps_once(
     model_dir: Path, single_rank: None
 ) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir))
+    trainer = cpu_trainer(make_settings(model_dir))
     batch = batch_for(model_dir, groups=2, group_size=4)
     before_w = weights(trainer)
     before = trainer.logprobs(batch)
@@ -232,7 +311,7 @@ def test_train_step_raises_logprob_of_positive_advantage_and_steps_once(
 
 def test_learning_rate_follows_warmup_then_cosine(model_dir: Path, single_rank: None) -> None:
     lr = 1e-3
-    trainer = PolicyTrainer(make_settings(model_dir, lr=lr, max_steps=10, warmup_ratio=0.2))
+    trainer = cpu_trainer(make_settings(model_dir, lr=lr, max_steps=10, warmup_ratio=0.2))
     batch = batch_for(model_dir, groups=2, group_size=2)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     start = weights(trainer)
@@ -252,7 +331,7 @@ def test_result_does_not_depend_on_micro_batch_size_or_checkpointing(model_dir: 
     advantages = torch.linspace(-1.0, 1.0, 9)
     results = []
     for micro, checkpointing in ((1, False), (9, True)):
-        trainer = PolicyTrainer(
+        trainer = cpu_trainer(
             make_settings(
                 model_dir, micro_batch_size=micro, lr=1e-4, gradient_checkpointing=checkpointing
             )
@@ -266,11 +345,34 @@ def test_result_does_not_depend_on_micro_batch_size_or_checkpointing(model_dir: 
         torch.testing.assert_close(w_a[key], w_b[key], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("stage", [0, 3])
+def test_packed_and_padded_steps_give_the_same_gradients(
+    model_dir: Path, single_rank: None, stage: int
+) -> None:
+    # Groups of 4 over micro-batches of 3: a group's prompt is split across passes too.
+    batch = grouped_batch(model_dir, groups=3, group_size=4)
+    advantages = torch.linspace(-1.0, 1.0, 12)
+    results = {}
+    for pack in (False, True):
+        trainer = cpu_trainer(make_settings(
+            model_dir, micro_batch_size=3, lr=1e-4, zero_stage=stage, pack_sequences=pack,
+            loss=LossSettings(beta=0.04)))
+        logp = trainer.logprobs(batch)
+        stats = trainer.train_step(batch, advantages)
+        results[pack] = (logp, stats, weights(trainer))
+    (logp_a, stats_a, w_a), (logp_b, stats_b, w_b) = results[False], results[True]
+    torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=0)
+    assert stats_b["loss"] == pytest.approx(stats_a["loss"], abs=1e-6)
+    assert stats_b["grad_norm"] == pytest.approx(stats_a["grad_norm"], rel=1e-5)
+    for key in w_a:
+        torch.testing.assert_close(w_b[key], w_a[key], atol=1e-6, rtol=0)
+
+
 def test_grad_clipping_caps_the_update_and_reports_the_norm_before_clipping(
     model_dir: Path, single_rank: None
 ) -> None:
     max_norm = 1e-3
-    trainer = PolicyTrainer(make_settings(model_dir, max_grad_norm=max_norm))
+    trainer = cpu_trainer(make_settings(model_dir, max_grad_norm=max_norm))
     batch = batch_for(model_dir, groups=2, group_size=2)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
 
@@ -293,7 +395,7 @@ def test_grad_clipping_caps_the_update_and_reports_the_norm_before_clipping(
 
 
 def test_reference_model_gives_zero_kl_at_step_zero(model_dir: Path, single_rank: None) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir, loss=LossSettings(beta=0.04)))
+    trainer = cpu_trainer(make_settings(model_dir, loss=LossSettings(beta=0.04)))
     assert trainer.reference is not None
     batch = batch_for(model_dir, groups=2, group_size=2)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
@@ -305,14 +407,14 @@ def test_reference_model_gives_zero_kl_at_step_zero(model_dir: Path, single_rank
     second = trainer.train_step(batch, advantages)
     assert second["kl"] > 1e-6  # the policy moved away from the frozen reference
     # Without β no reference model is loaded.
-    plain = PolicyTrainer(make_settings(model_dir))
+    plain = cpu_trainer(make_settings(model_dir))
     assert plain.reference is None
     with pytest.raises(RuntimeError, match="only loaded when loss.beta > 0"):
         plain.ref_logprobs(batch)
 
 
 def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir, loss=LossSettings(beta=0.0, is_cap=2.0)))
+    trainer = cpu_trainer(make_settings(model_dir, loss=LossSettings(beta=0.0, is_cap=2.0)))
     batch = batch_for(model_dir, groups=2, group_size=2)
     current = trainer.logprobs(batch)
     fresh = trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
@@ -329,7 +431,7 @@ def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None)
 
 
 def test_publish_save_and_resume(model_dir: Path, single_rank: None, tmp_path: Path) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir, warmup_ratio=0.5))
+    trainer = cpu_trainer(make_settings(model_dir, warmup_ratio=0.5))
     batch = batch_for(model_dir, groups=2, group_size=2)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     trainer.train_step(batch, advantages)
@@ -369,7 +471,7 @@ def test_zero3_matches_zero0_and_publishes_full_weights(model_dir: Path, single_
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
     results = []
     for stage in (0, 3):
-        trainer = PolicyTrainer(make_settings(model_dir, zero_stage=stage))
+        trainer = cpu_trainer(make_settings(model_dir, zero_stage=stage))
         stats = trainer.train_step(batch, advantages)
         results.append((stats, trainer.state_dict_for_publish()))
     (stats0, w0), (stats3, w3) = results
@@ -399,7 +501,7 @@ def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
 
     # β > 0: the KL term's gradient is 0 at step 0, but the reference path is exercised.
     loss = LossSettings(beta=0.04)
-    single = PolicyTrainer(make_settings(model_dir, micro_batch_size=6, loss=loss))
+    single = cpu_trainer(make_settings(model_dir, micro_batch_size=6, loss=loss))
     expected = single.train_step(batch, advantages)
     expected_weights = weights(single)
 
@@ -450,7 +552,7 @@ class _RunsCode:
 def test_checkpoint_files_are_plain_and_a_tampered_one_is_refused(
     model_dir: Path, single_rank: None, tmp_path: Path, stage: int
 ) -> None:
-    trainer = PolicyTrainer(make_settings(model_dir, zero_stage=stage))
+    trainer = cpu_trainer(make_settings(model_dir, zero_stage=stage))
     batch = batch_for(model_dir, groups=2, group_size=2)
     trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     trainer.save_state(tmp_path / "ckpt")

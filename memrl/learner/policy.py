@@ -43,6 +43,7 @@ from memrl.grpo.loss import (
 )
 from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, policy_inputs
 from memrl.learner.distributed import detect_device, init_distributed, load_deepspeed
+from memrl.learner.packing import can_pack, pack_completions, packed_completion_logprobs
 from memrl.learner.stats import token_weighted_mean
 from memrl.model.loading import load_policy
 from memrl.types import RolloutBatch
@@ -61,6 +62,8 @@ class LearnerSettings:
     divided by it before the log-softmax, so learner and sampler log-probs are comparable.
     ``bf16`` None means bf16 on CUDA and fp32 on CPU. ``zero_stage`` is DeepSpeed ZeRO 0–3.
     ``collective_timeout_s`` bounds every collective (a dead peer raises instead of hanging).
+    ``pack_sequences`` runs forwards in the packed layout of ``memrl.learner.packing`` (no
+    padding, one prompt per group) where the model allows it; the numbers do not depend on it.
     """
 
     model_path: str
@@ -76,6 +79,7 @@ class LearnerSettings:
     loss: LossSettings = field(default_factory=LossSettings)
     temperature: float = 0.9
     gradient_checkpointing: bool = False
+    pack_sequences: bool = True
     seed: int = 0
     collective_timeout_s: float = 600.0
 
@@ -103,8 +107,15 @@ class LearnerSettings:
 
 
 def deepspeed_config(settings: LearnerSettings, *, bf16: bool) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``settings`` (see the module docstring for accumulation)."""
-    return {
+    """The DeepSpeed config dict for ``settings`` (see the module docstring for accumulation).
+
+    Under bf16 with ZeRO gradients accumulate over the micro-batches in float32
+    (``data_types.grad_accum_dtype``; DeepSpeed's default is the model's bf16, whose 8
+    mantissa bits lose the small terms of a 16-micro-batch sum). DeepSpeed has no float32
+    accumulation for bf16 without ZeRO (stage 0 raises NotImplementedError), so stage 0 keeps
+    bf16 gradients.
+    """
+    config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": settings.micro_batch_size,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": settings.max_grad_norm,
@@ -113,6 +124,9 @@ def deepspeed_config(settings: LearnerSettings, *, bf16: bool) -> dict[str, Any]
         "steps_per_print": 2**31 - 1,  # memrl reports its own metrics
         "wall_clock_breakdown": False,
     }
+    if bf16 and settings.zero_stage > 0:
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -242,13 +256,36 @@ class PolicyTrainer:
     def _completion_logprobs(
         self, model: torch.nn.Module, batch: RolloutBatch, start: int, stop: int
     ) -> torch.Tensor:
-        """[stop − start, L] float32 log-probs of the completion tokens, on the model's device."""
+        """[stop − start, L] float32 log-probs of the completion tokens, on the model's device
+        (0 at padding in the packed layout; see :meth:`_padded_logprobs` for the other)."""
+        device = self.engine.device
+        rows = slice(start, stop)
+        net = self.engine.module if model is self.engine else model
+        if self.settings.pack_sequences and can_pack(net):
+            packed = pack_completions(
+                batch.prompt_ids[rows], batch.prompt_mask[rows],
+                batch.completion_ids[rows], batch.completion_mask[rows],
+                pad_id=self.tokenizer.pad_token_id or 0,
+            )
+            shape = (stop - start, batch.completion_ids.shape[1])
+            return packed_completion_logprobs(
+                model, packed, shape, self.settings.temperature, device,
+                attn_implementation=net.config._attn_implementation,
+                dtype=next(net.parameters()).dtype,
+            )
+        return self._padded_logprobs(model, batch, rows)
+
+    def _padded_logprobs(
+        self, model: torch.nn.Module, batch: RolloutBatch, rows: slice
+    ) -> torch.Tensor:
+        """The padded layout: one row per completion, logits from the first completion
+        position on (junk at padding, which every consumer masks)."""
         device = self.engine.device
         input_ids, attention_mask, position_ids = policy_inputs(
-            batch.prompt_ids[start:stop],
-            batch.prompt_mask[start:stop],
-            batch.completion_ids[start:stop],
-            batch.completion_mask[start:stop],
+            batch.prompt_ids[rows],
+            batch.prompt_mask[rows],
+            batch.completion_ids[rows],
+            batch.completion_mask[rows],
         )
         length = batch.completion_ids.shape[1]
         output = model(
@@ -260,7 +297,7 @@ class PolicyTrainer:
         )
         logits = output.logits[:, :-1]
         return token_logprobs(
-            logits, batch.completion_ids[start:stop].to(device), self.settings.temperature
+            logits, batch.completion_ids[rows].to(device), self.settings.temperature
         )
 
     def _agreed_micro_batches(self, num_rows: int) -> int:
@@ -312,22 +349,14 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------------------ update
 
-    def _importance(
-        self, batch: RolloutBatch, old_logp: torch.Tensor
-    ) -> tuple[torch.Tensor | None, float]:
-        """IS weights when some tokens were sampled by other weights (and ``is_cap`` is set),
-        plus the fraction of stale real tokens."""
+    def _stale_tokens(self, batch: RolloutBatch) -> tuple[bool, float]:
+        """Whether the step applies IS weights (some real token was sampled by other weights
+        and ``is_cap`` is set), and the fraction of stale real tokens."""
         real = batch.completion_mask.bool()
         current = -1 if self.weight_version is None else self.weight_version
         stale = real & (batch.token_versions != current)
         stale_frac = float(stale.sum()) / max(int(real.sum()), 1)
-        cap = self.settings.loss.is_cap
-        if cap is None or not stale.any():
-            return None, stale_frac
-        weights = importance_weights(
-            old_logp, batch.behaviour_logprobs, batch.completion_mask, cap
-        )
-        return weights, stale_frac
+        return self.settings.loss.is_cap is not None and bool(stale.any()), stale_frac
 
     def _plain_grad_norm(self) -> float | None:
         """Norm of the (already averaged) gradients when DeepSpeed's optimizer reports none.
@@ -353,8 +382,9 @@ class PolicyTrainer:
     ) -> dict[str, float]:
         """One optimiser step on this rank's shard ``batch`` with ``advantages`` [N].
 
-        ``old_logp`` [N, L]: this policy's log-probs of the batch before the update, when the
-        caller already computed them (e.g. while the rewards were being scored).
+        ``old_logp`` [N, L]: this policy's log-probs of the batch before the update. With one
+        update per batch they equal the update pass's own log-probs (dropout is off), so by
+        default no separate pass runs: each micro-batch takes its detached log-probs as old.
 
         ``global_tokens``/``global_seqs`` are the real completion tokens and completions of the
         whole step on all ranks (default: summed across ranks by an all-reduce);
@@ -363,7 +393,8 @@ class PolicyTrainer:
 
         Returns floats: ``loss`` (this rank's share of the step's loss; shares sum to it),
         ``kl``, ``clip_frac``, ``ratio_mean`` (and ``is_weight_mean`` when IS weights were
-        applied), token means over this rank; ``tokens``, ``sequences`` of this rank;
+        applied), token means over this rank; ``tokens`` (completion), ``sequence_tokens``
+        (prompt + completion, no padding), ``sequences`` of this rank;
         ``grad_norm`` (global, before clipping), ``lr`` (used by this step), ``step`` (optimiser
         steps taken so far); ``stale_token_frac`` and ``behaviour_logprob_gap`` (mean
         |learner − sampler| log-prob over real tokens, the train/inference mismatch);
@@ -385,9 +416,7 @@ class PolicyTrainer:
             global_tokens, global_seqs = self._all_reduce([local_tokens, n], dist.ReduceOp.SUM)
         passes = num_micro_batches or self._agreed_micro_batches(n)
 
-        if old_logp is None:
-            old_logp = self.logprobs(batch, num_micro_batches=passes)
-        elif old_logp.shape != batch.completion_ids.shape:
+        if old_logp is not None and old_logp.shape != batch.completion_ids.shape:
             raise ValueError(
                 f"old_logp has shape {tuple(old_logp.shape)}, expected "
                 f"{tuple(batch.completion_ids.shape)}"
@@ -396,7 +425,7 @@ class PolicyTrainer:
         if ref_logp is None and self.reference is not None:
             ref_logp = self.ref_logprobs(batch)
         ref_done = time.perf_counter()
-        is_weights, stale_frac = self._importance(batch, old_logp)
+        weighted, stale_frac = self._stale_tokens(batch)
         normaliser = loss_normaliser(
             self.settings.loss,
             global_tokens=global_tokens,
@@ -409,22 +438,31 @@ class PolicyTrainer:
         device = self.engine.device
         self.engine.train()
         micro_stats: list[dict[str, float]] = []
+        gap_sum = 0.0
         for i, (start, stop, real) in enumerate(self._passes(n, passes)):
             self.engine.set_gradient_accumulation_boundary(i == passes - 1)
             rows = slice(start, stop)
+            row_mask = mask[rows].to(device)
             logp = self._completion_logprobs(self.engine, batch, start, stop)
+            old = logp.detach() if old_logp is None else old_logp[rows].to(device)
+            behaviour = batch.behaviour_logprobs[rows].to(device)
+            is_weights = (
+                importance_weights(old, behaviour, row_mask, self.settings.loss.is_cap)
+                if weighted else None
+            )
             loss, stats = grpo_loss(
                 logp,
-                old_logp[rows].to(device),
+                old,
                 advantages[rows].to(device),
-                mask[rows].to(device),
+                row_mask,
                 self.settings.loss,
                 ref_logp=None if ref_logp is None else ref_logp[rows].to(device),
-                is_weights=None if is_weights is None else is_weights[rows].to(device),
+                is_weights=is_weights,
                 normaliser=normaliser,
             )
             if real:
                 micro_stats.append(stats)
+                gap_sum += float((old - behaviour).abs().masked_fill(row_mask == 0, 0.0).sum())
             else:
                 loss = loss * 0.0  # keeps the collective pattern, adds no gradient
             self.engine.backward(loss)
@@ -441,16 +479,16 @@ class PolicyTrainer:
         done = time.perf_counter()
 
         weights = [s["num_tokens"] for s in micro_stats]
-        gap = (old_logp - batch.behaviour_logprobs).abs()[mask.bool()]
         result = {
             "loss": sum(s["loss"] for s in micro_stats) / self.world_size,
             "tokens": float(local_tokens),
+            "sequence_tokens": float(batch.prompt_mask.sum() + local_tokens),
             "sequences": float(n),
             "grad_norm": float("nan") if grad_norm is None else grad_norm,
             "lr": lr,
             "step": float(self.engine.global_steps),
             "stale_token_frac": stale_frac,
-            "behaviour_logprob_gap": float(gap.mean()) if gap.numel() else 0.0,
+            "behaviour_logprob_gap": gap_sum / max(local_tokens, 1),
             "old_logprob_s": old_done - started,
             "ref_logprob_s": ref_done - old_done,
             "update_s": done - ref_done,

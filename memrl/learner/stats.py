@@ -3,7 +3,7 @@
 Each rank reports, for one ``train_step``, a flat ``dict[str, float]``. Keys fall in four kinds:
 
 - summed: ``loss`` (the rank's share of the global loss; shares add up to it), ``tokens``,
-  ``sequences``;
+  ``sequence_tokens``, ``sequences``;
 - shared: identical on every rank after the optimiser step (``grad_norm``, ``lr``, ``step``);
 - slowest: durations (``*_s``), where the step waits for the slowest rank;
 - every other key is a mean over real completion tokens and is averaged weighted by ``tokens``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-SUMMED = frozenset({"loss", "tokens", "sequences"})
+SUMMED = frozenset({"loss", "tokens", "sequence_tokens", "sequences"})
 SHARED = frozenset({"grad_norm", "lr", "step"})
 
 
