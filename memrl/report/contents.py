@@ -4,8 +4,9 @@ as a document of blocks (``memrl.report.document``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ def _num(value: Any, digits: int = 3) -> str:
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return "—"
-    whole = int(round(seconds))
+    whole = round(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
@@ -84,7 +85,7 @@ def report_document(runs: Sequence[Run], summaries: Sequence[dict[str, Any]],
             blocks.append(Para(f"{topic.name}.png not drawn: {topic.absent}."))
             continue
         blocks.append(Image(topic.name, path.name))
-        absent = [run.name for run in runs if not any(run.logs(k) for k in topic.keys())]
+        absent = [run.name for run in runs if not any(run.logs(k) for k in topic.metric_keys())]
         if absent:
             blocks.append(Para(f"Not in this plot (they log none of its keys): "
                                f"{', '.join(absent)}."))

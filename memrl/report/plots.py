@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def _draw_overlaid(topic: Topic, runs: Sequence[Run], findings: Sequence[Sequenc
                    smoothing: int) -> tuple[Any, list[_Style]]:
     styles = [_Style(run.label, f"C{i % 10}", _RUN_LINESTYLES[i % len(_RUN_LINESTYLES)])
               for i, run in enumerate(runs)]
-    panels = [p for p in topic.panels if any(run.logs(k) for run in runs for k in p.keys())]
+    panels = [p for p in topic.panels if any(run.logs(k) for run in runs for k in p.metric_keys())]
     fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels):
         for run, style, fired in zip(runs, styles, findings):
@@ -101,11 +102,11 @@ def _draw_overlaid(topic: Topic, runs: Sequence[Run], findings: Sequence[Sequenc
         ax.set_title(panel.key, fontsize=10)
         _widen_flat(ax)
     return fig, [style for run, style in zip(runs, styles)
-                 if any(run.logs(k) for k in topic.keys())]
+                 if any(run.logs(k) for k in topic.metric_keys())]
 
 
 def _draw_by_run(topic: Topic, runs: Sequence[Run], smoothing: int) -> tuple[Any, list[_Style]]:
-    shown = [run for run in runs if any(run.logs(k) for k in topic.keys())]
+    shown = [run for run in runs if any(run.logs(k) for k in topic.metric_keys())]
     fig, axes = _grid(len(shown))
     keys = [p.key for p in topic.panels if any(run.logs(p.key) for run in shown)]
     styles = [_Style(key, f"C{i % 10}") for i, key in enumerate(keys)]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from memrl.report.document import Block, Bullets, Heading, Image, Para, Table
 
 _HEAD = ("<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\"><title>memrl report</title>",
-         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
-         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px}"
-         "img{max-width:100%}pre{background:#f4f4f4;padding:8px}</style></head><body>")
+         ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
+          "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px}"
+          "img{max-width:100%}pre{background:#f4f4f4;padding:8px}</style></head><body>"))
 
 
 def render_html(blocks: Sequence[Block]) -> str:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from memrl.collapse import (CLIPPED_KEY, CORRECTNESS_ZERO, FORMAT_COMPONENTS, LENGTH_KEY,
-                            LENGTH_LENGTHENING, LENGTH_SHORTENING, REWARD_MODE, CollapseRules)
+from memrl.collapse import (
+    CLIPPED_KEY,
+    CORRECTNESS_ZERO,
+    FORMAT_COMPONENTS,
+    LENGTH_KEY,
+    LENGTH_LENGTHENING,
+    LENGTH_SHORTENING,
+    REWARD_MODE,
+    CollapseRules,
+)
 from memrl.report.runs import Run
 
 # Components in the order the paper discusses them; unknown ones follow, sorted.
@@ -32,7 +40,7 @@ class Panel:
     cap_line: bool = False  # the runs' grpo.max_completion_length, grey dashed
     shade: tuple[str, ...] = ()  # collapse rules whose fired step ranges are shaded here
 
-    def keys(self) -> tuple[str, ...]:
+    def metric_keys(self) -> tuple[str, ...]:
         return (self.key,) if self.points is None else (self.key, self.points)
 
 
@@ -46,8 +54,8 @@ class Topic:
     absent: str  # what the summary says when no run logs the topic
     by_run: bool = False  # one subplot per run, one line per panel key (time per phase)
 
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k for p in self.panels for k in p.keys())
+    def metric_keys(self) -> tuple[str, ...]:
+        return tuple(k for p in self.panels for k in p.metric_keys())
 
 
 _CORRECTNESS_SHADE = (REWARD_MODE, CORRECTNESS_ZERO)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from memrl.collapse import CollapseRules
 from memrl.report.contents import report_document
@@ -46,7 +47,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, fmt: Fo
     findings = [s["collapse"] for s in summaries]
     plots: list[tuple[Topic, Path | None]] = []
     for topic in report_topics(runs, rules):
-        if any(run.logs(k) for run in runs for k in topic.keys()):
+        if any(run.logs(k) for run in runs for k in topic.metric_keys()):
             plots.append((topic, plot_topic(topic, runs, findings, out, smoothing)))
         else:
             # A PNG left by an earlier report in the same folder would contradict this one.
