@@ -20,7 +20,10 @@ reference model: less memory, the same publish path).
 ``--model-size tiny`` (default) is the embedded default's model on CPU; ``0.5b``/``1.5b`` build
 a randomly initialised Llama-shaped model with Qwen2.5-0.5B/1.5B dimensions (no download;
 bfloat16 on GPU), meant for GPU machines (on CPU they run, slowly; 1.5B needs ~30 GB RAM).
-On a GPU the learner takes half the GPU and the workers share the other half (vLLM).
+On a GPU the learner takes half the GPU and the workers share the other half (vLLM). The
+workers run the configured engine (``rollout.engine: auto``: vLLM whenever a working build is
+installed, its CPU build here, where ``load`` includes vLLM's in-place reload and the probe that
+verifies it; ``--set rollout.engine=hf`` measures the transformers workers).
 
 Run from the repository root: ``python -m bench.weight_sync --json weight_sync.json``
 """

@@ -423,12 +423,14 @@ def test_images_share_python_and_pins() -> None:
 def test_requirement_pins_cover_pyproject(flavour: str) -> None:
     """The images install memrl with --no-deps: the pins must name every dependency of
     pyproject.toml (GPU: faiss-gpu-cu12 instead of faiss-cpu, plus the gpu extra), with versions
-    inside pyproject's ranges, and the fsspec back ends for s3:// and gs:// checkpoints."""
+    inside pyproject's ranges (CPU: plus the cpu extra, vLLM's CPU build), and the fsspec back ends for s3:// and gs:// checkpoints."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = [Requirement(r) for r in project["dependencies"]]
     if flavour == "gpu":
         wanted = [r for r in wanted if canonicalize_name(r.name) != "faiss-cpu"]
         wanted += [Requirement(r) for r in project["optional-dependencies"]["gpu"]]
+    else:  # the CPU image's rollout engine is vLLM's CPU build (the cpu extra)
+        wanted += [Requirement(r) for r in project["optional-dependencies"]["cpu"]]
     pins = requirement_pins(DOCKER / f"requirements-{flavour}.txt")
     for req in wanted:
         name = canonicalize_name(req.name)
@@ -449,3 +451,16 @@ def test_hadolint(name: str) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- CI -------------------------------------------------------------------------------------
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    """.ci/run's command line is literally the README's test command (a fresh clone's CI
+    installs what the README tells a user to install, vLLM's CPU build included)."""
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.startswith("pip install")]
+    assert len(ci_lines) == 1, ci_lines
+    readme = (REPO / "README.md").read_text()
+    assert f"```bash\n{ci_lines[0]}\n```" in readme
+    assert '".[cpu,test]"' in ci_lines[0] and "pip uninstall -y torchvision" in ci_lines[0]

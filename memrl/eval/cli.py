@@ -66,7 +66,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help="completions per engine call (default: %(default)s)")
     parser.add_argument("--engine", choices=ENGINES, default=d.engine,
-                        help="auto: vLLM on a GPU, else transformers (default: %(default)s)")
+                        help="auto: vLLM when a working build is installed (its CPU build, or CUDA "
+                        "with a GPU), else transformers (default: %(default)s)")
     parser.add_argument(
         "--grader", choices=GRADERS, default=None,
         help="extractive_match: answer read from <answer>, \\boxed{} or free text, math-verify; "

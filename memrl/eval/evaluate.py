@@ -28,8 +28,7 @@ def _build_engine(model_path: str, settings: EvalSettings) -> tuple[Any, str]:
 
     kind = resolve_engine_kind(settings.engine)
     # num_threads=None: leave torch's thread count to the caller (the CLI owns the machine).
-    options: dict[str, Any] = {"num_threads": None} if kind == "hf" else {}
-    return make_engine(kind, model_path, seed=settings.seed, **options), kind
+    return make_engine(kind, model_path, seed=settings.seed, num_threads=None), kind
 
 
 def _generate(
