@@ -1,0 +1,89 @@
+"""`memrl train` without ``ray.address`` beside a cluster that ``ray start`` runs on this machine:
+it joins that cluster and says so, and when the cluster can never hold the run's actors it
+fails at once with the list (instead of waiting silently for ``trainer.timeout_s``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from memrl.train.placement import Demand, unplaceable
+from test_job_submit import _free_ports, _processes_with_env, _ray_cli
+from trainer_configs import FAST, TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_packing_finds_the_actors_no_node_can_take():
+    cpu = lambda n: {"CPU": float(n)}  # noqa: E731
+    demands = [Demand(f"rollout worker {i}", cpu(1), "") for i in range(3)] + \
+        [Demand("learner rank 0", {"CPU": 1.0, "GPU": 1.0}, "")]
+    assert unplaceable(demands, [cpu(4)]) == [demands[-1]]  # no GPU anywhere
+    assert [d.actor for d in unplaceable(demands, [cpu(3), {"CPU": 1.0, "GPU": 1.0}])] == []
+    assert len(unplaceable(demands, [cpu(2)])) == 2  # fits one at a time, not all at once
+
+
+@pytest.mark.slow
+def test_train_beside_a_ray_start_cluster_joins_it_and_fails_early_when_too_small(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="memrl-lc-"))  # short: Ray's socket paths must fit
+    marker = f"MEMRL_TEST_HEAD={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
+    # RAY_TMPDIR keeps this head's address file (what a plain ray.init() looks for) away from
+    # the other Ray clusters on this machine; auth is off on loopback, inside this test only.
+    env.update({"RAY_TMPDIR": str(base), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", marker.split("=")[0]: marker.split("=")[1]})
+    gcs, client, agent_http, agent_grpc, metrics, runtime_env_agent, node_manager, object_manager = _free_ports(8)
+    command = [_ray_cli(), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--port", str(gcs), "--include-dashboard", "false",
+               "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
+               "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
+               "--runtime-env-agent-port", str(runtime_env_agent), "--node-manager-port", str(node_manager),
+               "--object-manager-port", str(object_manager), "--num-cpus", "1", "--disable-usage-stats",
+               "--log-style", "record"]
+    log_path = base / "head.log"
+    with log_path.open("w") as log:
+        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log_path.read_text():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start --head did not come up:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        run = tmp_path / "run"
+        train = subprocess.run(
+            [sys.executable, "-m", "memrl.cli", "train", *TINY, *FAST, "memory.embedder=hash",
+             f"output_dir={run}", f"model.tiny.cache_dir={tmp_path / 'cache'}"],
+            cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+            timeout=300)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        for pid in _processes_with_env(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(base, ignore_errors=True)
+    err = train.stderr
+    assert train.returncode == 1, err
+    assert re.search(r"memrl: joined the cluster `ray start` runs on this machine at \S+:"
+                     rf"{gcs} \(1 CPUs\); ray.num_cpus=8 does not apply to it", err), err
+    assert "the Ray cluster cannot hold this run's actors: no room for" in err
+    assert "rollout worker" in err and "node 0: CPU 1" in err and "When connecting" not in err
+    assert "Traceback" not in err
+    assert not (run / ".memrl.lock").exists()
