@@ -388,7 +388,8 @@ class Trainer:
         metrics["weights/version"] = self.version
         metrics["weights/publish_seconds"] = publish_seconds
         metrics["weights/staleness"] = float(staleness)
-        metrics["rollout/num_workers"] = self.pool.num_running()
+        metrics["rollout/num_workers"] = self.pool.num_running()  # placed and answering
+        metrics["rollout/num_workers_requested"] = len(self.pool)  # config or control.yaml
         metrics["rollout/failures"] = self.pool.events.failures
         metrics["rollout/redispatched"] = self.pool.events.redispatched
         metrics["health/memory_restarts"] = self.memory_restarts
