@@ -49,6 +49,7 @@ import numpy as np
 from memrl.config import METHODS, Config
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.total import total_reward
 from memrl.types import Record
 
 TARGET_SPEEDUP = 1.5  # issue 6: memrl >= 1.5x faster than TRL on this machine
@@ -154,7 +155,8 @@ def trl_reward(records: Sequence[Record], composer: RewardComposer,
                             completion_lengths=[len(ids) for ids in completion_ids],
                             max_completion_length=max_completion_length,
                             metas=[r.meta for r in recs])
-        return composer.score(batch).total.tolist()
+        rule = composer.score(batch)
+        return total_reward(rule.components, rule.weights).total.tolist()
 
     return memrl_rule_reward
 

@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale-repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch, onnxruntime and FAISS threads (both paths)")
-    parser.add_argument("--backend", choices=EMBEDDER_BACKENDS, default=MemorySettings().embedder_backend,
+    parser.add_argument("--backend", choices=EMBEDDER_BACKENDS, default=MemorySettings.default().embedder_backend,
                         help="memrl's encoder backend (the official path always runs torch)")
-    parser.add_argument("--encode-batch-size", type=int, default=MemorySettings().encode_batch_size,
+    parser.add_argument("--encode-batch-size", type=int, default=MemorySettings.default().encode_batch_size,
                         help="texts per forward pass of memrl's encoder (memory.encode_batch_size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = dict(k=args.k, capacity_keys=args.keys, capacity_values=args.values_per_key,
                 embedder="all-MiniLM-L6-v2", embedder_backend=embedder.backend, device="cpu",
                 encode_batch_size=args.encode_batch_size)
-    paper = MemorySettings(**base, warmup=0)  # explore active, as in the official run after warm-up
+    paper = MemorySettings.default(**base, warmup=0)  # explore active, as in the official run after warm-up
     reference = MemorySettings.reference(**base)
     # The paths take turns on each step, so a machine whose speed drifts (shared cores) slows
     # all of them alike; step 0 warms up and is not timed.

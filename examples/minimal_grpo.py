@@ -8,8 +8,9 @@ It reads the same config as ``memrl train`` (a YAML file and dotted overrides) a
 parts from memrl's own modules. Each step:
 
 1. sample ``grpo.num_generations`` completions for each of the step's prompts (memrl.rollout);
-2. score them, R = Σ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore: rule rewards (memrl.rewards), then
-   the episodic-memory rewards, which also writes the step into the memories (memrl.memory);
+2. score them, R = Σ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore (memrl.rewards.total): rule rewards
+   (memrl.rewards), then the episodic-memory rewards, which also writes the step into the
+   memories (memrl.memory);
 3. group-relative advantages and the clipped GRPO loss with the KL penalty (memrl.grpo);
 4. one AdamW step, then copy the new weights into the generation engine.
 

@@ -50,7 +50,7 @@ def _snapshot(tmp: Path, break_it) -> str:
     from memrl.memory import HashingEmbedder, MemoryRewarder, MemorySettings
     from memrl.memory.snapshot import MANIFEST, _digest_body
 
-    rewarder = MemoryRewarder(MemorySettings(embedder="hash", device="cpu"), HashingEmbedder(16))
+    rewarder = MemoryRewarder(MemorySettings.default(embedder="hash", device="cpu"), HashingEmbedder(16))
     rewarder.score_and_insert(["How many apples?"] * 3 + ["What is 2+2?"],
                               ["Count: 3.", "Add 1 and 2.", "I guess 7.", "2+2=4."], [1, 1, 0, 1])
     folder = tmp / "snap"

@@ -30,7 +30,7 @@ def batches(num_steps: int, seed: int = 0, per_question: int = 4):
     return out
 
 
-SETTINGS = MemorySettings(
+SETTINGS = MemorySettings.default(
     k=2, warmup=1, capacity_keys=6, capacity_values=3, window=10, embedder="hash", device="cpu"
 )
 
@@ -117,7 +117,7 @@ def test_concurrent_requests_of_one_step_are_merged():
 
 
 def test_sharded_service_equals_single_memory(tmp_path):
-    settings = MemorySettings(k=3, warmup=1, capacity_keys=40, capacity_values=3, embedder="hash", device="cpu")
+    settings = MemorySettings.default(k=3, warmup=1, capacity_keys=40, capacity_values=3, embedder="hash", device="cpu")
     client = MemoryClient(settings, num_shards=2, num_cpus=0.5, snapshot_root=str(tmp_path / "root"))
     local = MemoryRewarder(settings)
     for questions, reasonings, correct in batches(5, seed=7):

@@ -11,10 +11,11 @@ import math
 import numpy as np
 import pytest
 
-from memrl.memory import HashingEmbedder, MemoryRewarder, MemorySettings, combine
+from memrl.memory import HashingEmbedder, MemoryRewarder, MemorySettings
 from memrl.memory.episodic import EpisodicMemory
 from memrl.memory.index import KeyIndex, gpu_available
 from memrl.memory.shard import MemoryShard, shard_of
+from memrl.rewards.total import reward_plan, total_reward
 
 S2 = math.sqrt(2.0)
 
@@ -53,7 +54,7 @@ def make(**overrides) -> tuple[MemoryRewarder, TableEmbedder]:
     base = dict(k=1, warmup=1, capacity_keys=4, capacity_values=2, embedder="hash", device="cpu")
     base.update(overrides)
     embedder = TableEmbedder(VECTORS)
-    return MemoryRewarder(MemorySettings(**base), embedder), embedder
+    return MemoryRewarder(MemorySettings.default(**base), embedder), embedder
 
 
 def run_hand_sequence(rewarder: MemoryRewarder) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -209,16 +210,36 @@ def test_memory_r_has_no_failure_memory():
     np.testing.assert_allclose(e2, [0, 1, C_EXPLOIT], atol=1e-6)
     np.testing.assert_array_equal(x2, [0, 0, 0])
     assert rewarder.shard.failure is None and "failure_keys" not in rewarder.metrics()
-    np.testing.assert_allclose(combine(e2, x2, rewarder.settings), e2)
+    # Memory-R's total has no explore term: its memory part is λ_s·R̂_exploit alone.
+    plan = reward_plan("memoryr", ["correctness"], "correctness", verifier="exact",
+                       reference=False, lambda_exploit=1.0, lambda_explore=1.0)
+    assert plan.lambda_explore == 0.0
+    zero = {"correctness": np.zeros(3)}
+    total = total_reward(zero, {"correctness": 1.0}, exploit=e2, lambda_exploit=plan.lambda_exploit)
+    np.testing.assert_allclose(total.total, e2)
 
 
-def test_combine_weights():
-    settings = MemorySettings(lambda_exploit=0.5, lambda_explore=2.0)
-    np.testing.assert_allclose(combine(np.array([1.0, 0.2]), np.array([0.5, 1.0]), settings), [1.5, 2.1])
+def test_memory_settings_take_the_config_defaults():
+    from memrl.config import MemoryConfig
+    from memrl.official import OFFICIAL_MEMORY
+
+    section = MemoryConfig()
+    settings = MemorySettings.default()
+    for key in ("mode", "k", "capacity_keys", "capacity_values", "warmup", "warmup_unit",
+                "anneal_rate", "window", "embedder", "embedder_backend", "value_text_chars"):
+        assert getattr(settings, key) == getattr(section, key), key
+    assert settings.use_explore
+    reference = MemorySettings.reference(use_explore=False)
+    assert {key: getattr(reference, key) for key in OFFICIAL_MEMORY} == OFFICIAL_MEMORY
+    assert not reference.use_explore
+    with pytest.raises(TypeError, match="capacity_keys"):
+        MemorySettings(mode="paper", k=1)  # no defaults of its own for the config's keys
+    with pytest.raises(ValueError, match=r"\['window'\] missing"):
+        MemorySettings.from_dict({k: v for k, v in settings.to_dict().items() if k != "window"})
 
 
 def test_value_texts_truncated():
-    settings = MemorySettings(value_text_chars=4, embedder="hash", device="cpu")
+    settings = MemorySettings.default(value_text_chars=4, embedder="hash", device="cpu")
     rewarder = MemoryRewarder(settings, HashingEmbedder(8))
     rewarder.score_and_insert(["q"], ["abcdefgh"], [1])
     assert rewarder.shard.success.slot_texts(0) == ["abcd"]
@@ -227,7 +248,7 @@ def test_value_texts_truncated():
 def test_sharded_lookup_equals_unsharded():
     """Two shards (questions split by hash) merged exactly give the single shard's rewards
     (while nothing is evicted: each shard evicts its own oldest question)."""
-    settings = MemorySettings(k=3, warmup=1, capacity_keys=20, capacity_values=3, embedder="hash", device="cpu")
+    settings = MemorySettings.default(k=3, warmup=1, capacity_keys=20, capacity_values=3, embedder="hash", device="cpu")
     embedder = HashingEmbedder(16)
     single = MemoryRewarder(settings, embedder)
     primary = MemoryRewarder(settings, embedder, shard_index=0, num_shards=2)
@@ -257,9 +278,9 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match=r"correct\[0\] is NaN"):
         rewarder.score_and_insert(["qA"], ["a"], [float("nan")])
     with pytest.raises(ValueError, match="memory.k"):
-        MemorySettings(k=0)
+        MemorySettings.default(k=0)
     with pytest.raises(ValueError, match="memory.mode"):
-        MemorySettings(mode="papr")
+        MemorySettings.default(mode="papr")
     with pytest.raises(ValueError, match="unknown memory setting"):
         MemorySettings.from_dict({"kk": 1})
     with pytest.raises(ValueError, match="cannot be sharded"):
@@ -292,7 +313,7 @@ def test_gpu_index_matches_cpu():
     (cs, ci), (gs, gi) = cpu.search(queries, 10), gpu.search(queries, 10)
     np.testing.assert_allclose(gs, cs, atol=1e-5)
     assert (gi == ci).mean() > 0.99  # only near-ties may swap
-    settings = MemorySettings(k=2, warmup=0, capacity_keys=8, embedder="hash")
+    settings = MemorySettings.default(k=2, warmup=0, capacity_keys=8, embedder="hash")
     results = []
     for device in ("cpu", "cuda"):
         rewarder = MemoryRewarder(MemorySettings(**{**settings.to_dict(), "device": device}), HashingEmbedder(32))

@@ -87,9 +87,9 @@ def test_missing_onnxruntime_falls_back_to_torch(monkeypatch, tmp_path, caplog):
 
 
 def test_backend_setting_is_validated():
-    assert MemorySettings().embedder_backend == "onnx"
-    assert MemorySettings(embedder_backend="torch").embedder_backend == "torch"
+    assert MemorySettings.default().embedder_backend == "onnx"
+    assert MemorySettings.default(embedder_backend="torch").embedder_backend == "torch"
     with pytest.raises(ValueError, match="memory.embedder_backend"):
-        MemorySettings(embedder_backend="tensorflow")
+        MemorySettings.default(embedder_backend="tensorflow")
     with pytest.raises(ValueError, match="memory.embedder_backend"):
         make_embedder("hash", backend="tensorflow")

@@ -22,7 +22,7 @@ def test_case_and_spacing_variants_share_a_key_in_reference_mode(minilm):
     long = "Three boxes of twelve pens make thirty-six; seven were sold, so twenty-nine remain. " * 3
     steps = [([a, "Other question?"], [long, "z"]), ([b], ["y"])]  # different padding per batch
     counts = {}
-    for mode, settings in (("reference", MemorySettings.reference()), ("paper", MemorySettings(mode="paper"))):
+    for mode, settings in (("reference", MemorySettings.reference()), ("paper", MemorySettings.default(mode="paper"))):
         rewarder = MemoryRewarder(settings, embedder=minilm)
         for step, (questions, reasonings) in enumerate(steps):
             rewarder.score_and_insert(questions, reasonings, [False] * len(questions), step=step)

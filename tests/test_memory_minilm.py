@@ -50,7 +50,7 @@ def test_embeddings_unit_length_and_batched_equals_single(minilm):
 
 
 def test_paper_rewards_follow_meaning(minilm):
-    settings = MemorySettings(k=1, warmup=0, embedder="all-MiniLM-L6-v2", device="cpu")
+    settings = MemorySettings.default(k=1, warmup=0, embedder="all-MiniLM-L6-v2", device="cpu")
     rewarder = MemoryRewarder(settings, minilm)
     rewarder.score_and_insert(
         [QUESTION_A] * 2 + [QUESTION_B] * 2, [RIGHT_A, WRONG_A, RIGHT_B, WRONG_B], [1, 0, 1, 0]

@@ -18,7 +18,7 @@ EMBEDDER = HashingEmbedder(16)
 
 def filled_rewarder(mode: str = "paper", steps: int = 9) -> MemoryRewarder:
     """Small capacities so keys are evicted and value FIFOs wrap around."""
-    settings = MemorySettings(
+    settings = MemorySettings.default(
         mode=mode, k=2, warmup=2, capacity_keys=4, capacity_values=3, window=7, embedder="hash", device="cpu"
     )
     rewarder = MemoryRewarder(settings, EMBEDDER)
@@ -205,13 +205,13 @@ def test_crash_between_renames_falls_back_to_previous(tmp_path, monkeypatch):
 
 def test_snapshot_with_other_dim_refused(tmp_path):
     filled_rewarder().save(tmp_path / "snap")
-    other = MemoryRewarder(MemorySettings(embedder="hash", device="cpu"), HashingEmbedder(8))
+    other = MemoryRewarder(MemorySettings.default(embedder="hash", device="cpu"), HashingEmbedder(8))
     with pytest.raises(SnapshotError, match="embedding dim 16"):
         other.load(tmp_path / "snap")
 
 
 def test_inspect_shows_sizes_histogram_and_nearest_texts(tmp_path):
-    settings = MemorySettings(capacity_values=10, embedder="hash", device="cpu")
+    settings = MemorySettings.default(capacity_values=10, embedder="hash", device="cpu")
     rewarder = MemoryRewarder(settings, EMBEDDER)
     rewarder.score_and_insert(
         ["How many apples?"] * 3 + ["What is 2+2?"],
@@ -228,3 +228,21 @@ def test_inspect_shows_sizes_histogram_and_nearest_texts(tmp_path):
     assert "'Add 1 and 2 apples.'" in success_part and "'Count the apples: 3.'" in success_part
     assert "cos 1.000" in success_part and "'I guess 7.'" in failure_part
     assert "'I guess 7.'" not in success_part
+
+
+def test_snapshot_of_older_code_with_lambda_settings_still_loads(tmp_path):
+    """Snapshots written before λ moved to the total reward carry lambda_exploit/explore in
+    their settings; they load (the fields are ignored) and continue identically."""
+    original = filled_rewarder()
+    path = original.save(tmp_path / "snap")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["body"]["meta"]["settings"].update(lambda_exploit=1.0, lambda_explore=1.0)
+    manifest["sha256"] = snapshot_module._digest_body(manifest["body"])
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    restored = MemoryRewarder.from_snapshot(path, EMBEDDER)
+    assert restored.settings == original.settings
+    assert "lambda_exploit" not in restored.settings.to_dict()
+    assert_same_contents(original, restored)
+    want, got = original.score_and_insert(*next_batch()), restored.score_and_insert(*next_batch())
+    np.testing.assert_array_equal(want[0], got[0])
+    np.testing.assert_array_equal(want[1], got[1])

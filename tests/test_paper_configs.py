@@ -10,7 +10,7 @@ import pytest
 from memrl.config import load_config
 from memrl.memory.settings import MemorySettings
 from memrl.official import official_values
-from memrl.train.scoring import reward_plan
+from memrl.rewards.total import reward_plan
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ROWS = [(m, meth) for m in ("qwen2.5-0.5b", "llama3.2-1b", "falcon3-1b")

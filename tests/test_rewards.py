@@ -13,7 +13,6 @@ from memrl.rewards.registry import (
     BUILTIN_REWARDS,
     RewardComposer,
     RewardError,
-    RewardScores,
     RewardSpec,
     resolve_reward,
 )
@@ -24,6 +23,7 @@ from memrl.rewards.rule import (
     strict_format_reward,
     xmlcount_reward,
 )
+from memrl.rewards.total import EXPLOIT, EXPLORE, total_reward
 
 
 def make_batch(completions, answers=None, lengths=None, max_len=200, metas=()):
@@ -167,7 +167,7 @@ def test_composer_weights_and_extra_components():
     completions = [WELL_FORMED, TRAILING.replace("4", "5")]
     batch = make_batch(completions, answers=["4", "4"])
     composer = RewardComposer([
-        RewardSpec("correctness"),
+        RewardSpec("correctness", 1.0),
         RewardSpec("xmlcount", weight=0.5),
         RewardSpec("integer", weight=2.0),
         RewardSpec("correctness", weight=-1.0, kwargs={"mode": "math"}, name="math_correct"),
@@ -179,20 +179,22 @@ def test_composer_weights_and_extra_components():
     np.testing.assert_array_equal(scores.components["integer"], [0.5, 0.5])
     # 1·correct + 0.5·xml + 2·integer − 1·correct(math)
     expected = np.array([1 + 0.25 + 1.0 - 1, 0 + 0.245 + 1.0 - 0])
-    np.testing.assert_allclose(scores.total, expected)
-    scores.add_component("exploit", [0.2, -0.4], weight=0.5)
-    np.testing.assert_allclose(scores.total, expected + [0.1, -0.2])
-    assert scores.weights["exploit"] == 0.5
-    np.testing.assert_array_equal(scores.components["exploit"], [0.2, -0.4])  # unweighted
-    with pytest.raises(ValueError, match="'exploit' is already"):
-        scores.add_component("exploit", [0.0, 0.0])
+    assert scores.weights == {"correctness": 1.0, "xmlcount": 0.5, "integer": 2.0, "math_correct": -1.0}
+    np.testing.assert_allclose(total_reward(scores.components, scores.weights).total, expected)
+    with_exploit = total_reward(scores.components, scores.weights, exploit=[0.2, -0.4],
+                                lambda_exploit=0.5)
+    np.testing.assert_allclose(with_exploit.total, expected + [0.1, -0.2])
+    assert with_exploit.weights[EXPLOIT] == 0.5
+    np.testing.assert_array_equal(with_exploit.components[EXPLOIT], [0.2, -0.4])  # unweighted
+    with pytest.raises(ValueError, match="'memory_exploit' is already"):
+        total_reward({EXPLOIT: [0.0, 0.0]}, {EXPLOIT: 1.0}, exploit=[0.0, 0.0], lambda_exploit=1.0)
 
 
 def test_composer_config_errors():
     with pytest.raises(ValueError, match="configured twice"):
-        RewardComposer([RewardSpec("xmlcount"), RewardSpec("xmlcount", weight=2.0)])
+        RewardComposer([RewardSpec("xmlcount", 1.0), RewardSpec("xmlcount", weight=2.0)])
     with pytest.raises(ValueError, match="'integer': arguments {'mode': 'math'} do not fit"):
-        RewardComposer([RewardSpec("integer", kwargs={"mode": "math"})])
+        RewardComposer([RewardSpec("integer", 1.0, kwargs={"mode": "math"})])
     with pytest.raises(ValueError, match="weight must be a finite number, got nan"):
         RewardComposer([RewardSpec("integer", weight=math.nan)])
 
@@ -217,7 +219,7 @@ def test_raising_reward_names_the_sample(monkeypatch):
     monkeypatch.setitem(BUILTIN_REWARDS, "explodes", _explodes_on_boom)
     batch = make_batch(["fine", "fine too", "it goes boom here"])
     with pytest.raises(RewardError) as info:
-        RewardComposer([RewardSpec("explodes")]).score(batch)
+        RewardComposer([RewardSpec("explodes", 1.0)]).score(batch)
     message = str(info.value)
     assert "'explodes'" in message and "KeyError" in message
     assert "sample 2" in message and "'it goes boom here'" in message and "'q2'" in message
@@ -225,7 +227,7 @@ def test_raising_reward_names_the_sample(monkeypatch):
 
 
 def test_batch_level_failure_is_reported_as_such():
-    spec = RewardSpec(f"{__name__}:_fails_on_pairs")
+    spec = RewardSpec(f"{__name__}:_fails_on_pairs", 1.0)
     with pytest.raises(RewardError, match="no single sample raises alone"):
         RewardComposer([spec]).score(make_batch(["a", "b"]))
 
@@ -245,17 +247,39 @@ def test_batch_level_failure_is_reported_as_such():
 def test_bad_reward_values(monkeypatch, values, message):
     monkeypatch.setitem(BUILTIN_REWARDS, "bad", _returns(values))
     with pytest.raises(RewardError, match=message) as info:
-        RewardComposer([RewardSpec("bad")]).score(make_batch(["a", "b"]))
+        RewardComposer([RewardSpec("bad", 1.0)]).score(make_batch(["a", "b"]))
     assert "'bad'" in str(info.value)
 
 
-def test_add_component_validates_values():
-    scores = RewardScores(total=np.zeros(2))
-    with pytest.raises(RewardError, match="'explore' returned nan at index 0"):
-        scores.add_component("explore", [math.nan, 0.0])
-    with pytest.raises(RewardError, match="'explore' returned 3 values for 2 samples"):
-        scores.add_component("explore", [0.0, 0.0, 0.0])
-    assert scores.components == {} and scores.total.tolist() == [0.0, 0.0]
+def test_total_reward_validates_values():
+    rule, weights = {"correctness": np.zeros(2)}, {"correctness": 1.0}
+    with pytest.raises(RewardError, match="'memory_explore' returned nan at index 0"):
+        total_reward(rule, weights, explore=[math.nan, 0.0], lambda_explore=1.0)
+    with pytest.raises(RewardError, match="'memory_explore' returned 3 values for 2 samples"):
+        total_reward(rule, weights, explore=[0.0, 0.0, 0.0], lambda_explore=1.0)
+    with pytest.raises(ValueError, match="memory_explore given without memory.lambda_explore"):
+        total_reward(rule, weights, explore=[0.0, 0.0])
+    with pytest.raises(ValueError, match="weight must be a finite number, got nan"):
+        total_reward(rule, weights, exploit=[0.0, 0.0], lambda_exploit=math.nan)
+    with pytest.raises(ValueError, match="differ"):
+        total_reward(rule, {"xmlcount": 1.0})
+    with pytest.raises(ValueError, match="no rule reward"):
+        total_reward({}, {})
+    assert total_reward(rule, weights).total.tolist() == [0.0, 0.0]
+
+
+def test_total_reward_is_the_formula():
+    """R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore, each term once, components unweighted."""
+    rule = {"correctness": [1.0, 0.0], "xmlcount": [0.5, 0.25]}
+    weights = {"correctness": 1.0, "xmlcount": 2.0}
+    reward = total_reward(rule, weights, exploit=[1.0, 0.2], lambda_exploit=0.5,
+                          explore=[0.5, 1.0], lambda_explore=2.0)
+    # [1 + 2·0.5 + 0.5·1 + 2·0.5, 0 + 2·0.25 + 0.5·0.2 + 2·1]
+    np.testing.assert_allclose(reward.total, [3.5, 2.6])
+    assert list(reward.components) == ["correctness", "xmlcount", EXPLOIT, EXPLORE]
+    assert reward.weights == {"correctness": 1.0, "xmlcount": 2.0, EXPLOIT: 0.5, EXPLORE: 2.0}
+    np.testing.assert_array_equal(reward.components[EXPLORE], [0.5, 1.0])
+    assert all(v.dtype == np.float64 for v in [reward.total, *reward.components.values()])
 
 
 def test_registry_does_not_import_countdown_eagerly():

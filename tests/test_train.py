@@ -24,7 +24,9 @@ EXPECTED_METRICS = [
 
 
 def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):
-    cfg = make_config(tmp_path, "trainer.max_steps=3", "method=memoryr+")
+    # λ ≠ 1, so a memory weight applied twice or not at all shows in the logged total.
+    cfg = make_config(tmp_path, "trainer.max_steps=3", "method=memoryr+",
+                      "memory.lambda_exploit=0.5", "memory.lambda_explore=2.0")
     trainer = Trainer(cfg)
     try:
         summary = trainer.run()
@@ -53,4 +55,14 @@ def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):
     stored = [m["memory/success_values"] + m["memory/failure_values"] for m in steps]
     assert stored == [16.0, 32.0, 48.0]
     assert [m["weights/version"] for m in steps] == [1, 2, 3]
+    # The logged total is R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore of the logged terms
+    # (rule weights 1, λ from the config).
+    weights = {"memory_exploit": 0.5, "memory_explore": 2.0}
+    for m in steps:
+        terms = [k[len("reward/"):-len("/mean")] for k in m
+                 if k.startswith("reward/") and k.endswith("/mean") and k != "reward/total/mean"]
+        assert {"correctness", "memory_exploit", "memory_explore"} <= set(terms)
+        want = sum(weights.get(t, 1.0) * m[f"reward/{t}/mean"] for t in terms)
+        assert m["reward/total/mean"] == pytest.approx(want, abs=1e-9)
+    assert any(m["reward/memory_explore/mean"] != 0.0 for m in steps)
     assert (run / "memory").is_dir() and any((run / "tensorboard").iterdir())

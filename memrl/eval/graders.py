@@ -31,12 +31,12 @@ def score_with_correctness_reward(
     verifier: str, max_tokens: int,
 ) -> list[ScoredAnswer]:
     """Judge each completion by the task's correctness reward (value > 0.5 is correct), built by
-    the same :func:`memrl.train.scoring.reward_plan` a training run uses."""
+    the same :func:`memrl.rewards.total.reward_plan` a training run uses."""
     from memrl.rewards.batch import RewardBatch
     from memrl.rewards.countdown import extract_equation
     from memrl.rewards.registry import RewardComposer
     from memrl.rewards.rule import predicted_answer
-    from memrl.train.scoring import reward_plan
+    from memrl.rewards.total import reward_plan
 
     plan = reward_plan("r1", task.rule_rewards, task.correctness_reward, verifier=verifier,
                        reference=False, lambda_exploit=0.0, lambda_explore=0.0)

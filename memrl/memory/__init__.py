@@ -10,7 +10,6 @@ human-readable report). The Ray service is ``actors/memory.py``.
 
 from memrl.memory.embedder import HashingEmbedder, SentenceTransformerEmbedder, make_embedder
 from memrl.memory.rewarder import MemoryRewarder
-from memrl.memory.rewards import combine
 from memrl.memory.settings import MemorySettings
 from memrl.memory.snapshot import SnapshotError
 
@@ -20,6 +19,5 @@ __all__ = [
     "MemorySettings",
     "SentenceTransformerEmbedder",
     "SnapshotError",
-    "combine",
     "make_embedder",
 ]

@@ -9,7 +9,8 @@ and failure memories) and the :class:`~memrl.memory.normaliser.RewardNormaliser`
    then insert all of them; ``reference`` mode: insert then score one response at a time in
    batch order, as the official code;
 3. normalise in batch order (windows, warm-up, annealing) and return the exploit and explore
-   rewards (unweighted; :func:`memrl.memory.rewards.combine` applies the λ weights).
+   rewards, unweighted (the total reward, :func:`memrl.rewards.total.total_reward`, weighs
+   them by λ_s and λ_e).
 
 Differences between the modes (``reference`` = the official code; docs/method.md,
 "Episodic memory"):

@@ -12,6 +12,9 @@ flat window (``max == min``) returns ``1 − n`` for exploit and ``0`` for explo
 ``reference_*`` functions repeat the official float32 operations exactly, because with
 insert-before-score a wrong answer meets itself (novelty ≈ 0 up to rounding) and those rounding
 residues decide whether the window is flat.
+
+These are the unweighted R̂_exploit and R̂_explore; λ_s and λ_e weigh them in the total reward,
+:func:`memrl.rewards.total.total_reward`.
 """
 
 from __future__ import annotations
@@ -94,10 +97,3 @@ def explore_active(step: int, failure_keys: int, settings: MemorySettings) -> bo
     counter = step if settings.warmup_unit == "steps" else failure_keys
     return counter >= settings.warmup
 
-
-def combine(exploit: np.ndarray, explore: np.ndarray, settings: MemorySettings) -> np.ndarray:
-    """``R_mem = λ_s·R̂_exploit + λ_e·R̂_explore`` per response ([n] float32)."""
-    total = settings.lambda_exploit * np.asarray(exploit, dtype=np.float32)
-    if settings.use_explore:
-        total = total + settings.lambda_explore * np.asarray(explore, dtype=np.float32)
-    return total.astype(np.float32)

@@ -1,21 +1,29 @@
 """Settings of the episodic memory and its intrinsic rewards (one typed dataclass).
 
-The lead maps the YAML ``memory:`` section onto :class:`MemorySettings`; every field is
-documented below with its unit. ``mode`` picks between the paper's definition (``paper``, the
-default) and a switch-by-switch reproduction of the official code (``reference``); see
-docs/method.md ("Episodic memory") and :mod:`memrl.memory.rewarder` for what differs.
+The config's ``memory:`` section (:class:`memrl.config.MemoryConfig`) is the one source of the
+defaults: the fields it holds have none here, and :meth:`MemorySettings.from_config` copies them
+by name (:meth:`~MemorySettings.default` and :meth:`~MemorySettings.reference` build the default
+and the official-code settings from it). Every field is documented below with its unit. ``mode``
+picks between the paper's definition (``paper``) and a switch-by-switch reproduction of the
+official code (``reference``); see docs/method.md ("Episodic memory") and
+:mod:`memrl.memory.rewarder` for what differs. The weights λ_s and λ_e of the two rewards are
+not memory settings: they belong to the total reward (:mod:`memrl.rewards.total`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from memrl.memory.embedder import DEFAULT_BACKEND, EMBEDDER_BACKENDS
+from memrl.config import MemoryConfig
+from memrl.memory.embedder import EMBEDDER_BACKENDS
+from memrl.official import OFFICIAL_MEMORY
 
 MODES = ("paper", "reference")
 WARMUP_UNITS = ("steps", "failure_keys")
 DEVICES = ("auto", "cpu", "cuda")
+# Written into snapshots by earlier versions; read and ignored (λ is the total reward's).
+RETIRED_FIELDS = ("lambda_exploit", "lambda_explore")
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,6 @@ class MemorySettings:
         anneal_rate: multiplies the explore reward once per step after warm-up (paper mode) or
             once per normalised explore reward (reference mode); 1.0 turns annealing off.
         window: raw rewards kept per memory for min-max normalisation.
-        eps: added to ``max - min`` in paper-mode normalisation.
-        lambda_exploit, lambda_explore: weights of :func:`memrl.memory.rewards.combine`.
         use_explore: Memory-R+ (True: failure memory and explore reward) or Memory-R (False).
         embedder: ``all-MiniLM-L6-v2`` (offline copy), another sentence-transformers name or
             local path, or ``hash`` (deterministic, model-free; for tests and dry runs).
@@ -47,6 +53,7 @@ class MemorySettings:
             is missing) or ``torch``.
         device: ``auto`` (GPU when torch and a GPU build of FAISS see one), ``cpu`` or ``cuda``.
         value_text_chars: characters of each stored reasoning text kept for inspection.
+        eps: added to ``max - min`` in paper-mode normalisation.
         question_cache_size: question embeddings cached across steps (LRU).
         encode_batch_size: texts per forward pass of the encoder. Small batches win on CPU
             for reasoning-length texts (less padding, activations stay in cache): measured
@@ -54,22 +61,22 @@ class MemorySettings:
             ONNX backend ran 19.9 ms/text at 8 vs 23.6 at 16.
     """
 
-    mode: str = "paper"
-    k: int = 1
-    capacity_keys: int = 10_000
-    capacity_values: int = 100
-    warmup: int = 50
-    warmup_unit: str = "steps"
-    anneal_rate: float = 1.0
-    window: int = 100
+    # The config's keys (memory.<name>): required here, their defaults are the config's.
+    mode: str
+    k: int
+    capacity_keys: int
+    capacity_values: int
+    warmup: int
+    warmup_unit: str
+    anneal_rate: float
+    window: int
+    use_explore: bool  # from the method
+    embedder: str
+    embedder_backend: str
+    value_text_chars: int
+    # Library-only settings (no config key).
     eps: float = 1e-8
-    lambda_exploit: float = 1.0
-    lambda_explore: float = 1.0
-    use_explore: bool = True
-    embedder: str = "all-MiniLM-L6-v2"
-    embedder_backend: str = DEFAULT_BACKEND
     device: str = "auto"
-    value_text_chars: int = 400
     question_cache_size: int = 100_000
     encode_batch_size: int = 8
 
@@ -90,34 +97,45 @@ class MemorySettings:
             raise ValueError(f"memory.embedder = {self.embedder!r}: must be a non-empty string")
 
     @classmethod
-    def reference(cls, **overrides: Any) -> "MemorySettings":
-        """The official code's Memory-R+ run: reference mode, K=1, N=10,000, L=100, window 100,
-        explore after 500 distinct failure questions, no annealing. For its Memory-R run pass
+    def from_config(cls, section: MemoryConfig, *, use_explore: bool,
+                    **overrides: Any) -> MemorySettings:
+        """The settings of a config's ``memory`` section (every field of the same name), the
+        method's ``use_explore``, then ``overrides`` (any field, e.g. ``device``)."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in section.model_dump().items() if key in known}
+        return cls.from_dict({**values, "use_explore": use_explore, **overrides})
+
+    @classmethod
+    def default(cls, **overrides: Any) -> MemorySettings:
+        """The default config's Memory-R+ memory (:class:`memrl.config.MemoryConfig`'s
+        defaults), then ``overrides``."""
+        return cls.from_config(MemoryConfig(), **{"use_explore": True, **overrides})
+
+    @classmethod
+    def reference(cls, **overrides: Any) -> MemorySettings:
+        """The official code's Memory-R+ run (:data:`memrl.official.OFFICIAL_MEMORY`: reference
+        mode, K=1, N=10,000, L=100, window 100, explore after 500 distinct failure questions, no
+        annealing) over the config's defaults, then ``overrides``. For its Memory-R run pass
         ``use_explore=False, capacity_values=1000``."""
-        base = dict(
-            mode="reference",
-            k=1,
-            capacity_keys=10_000,
-            capacity_values=100,
-            warmup=500,
-            warmup_unit="failure_keys",
-            anneal_rate=1.0,
-            window=100,
-        )
-        base.update(overrides)
-        return cls(**base)
+        return cls.from_config(MemoryConfig(**OFFICIAL_MEMORY), **{"use_explore": True, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for snapshots and Ray actor arguments)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MemorySettings":
-        """Inverse of :meth:`to_dict`; unknown keys are refused by name."""
+    def from_dict(cls, data: dict[str, Any]) -> MemorySettings:
+        """Inverse of :meth:`to_dict`; unknown keys are refused by name, missing ones named, and
+        the retired λ fields of older snapshots (:data:`RETIRED_FIELDS`) ignored."""
         known = {f.name for f in fields(cls)}
+        data = {key: value for key, value in data.items() if key not in RETIRED_FIELDS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown memory setting(s) {unknown}; known: {sorted(known)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"memory setting(s) {missing} missing")
         return cls(**data)
 
 

@@ -11,9 +11,8 @@ of its :class:`RewardSpec` are passed on every call. Rewards should be pure: whe
 the composer re-runs it on each sample alone to name the sample at fault.
 
 :class:`RewardComposer` scores a batch with every configured reward and returns the
-unweighted value of each (``components``) and their weighted sum (``total``). Rewards computed
-elsewhere (the episodic-memory rewards) join the same sum with
-:meth:`RewardScores.add_component`.
+unweighted value of each (``components``) with its weight; the weighted sum, with the
+episodic-memory terms, is :func:`memrl.rewards.total.total_reward`.
 """
 
 from __future__ import annotations
@@ -117,11 +116,12 @@ class RewardSpec:
     """One configured reward: which function, its weight in the total, its keyword arguments.
 
     ``name`` labels its component (default: ``fn``); give one when the same function appears
-    twice with different arguments.
+    twice with different arguments. ``weight`` has no default here: the config's
+    ``rewards[].weight`` and the method's plan (:func:`memrl.rewards.total.reward_plan`) set it.
     """
 
     fn: str
-    weight: float = 1.0
+    weight: float
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
 
@@ -132,34 +132,24 @@ class RewardSpec:
 
 @dataclass
 class RewardScores:
-    """Scores of one batch of ``N`` completions.
+    """Rule rewards of one batch of ``N`` completions.
 
     ``components[name]``: float64 [N], unweighted values of one reward; ``weights[name]``: its
-    weight; ``total``: float64 [N], the weighted sum over components.
+    weight wᵢ (applied by :func:`memrl.rewards.total.total_reward`).
     """
 
-    total: np.ndarray
     components: dict[str, np.ndarray] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
 
-    def add_component(self, name: str, values: Sequence[float], weight: float = 1.0) -> None:
-        """Add one reward's unweighted ``values`` [N] and ``weight × values`` to the total."""
-        if name in self.components:
-            raise ValueError(f"reward component {name!r} is already in the scores")
-        _check_weight(name, weight)
-        array = _as_rewards(name, values, len(self.total))
-        self.components[name] = array
-        self.weights[name] = float(weight)
-        self.total = self.total + weight * array
 
-
-def _check_weight(name: str, weight: float) -> None:
+def check_weight(name: str, weight: float) -> None:
+    """ValueError naming reward ``name`` unless ``weight`` is a finite real number."""
     is_number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
     if not is_number or not math.isfinite(weight):
         raise ValueError(f"reward {name!r}: weight must be a finite number, got {weight!r}")
 
 
-def _as_rewards(name: str, values: Any, n: int) -> np.ndarray:
+def as_reward_values(name: str, values: Any, n: int) -> np.ndarray:
     """``values`` as a float64 [n] array; RewardError unless they are n finite numbers."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise RewardError(
@@ -200,7 +190,7 @@ def _clip(text: str, limit: int = 300) -> str:
 
 
 class RewardComposer:
-    """Weighted sum of configured rewards; functions are resolved and arguments checked upfront."""
+    """The configured rule rewards; functions are resolved and arguments checked upfront."""
 
     def __init__(self, specs: Sequence[RewardSpec]):
         self.specs = list(specs)
@@ -212,7 +202,7 @@ class RewardComposer:
                     f"reward {spec.label!r} is configured twice; give each a distinct name"
                 )
             labels.add(spec.label)
-            _check_weight(spec.label, spec.weight)
+            check_weight(spec.label, spec.weight)
             fn = resolve_reward(spec.fn)
             try:
                 inspect.signature(fn).bind(None, **spec.kwargs)
@@ -226,9 +216,11 @@ class RewardComposer:
 
     def score(self, batch: RewardBatch) -> RewardScores:
         """Score ``batch`` with every configured reward (RewardError names the reward at fault)."""
-        scores = RewardScores(total=np.zeros(len(batch), dtype=np.float64))
+        scores = RewardScores()
         for spec, fn in zip(self.specs, self._fns):
-            scores.add_component(spec.label, self._call(spec, fn, batch), spec.weight)
+            scores.components[spec.label] = as_reward_values(spec.label, self._call(spec, fn, batch),
+                                                             len(batch))
+            scores.weights[spec.label] = float(spec.weight)
         return scores
 
     @staticmethod

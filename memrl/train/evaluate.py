@@ -9,9 +9,10 @@ import numpy as np
 import ray
 
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.total import RewardPlan
 from memrl.rollout.engine import SamplingSettings
 from memrl.train.rollout_pool import GenerationRequest, RolloutPool
-from memrl.train.scoring import RewardPlan, concat_texts, score_step
+from memrl.train.scoring import concat_texts, score_step
 from memrl.types import Record
 
 
@@ -51,6 +52,8 @@ def evaluate_greedy(pool: RolloutPool, records: Sequence[Record], render: Callab
     correctness_only = RewardPlan(
         specs=tuple(s for s in plan.specs if s.label == plan.correctness),
         correctness=plan.correctness,
+        lambda_exploit=0.0,
+        lambda_explore=0.0,
     )
     batches = ray.get([r.batch_ref for r in results], timeout=timeout_s)
     scores = score_step(batches, {r.id: r for r in records}, correctness_only,

@@ -15,9 +15,9 @@ from memrl.model.loading import locate_model
 from memrl.model.warmstart import cached_tiny_model
 from memrl.prompts import build_messages, countdown_completion, xml_completion
 from memrl.rewards.registry import RewardSpec
+from memrl.rewards.total import RewardPlan, reward_plan
 from memrl.tasks import make_task
 from memrl.tasks.base import Task
-from memrl.train.scoring import RewardPlan, reward_plan
 from memrl.types import Record
 
 
@@ -167,24 +167,8 @@ def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
 
 def memory_settings(cfg: Config) -> MemorySettings:
     """The memory service's settings from the ``memory`` section and the method."""
-    m = cfg.memory
-    return MemorySettings(
-        mode=m.mode,
-        k=m.k,
-        capacity_keys=m.capacity_keys,
-        capacity_values=m.capacity_values,
-        warmup=m.warmup,
-        warmup_unit=m.warmup_unit,
-        anneal_rate=m.anneal_rate,
-        window=m.window,
-        lambda_exploit=m.lambda_exploit,
-        lambda_explore=m.lambda_explore,
-        use_explore=cfg.uses_explore,
-        embedder=m.embedder,
-        embedder_backend=m.embedder_backend,
-        device="auto",  # the GPU index when the actor got a GPU and FAISS has GPU support
-        value_text_chars=m.value_text_chars,
-    )
+    # device auto: the GPU index when the actor got a GPU and FAISS has GPU support
+    return MemorySettings.from_config(cfg.memory, use_explore=cfg.uses_explore, device="auto")
 
 
 def rollout_worker_factory(cfg: Config, model_path: str) -> Callable[[str], Any]:

@@ -1,0 +1,151 @@
+"""The total reward of a completion (docs/method.md, "Total reward"):
+
+    R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore                                        (1)
+
+- rᵢ, wᵢ: the rule rewards (:mod:`memrl.rewards.rule`, :mod:`memrl.rewards.length`,
+  :mod:`memrl.rewards.countdown` or a user's, computed by
+  :class:`memrl.rewards.registry.RewardComposer`) and their weights (1 each, or the config's
+  ``rewards`` list);
+- R̂_exploit, R̂_explore: the episodic-memory rewards, min-max normalised over their windows
+  (:class:`memrl.memory.rewarder.MemoryRewarder`), unweighted;
+- λ_s, λ_e: ``memory.lambda_exploit`` and ``memory.lambda_explore``.
+
+Which terms a method has (:data:`memrl.config.METHOD_REWARDS`, :func:`reward_plan`):
+
+==================  ==============================================
+``r1``              Σᵢ wᵢ·rᵢ (the task's rule rewards)
+``cosine``          rule rewards + the cosine length reward
+``memoryr``         rule rewards + λ_s·R̂_exploit
+``memoryr+``        rule rewards + λ_s·R̂_exploit + λ_e·R̂_explore
+``memoryr+cosine``  all of the above
+==================  ==============================================
+
+This module is the one place where a weight multiplies a reward: the composer returns rᵢ
+unweighted, the memory returns R̂ unweighted, :func:`total_reward` forms (1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from memrl.config import METHOD_REWARDS
+from memrl.rewards.registry import RewardSpec, as_reward_values, check_weight
+
+# Component names of the memory terms (logged as reward/memory_exploit, reward/memory_explore).
+EXPLOIT = "memory_exploit"
+EXPLORE = "memory_explore"
+
+
+@dataclass(frozen=True)
+class RewardPlan:
+    """The parameters of (1) for one run: which terms, wᵢ (in ``specs``), λ_s and λ_e."""
+
+    specs: tuple[RewardSpec, ...]  # the rule rewards rᵢ with their weights wᵢ
+    correctness: str  # component whose value > 0.5 marks a correct answer
+    lambda_exploit: float  # λ_s; 0: the method has no exploit term
+    lambda_explore: float  # λ_e; 0: the method has no explore term
+
+
+@dataclass(frozen=True)
+class TotalReward:
+    """R of ``N`` completions and the terms it was summed from."""
+
+    total: np.ndarray  # [N] float64, R of (1)
+    components: dict[str, np.ndarray]  # name -> [N] float64, unweighted rᵢ / R̂
+    weights: dict[str, float]  # name -> wᵢ, λ_s or λ_e
+
+
+def reward_plan(method: str, task_rule_rewards: Sequence[str], correctness: str, *,
+                verifier: str, reference: bool, lambda_exploit: float, lambda_explore: float,
+                user_specs: Sequence[RewardSpec] | None = None) -> RewardPlan:
+    """The terms of (1) for ``method``: the task's rule rewards (or ``user_specs``), the cosine
+    length reward for the ``cosine`` methods, λ_s for the Memory-R methods and λ_e for the
+    Memory-R+ ones (the λ of a method without that term is 0)."""
+    parts = METHOD_REWARDS[method]
+    if user_specs is not None:
+        specs = list(user_specs)
+    else:
+        specs = []
+        for name in task_rule_rewards:
+            kwargs = {"mode": verifier} if name == "correctness" else {}
+            specs.append(RewardSpec(fn=name, weight=1.0, kwargs=kwargs))
+        if "cosine" in parts:
+            specs.append(RewardSpec(fn="cosine_length", weight=1.0,
+                                    kwargs={"mode": verifier, "reference": reference}))
+    labels = [s.label for s in specs]
+    if correctness not in labels:
+        raise ValueError(
+            f"rewards: the task's correctness reward {correctness!r} must be one of the "
+            f"configured rewards {labels} (it decides which memory a completion joins)"
+        )
+    return RewardPlan(
+        specs=tuple(specs),
+        correctness=correctness,
+        lambda_exploit=lambda_exploit if "exploit" in parts else 0.0,
+        lambda_explore=lambda_explore if "explore" in parts else 0.0,
+    )
+
+
+def total_reward(
+    rule: Mapping[str, Sequence[float] | np.ndarray],
+    weights: Mapping[str, float],
+    *,
+    exploit: Sequence[float] | np.ndarray | None = None,
+    lambda_exploit: float | None = None,
+    explore: Sequence[float] | np.ndarray | None = None,
+    lambda_explore: float | None = None,
+) -> TotalReward:
+    """R of (1) for ``N`` completions.
+
+    Args:
+        rule: rule-reward name -> [N] unweighted rᵢ (at least one).
+        weights: rule-reward name -> wᵢ, the same names as ``rule``.
+        exploit, explore: [N] R̂_exploit / R̂_explore, or None where the method has no such term.
+        lambda_exploit, lambda_explore: λ_s / λ_e, required with their term.
+    Returns:
+        R [N] float64, every component [N] float64 (unweighted) and its weight.
+    Raises:
+        ValueError: names that do not match, a memory term without its λ, no rule reward, a
+            weight that is not a finite number.
+        RewardError: a component that is not ``N`` finite numbers.
+    """
+    if not rule:
+        raise ValueError("total reward: no rule reward (the correctness reward is always one)")
+    if set(rule) != set(weights):
+        raise ValueError(
+            f"total reward: rule rewards {sorted(rule)} and weights {sorted(weights)} differ"
+        )
+    memory = [(EXPLOIT, exploit, lambda_exploit, "lambda_exploit"),
+              (EXPLORE, explore, lambda_explore, "lambda_explore")]
+    for name, values, lam, key in memory:
+        if name in rule:
+            raise ValueError(f"reward {name!r} is already the name of the memory term; rename it")
+        if values is not None and lam is None:
+            raise ValueError(f"total reward: {name} given without memory.{key}")
+    n = len(next(iter(rule.values())))
+    components: dict[str, np.ndarray] = {}
+    used: dict[str, float] = {}
+    for name, values in rule.items():
+        check_weight(name, weights[name])
+        components[name] = as_reward_values(name, values, n)  # [N]
+        used[name] = float(weights[name])
+    for name, values, lam, _ in memory:
+        if values is not None:
+            check_weight(name, lam)
+            components[name] = as_reward_values(name, values, n)  # [N]
+            used[name] = float(lam)
+
+    # 1. Σᵢ wᵢ·rᵢ over the rule rewards
+    total = np.zeros(n, dtype=np.float64)
+    for name in rule:
+        total += used[name] * components[name]
+    # 2. + λ_s·R̂_exploit
+    if EXPLOIT in components:
+        total += used[EXPLOIT] * components[EXPLOIT]
+    # 3. + λ_e·R̂_explore
+    if EXPLORE in components:
+        total += used[EXPLORE] * components[EXPLORE]
+    return TotalReward(total=total, components=components, weights=used)
