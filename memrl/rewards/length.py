@@ -16,7 +16,7 @@ import math
 from typing import Sequence
 
 from memrl.rewards.batch import RewardBatch
-from memrl.rewards.rule import answer_correctness
+from memrl.rewards.rule import CHECK_TIMEOUT_S, DEFAULT_CHECK, answer_correctness
 from memrl.verify import CheckMode
 
 
@@ -24,10 +24,10 @@ def cosine_scaled(
     progress: float,
     correct: bool,
     *,
-    min_value_wrong: float = -1.0,
-    max_value_wrong: float = -0.5,
-    min_value_correct: float = 0.5,
-    max_value_correct: float = 1.0,
+    min_value_wrong: float,
+    max_value_wrong: float,
+    min_value_correct: float,
+    max_value_correct: float,
 ) -> float:
     """Cosine-schedule reward of one completion at length progress ``progress`` (unitless)."""
     if correct:
@@ -43,8 +43,8 @@ def cosine_length_reward(
     *,
     correct: Sequence[bool] | None = None,
     reference: bool = False,
-    mode: CheckMode = "exact",
-    timeout_s: float = 5.0,
+    mode: CheckMode = DEFAULT_CHECK,
+    timeout_s: float = CHECK_TIMEOUT_S,
     min_value_wrong: float = -1.0,
     max_value_wrong: float = -0.5,
     min_value_correct: float = 0.5,

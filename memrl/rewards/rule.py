@@ -13,6 +13,11 @@ import re
 from memrl.rewards.batch import RewardBatch
 from memrl.verify import CheckMode, check_answers, extract_boxed, extract_xml_answer
 
+# The check of a correctness reward configured without arguments: the paper's GSM8K string match
+# (a run's plan passes task.verifier instead), each item given at most this many seconds.
+DEFAULT_CHECK: CheckMode = "exact"
+CHECK_TIMEOUT_S = 5.0
+
 _STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$")
 _SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>")
 
@@ -31,9 +36,7 @@ def predicted_answer(text: str, mode: CheckMode) -> str:
     return answer
 
 
-def answer_correctness(
-    batch: RewardBatch, *, mode: CheckMode = "exact", timeout_s: float = 5.0
-) -> list[bool]:
+def answer_correctness(batch: RewardBatch, *, mode: CheckMode, timeout_s: float) -> list[bool]:
     """Whether each completion's predicted answer matches its gold answer.
 
     ``mode="exact"``: stripped string equality (the paper's GSM8K check); ``"math"``: numeric or
@@ -44,7 +47,7 @@ def answer_correctness(
 
 
 def correctness_reward(
-    batch: RewardBatch, *, mode: CheckMode = "exact", timeout_s: float = 5.0
+    batch: RewardBatch, *, mode: CheckMode = DEFAULT_CHECK, timeout_s: float = CHECK_TIMEOUT_S
 ) -> list[float]:
     """1.0 if the predicted answer matches the gold answer, else 0.0 (see answer_correctness)."""
     return [1.0 if ok else 0.0 for ok in answer_correctness(batch, mode=mode, timeout_s=timeout_s)]
