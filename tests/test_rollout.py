@@ -531,9 +531,9 @@ def test_vllm_training_loses_no_group_when_a_worker_dies_and_restarts_current(ra
 
 
 @needs_vllm
-@pytest.mark.slow  # ~1.5 min on 2 cores
+@pytest.mark.slow  # ~1.5 min on 2 cores: 1 vLLM worker, learner, 2 steps
 def test_vllm_workers_in_async_mode(ray_cluster, tmp_path):
-    cfg = make_config(tmp_path, "trainer.max_steps=3", "rollout.mode=async",
+    cfg = make_config(tmp_path, "trainer.max_steps=2", "rollout.mode=async",
                       "rollout.max_staleness=1", "rollout.num_workers=1",
                       "trainer.eval_before_after=false", *VLLM_TINY)
     trainer = Trainer(cfg)
@@ -542,9 +542,10 @@ def test_vllm_workers_in_async_mode(ray_cluster, tmp_path):
         ping = ray.get(next(iter(trainer.pool.workers.values())).ping.remote(), timeout=60)
     finally:
         trainer.close()
-    assert summary["steps"] == 3 and ping["engine"] == "vllm" and ping["weight_version"] >= 2
+    # Step 2 was sampled with version 0 while step 1 trained: the worker never needed version 1+.
+    assert summary["steps"] == 2 and ping["engine"] == "vllm" and ping["weight_version"] == 0
     steps = [m for m in read_metrics(Path(cfg.output_dir)) if "reward/total/mean" in m]
-    assert [m["weights/staleness"] for m in steps] == [0.0, 1.0, 1.0]
+    assert [m["weights/staleness"] for m in steps] == [0.0, 1.0]
     assert steps[-1]["train/stale_token_frac"] == 1.0 and "train/is_weight_mean" in steps[-1]
 
 
