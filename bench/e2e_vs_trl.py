@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 trl_runs[trl_mode], trl_phases_by_mode[trl_mode] = run_trl(
                     trl_cfg, task, model_path, tokenizer, args.steps, args.warmup_steps,
                     work / f"trl-{trl_mode}", use_vllm=trl_mode == "vllm")
-            except Exception as error:  # noqa: BLE001 - TRL's vLLM mode may not run here
+            except Exception as error:  # TRL's vLLM mode may not run here
                 if trl_mode == "hf":
                     raise
                 trl_failures[trl_mode] = f"{type(error).__name__}: {error}"

@@ -253,7 +253,7 @@ def torchvision_problem() -> str | None:
         return None
     try:
         import torchvision  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - any failure here breaks transformers alike
+    except Exception as error:  # any failure here breaks transformers alike
         return (f"torchvision is installed but does not load ({type(error).__name__}: {error}); "
                 f"it is a CUDA build beside torch {torch.__version__}, and transformers' model "
                 f"classes fail with it. Nothing memrl runs needs it: {_CUDA_COMPANIONS_FIX}")
@@ -274,7 +274,7 @@ def vllm_problem() -> str | None:
     try:
         import vllm
         from vllm.platforms import current_platform
-    except Exception as error:  # noqa: BLE001 - report whatever stops vLLM from importing
+    except Exception as error:  # report whatever stops vLLM from importing
         return f"vLLM is installed but does not import ({type(error).__name__}: {error})"
     low, high = VLLM_SUPPORTED
     version = Version(Version(vllm.__version__).base_version)
