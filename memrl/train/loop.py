@@ -379,6 +379,9 @@ class Trainer:
         metrics["time/sync"] = t_sync - t_train + max(r.info.get("sync_seconds", 0.0) for r in results)
         metrics["time/step"] = t_sync - t0
         metrics["throughput/tokens_per_s"] = tokens / max(t_sync - t0, 1e-9)
+        # Real (unpadded) prompt + completion tokens over the learners' own compute time.
+        metrics["throughput/train_tokens_per_s"] = train_stats.get("sequence_tokens", 0.0) / max(
+            metrics["time/reference"] + train_stats.get("step_time_s", 0.0), 1e-9)
         metrics["throughput/generate_tokens_per_s"] = tokens / max(
             sum(r.info["generate_seconds"] for r in results) / len(results), 1e-9) * len(results)
         metrics["data/consumed_prompts"] = self.stream.state.consumed
