@@ -17,7 +17,8 @@ from typing import Any
 
 import ray
 
-from memrl.rollout.engine import SamplingSettings, make_engine, resolve_engine_kind
+from memrl.rollout.engine import SamplingSettings
+from memrl.rollout.factory import make_engine, resolve_engine_kind
 from memrl.types import RolloutBatch
 
 WeightsHandle = tuple[int, ray.ObjectRef]
@@ -31,7 +32,7 @@ class RolloutWorker:
     Args:
         worker_id: name used in batches, metrics and fault reports.
         model_path: Hugging Face model folder every (re)start builds from.
-        engine_kind: ``"auto"``, ``"hf"`` or ``"vllm"`` (see ``memrl.rollout.make_engine``).
+        engine_kind: ``"auto"``, ``"hf"`` or ``"vllm"`` (see ``memrl.rollout.factory.make_engine``).
         engine_kwargs: extra keyword arguments for the engine constructor.
         vllm_kwargs: extra keyword arguments used only when the engine resolves to vLLM (the
             choice of ``auto`` is made on the worker's node, which may differ from the

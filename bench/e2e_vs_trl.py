@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", type=Path, default=None, help="keep run folders here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    from memrl.rollout.engine import vllm_available
+    from memrl.rollout.availability import vllm_available
 
     on_vllm = vllm_available()
     args.rows = args.rows or ["r1", "memoryr+", *(["r1@vllm"] if on_vllm else [])]

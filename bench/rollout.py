@@ -41,12 +41,9 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from memrl.rollout.engine import (
-    SamplingSettings,
-    checkpoint_eos_ids,
-    resolve_engine_kind,
-    vllm_available,
-)
+from memrl.rollout.availability import vllm_available
+from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids
+from memrl.rollout.factory import resolve_engine_kind
 from memrl.train.rollout_pool import request_seed, training_sampling
 from memrl.train.setup import rollout_worker_factory
 

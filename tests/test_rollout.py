@@ -15,16 +15,9 @@ from transformers import AutoModelForCausalLM
 
 from memrl.config import GRPOConfig
 from memrl.model.tiny import build_tiny_model
-from memrl.rollout.engine import (
-    EngineUnavailableError,
-    SamplingSettings,
-    check_engine,
-    check_request,
-    completion_mask,
-    pad_rows,
-    resolve_engine_kind,
-    vllm_available,
-)
+from memrl.rollout.availability import EngineUnavailableError, check_engine, vllm_available
+from memrl.rollout.engine import SamplingSettings, check_request, completion_mask, pad_rows
+from memrl.rollout.factory import resolve_engine_kind
 from memrl.rollout.hf_engine import HFEngine
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def _build_engine(model_path: str, settings: EvalSettings) -> tuple[Any, str]:
-    from memrl.rollout.engine import make_engine, resolve_engine_kind
+    from memrl.rollout.factory import make_engine, resolve_engine_kind
 
     kind = resolve_engine_kind(settings.engine)
     # num_threads=None: leave torch's thread count to the caller (the CLI owns the machine).

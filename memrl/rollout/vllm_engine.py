@@ -49,12 +49,11 @@ from typing import Any
 
 import torch
 
+from memrl.rollout.availability import VLLM_SUPPORTED, check_engine
 from memrl.rollout.engine import (
-    VLLM_SUPPORTED,
     GenerationEngine,
     SamplingSettings,
     build_rollout_batch,
-    check_engine,
     check_request,
     checkpoint_eos_ids,
     load_tokenizer,
