@@ -98,7 +98,7 @@ def learner_figures(seconds: dict[str, list[float]], real_tokens: int) -> dict[s
 def sample_step(cfg: Config, model_path: str, tokenizer: Any) -> RolloutBatch:
     """The default's first training step: its prompts, sampled as a rollout worker does."""
     from memrl.rollout.hf_engine import HFEngine
-    from memrl.train.rollout_pool import request_seed, training_sampling
+    from memrl.train.requests import request_seed, training_sampling
     from memrl.train.setup import build_task
 
     task = build_task(cfg)

@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from memrl.rollout.availability import vllm_available
 from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids
 from memrl.rollout.factory import resolve_engine_kind
-from memrl.train.rollout_pool import request_seed, training_sampling
+from memrl.train.requests import request_seed, training_sampling
 from memrl.train.setup import rollout_worker_factory
 
 TARGET_FRACTION = 0.9
@@ -161,7 +161,7 @@ class MemrlPool:
     """Rollout workers in a ``RolloutPool``, called as ``Trainer._launch`` calls them."""
 
     def __init__(self, cfg: Any, model_path: str, workers: int):
-        from memrl.train.rollout_pool import RolloutPool
+        from memrl.actors.rollout_pool import RolloutPool
 
         self.cfg = cfg
         self.pool = RolloutPool(rollout_worker_factory(cfg, model_path), workers,
@@ -173,7 +173,7 @@ class MemrlPool:
         self.pool.wait_until_ready()
 
     def generate(self, prompts: Sequence[str], template: SamplingSettings, repetition: int) -> Run:
-        from memrl.train.evaluate import chunk_requests
+        from memrl.train.requests import chunk_requests
 
         requests = chunk_requests(list(prompts), [str(i) for i in range(len(prompts))],
                                   num_chunks=len(self.pool))
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from memrl.train.loop import init_ray
+    from memrl.actors.cluster import init_ray
 
     common.one_thread()
     gpu = torch.cuda.is_available()

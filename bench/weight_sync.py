@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
 
     from memrl.actors.learner import LearnerGroup
-    from memrl.train.loop import init_ray
-    from memrl.train.rollout_pool import RolloutPool
+    from memrl.actors.cluster import init_ray
+    from memrl.actors.rollout_pool import RolloutPool
     from memrl.train.setup import learner_settings
 
     common.one_thread()

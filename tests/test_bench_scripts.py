@@ -14,7 +14,7 @@ from memrl.model.tiny import train_bpe_tokenizer
 from memrl.prompts import record_prompt
 from memrl.rollout.engine import build_rollout_batch
 from memrl.train.data_stream import PromptStream
-from memrl.train.rollout_pool import request_seed
+from memrl.train.requests import request_seed
 from memrl.train.setup import build_task
 from memrl.types import Record
 

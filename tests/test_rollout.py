@@ -21,7 +21,7 @@ from memrl.rollout.factory import resolve_engine_kind
 from memrl.rollout.hf_engine import HFEngine
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
-from memrl.train.rollout_pool import training_sampling
+from memrl.train.requests import training_sampling
 from memrl.weights import pack_state_dict, unpack
 
 TEXTS = [

@@ -39,6 +39,9 @@ import torch
 import yaml
 from ray.exceptions import RayActorError
 
+from memrl.actors.cluster import StartupReporter, init_ray, node_totals
+from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
+from memrl.actors.scoring import score_step_task
 from memrl.checkpoint import CheckpointManager
 from memrl.config import Config, config_to_yaml
 from memrl.errors import InputError, error_log, phase
@@ -47,18 +50,17 @@ from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
 from memrl.train.data_stream import PromptStream, StreamState
-from memrl.train.evaluate import chunk_requests, evaluate_greedy
+from memrl.train.evaluate import greedy_sampling, score_greedy
 from memrl.run_lock import RunLock
 from memrl.train.metrics import MetricsWriter
-from memrl.train.placement import PendingReporter, check_fits
-from memrl.train.rollout_pool import (
+from memrl.train.placement import check_fits, learner_demands, memory_demands, rollout_demand
+from memrl.train.requests import (
     GenerationRequest,
-    PendingGeneration,
-    RolloutPool,
+    chunk_requests,
     request_seed,
     training_sampling,
 )
-from memrl.train.scoring import StepScores, score_step
+from memrl.train.scoring import StepScores
 from memrl.train.setup import (
     build_reward_plan,
     build_task,
@@ -111,44 +113,6 @@ def _stat(prefix: str, values: np.ndarray) -> dict[str, float]:
     return {f"{prefix}/mean": float(np.mean(values)), f"{prefix}/std": float(np.std(values))}
 
 
-def init_ray(cfg: Config) -> None:
-    """Connect to Ray as the config says, and say which cluster the run uses.
-
-    ``ray.address`` (or ``RAY_ADDRESS``, set for a ``ray job submit`` job) names a cluster to
-    join; ``ray.address=local`` starts a new one for this run. Without either, the run joins a
-    cluster that ``ray start`` runs on this machine, as Ray's own ``ray.init()`` does (its
-    resources then apply, not ``ray.num_cpus``), and otherwise starts its own with
-    ``ray.num_cpus``. One torch thread per process unless an actor is given more CPUs."""
-    if ray.is_initialized():
-        return
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MEMRL_CACHE", "DS_ACCELERATOR"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
-    if address and address != "local":
-        ray.init(address=address, **kwargs)
-        cpus = ray.cluster_resources().get("CPU", 0)
-        how = "the cluster named by ray.address/RAY_ADDRESS" if cfg.ray.address or \
-            os.environ.get("RAY_ADDRESS") else "the cluster `ray start` runs on this machine"
-        ignored = f"; ray.num_cpus={cfg.ray.num_cpus} does not apply to it" if cfg.ray.num_cpus else ""
-        print(f"memrl: joined {how} at {address} ({cpus:g} CPUs){ignored}; set ray.address=local "
-              "to start a separate cluster for this run", file=sys.stderr, flush=True)
-    else:
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-
-
-def _local_cluster_address() -> str | None:
-    """The address ``ray start`` recorded on this machine (what a plain ``ray.init()`` joins)."""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        return canonicalize_bootstrap_address(None)
-    except Exception:  # noqa: BLE001 - private API moved or stale file: start a local cluster
-        return None
-
-
 class Trainer:
     """Owns the run's actors and metadata; ``run()`` is the training loop."""
 
@@ -197,8 +161,8 @@ class Trainer:
         self.checkpoints.remove_stale_partials()  # safe: the lock keeps other writers out
 
         init_ray(cfg)
-        check_fits(cfg)
-        with PendingReporter("start-up") as reporter:
+        check_fits(cfg, node_totals())
+        with StartupReporter() as reporter:
             self._start_actors(resume_from, reporter)
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0
@@ -219,14 +183,15 @@ class Trainer:
             self._inflight = [Record(**r) for r in state.get("inflight_records", [])]
             print(f"resumed from step {self.step} ({resume_from})", flush=True)
 
-    def _start_actors(self, resume_from: str | None, reporter: PendingReporter) -> None:
+    def _start_actors(self, resume_from: str | None, reporter: StartupReporter) -> None:
         from memrl.actors.learner import LearnerGroup
 
         cfg, timeout_s = self.cfg, self.cfg.trainer.timeout_s
         if cfg.uses_memory:
             from memrl.actors.memory import MemoryClient
 
-            reporter.set_phase("start-up of the memory service")
+            shards = memory_demands(cfg)
+            reporter.waiting_for("start-up of the memory service", lambda: shards)
             with phase("start-up of the memory service", timeout_s=timeout_s):
                 self.memory = MemoryClient(
                     memory_settings(cfg), num_shards=cfg.memory.num_shards,
@@ -235,18 +200,20 @@ class Trainer:
                     initial_snapshot=f"{resume_from}/memory" if resume_from else None,
                     timeout_s=timeout_s,
                 )
-        reporter.set_phase("start-up of the learners")
+        ranks = learner_demands(cfg)  # placed together (one placement group)
+        reporter.waiting_for("start-up of the learners", lambda: ranks)
         with phase("start-up of the learners", timeout_s=timeout_s):
             self.learners = LearnerGroup(
                 learner_settings(cfg, self.model_path), cfg.learner.num_learners,
                 num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
                 resources_per_learner=cfg.learner.resources, timeout_s=timeout_s,
             )
-        reporter.set_phase("start-up of the rollout workers")
         with phase("start-up of the rollout workers", timeout_s=timeout_s):
-            self.pool = RolloutPool(rollout_worker_factory(cfg, self.model_path),
-                                    cfg.rollout.num_workers, timeout_s=timeout_s)
-            self.pool.wait_until_ready()
+            self.pool = pool = RolloutPool(rollout_worker_factory(cfg, self.model_path),
+                                           cfg.rollout.num_workers, timeout_s=timeout_s)
+            reporter.waiting_for("start-up of the rollout workers",
+                                 lambda: [rollout_demand(cfg, w) for w in pool.joining()])
+            pool.wait_until_ready()
 
     # -- prompts and generation ----------------------------------------------------------------
     def render(self, record: Record) -> str:
@@ -277,9 +244,12 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         with phase("evaluation", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
-            result = evaluate_greedy(self.pool, self.eval_records, self.render, self.plan,
-                                     max_tokens=self.cfg.grpo.max_completion_length,
-                                     weights=self.weights, timeout_s=self.cfg.trainer.timeout_s)
+            max_tokens = self.cfg.grpo.max_completion_length
+            batches = self.pool.generate_batches(
+                [self.render(r) for r in self.eval_records], [r.id for r in self.eval_records],
+                greedy_sampling(max_tokens), self.weights, greedy=True,
+                timeout_s=self.cfg.trainer.timeout_s)
+            result = score_greedy(batches, self.eval_records, self.plan, max_tokens)
         return dataclasses.asdict(result)
 
     # -- one step ------------------------------------------------------------------------------
@@ -289,12 +259,12 @@ class Trainer:
         memory_call = self.memory.score_and_insert if self.memory is not None else None
         by_id = {r.id: r for r in records}
         for attempt in range(1, MEMORY_RETRIES + 1):
-            ref = _score_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
+            ref = score_step_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
                                      by_id, memory_call, self.step, *batch_refs)
             try:
                 with phase(f"scoring (rewards {', '.join(s.label for s in self.plan.specs)}"
                            + (" and the memory service)" if self.memory is not None else ")"),
-                           step=self.step + 1, actor="the reward task (_score_task)",
+                           step=self.step + 1, actor="the reward task (score_step_task)",
                            timeout_s=self.cfg.trainer.timeout_s):
                     return ray.get(ref, timeout=self.cfg.trainer.timeout_s)
             except ray.exceptions.RayTaskError as exc:
@@ -570,13 +540,6 @@ class Trainer:
         finally:
             self.pool = self.learners = self.memory = None
             self.lock.release()
-
-
-@ray.remote(num_cpus=0, max_retries=0)
-def _score_task(plan, composer, max_completion_length, records, memory_call, step,
-                *batches) -> StepScores:
-    return score_step(list(batches), records, plan, composer, max_completion_length, memory_call,
-                      step)
 
 
 def _progress(cfg: Config, initial: int):

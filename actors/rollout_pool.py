@@ -1,4 +1,4 @@
-"""Driver-side pool of rollout workers: least-loaded dispatch, live membership, re-dispatch.
+"""Driver-side pool of rollout workers: dispatch, live membership, re-dispatch.
 
 The pool owns only metadata. Each request returns two object refs from the worker: the
 ``RolloutBatch`` (left in the object store for the reward step and the learners) and a small
@@ -12,44 +12,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from memrl.config import GRPOConfig
 from memrl.rollout.engine import SamplingSettings
+from memrl.train.requests import GenerationRequest, chunk_requests, least_loaded
+from memrl.types import RolloutBatch
 
 log = logging.getLogger(__name__)
 
 # Errors that mean "this worker could not finish the request", as opposed to a bug in the
 # request itself (a RayTaskError wrapping a Python exception raised by generate()).
 _WORKER_FAILURES = (RayActorError, GetTimeoutError)
-
-
-@dataclass
-class GenerationRequest:
-    """One chunk of prompt groups sent to one worker."""
-
-    index: int  # position of this chunk in the step, to keep results in prompt order
-    prompts: list[str]
-    record_ids: list[str]
-    attempts: int = 0
-
-
-def request_seed(run_seed: int, step: int, chunk: int) -> int:
-    """Sampling seed of chunk ``chunk`` of step ``step``: per (step, chunk), not per worker, so
-    a chunk re-dispatched to another worker samples the same completions."""
-    return (run_seed * 1_000_003 + step) * 97 + chunk
-
-
-def training_sampling(grpo: GRPOConfig, seed: int | None = None) -> SamplingSettings:
-    """The sampling a training step asks of its rollout workers: ``grpo``'s temperature, top-p,
-    completion length and group size, with ``seed`` (see :func:`request_seed`)."""
-    return SamplingSettings(temperature=grpo.temperature, top_p=grpo.top_p,
-                            max_tokens=grpo.max_completion_length,
-                            num_generations=grpo.num_generations, seed=seed)
 
 
 @dataclass
@@ -64,10 +42,6 @@ class PoolEvents:
 
     failures: int = 0
     redispatched: int = 0
-    workers_added: int = 0
-    workers_removed: int = 0
-    last_failure: str = ""
-    per_worker_failures: dict[str, int] = field(default_factory=dict)
 
 
 Submit = Callable[[Any, GenerationRequest], tuple[ray.ObjectRef, ray.ObjectRef]]
@@ -138,26 +112,32 @@ class RolloutPool:
             self._next_id += 1
             self.workers[worker_id] = self._factory(worker_id)
             self._joining[worker_id] = self.workers[worker_id].ping.remote()
-            self.events.workers_added += 1
         while len(self.workers) > size:
             worker_id = next(reversed(self.workers))
             self._joining.pop(worker_id, None)
             ray.kill(self.workers.pop(worker_id), no_restart=True)
-            self.events.workers_removed += 1
+
+    def joining(self) -> list[str]:
+        """Workers created but not yet answering (the cluster has not placed them yet)."""
+        return list(self._joining)
 
     def wait_until_ready(self) -> None:
-        """Block until every worker has answered once (start-up), up to the timeout."""
-        refs = list(self._joining.values())
-        done, pending = ray.wait(refs, num_returns=len(refs), timeout=self._timeout_s)
-        if pending:
-            late = [w for w, ref in self._joining.items() if ref in pending]
-            raise RuntimeError(f"rollout workers {late} did not start within {self._timeout_s:.0f} s "
-                               "(can the cluster place them? see rollout.num_cpus_per_worker / "
-                               "num_gpus_per_worker)")
-        for worker_id, ping in zip(self._joining, ray.get(refs)):
-            log.info("rollout worker %s runs %s (%s thread(s))", worker_id,
-                     ping.get("engine_info", ping.get("engine")), ping.get("threads"))
-        self._joining.clear()
+        """Block until every worker has answered once (start-up), up to the timeout; each leaves
+        :meth:`joining` as it answers."""
+        deadline = time.monotonic() + self._timeout_s
+        while self._joining:
+            by_ref = {ref: w for w, ref in self._joining.items()}
+            done, _ = ray.wait(list(by_ref), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise RuntimeError(f"rollout workers {self.joining()} did not start within "
+                                   f"{self._timeout_s:.0f} s (can the cluster place them? see "
+                                   "rollout.num_cpus_per_worker / num_gpus_per_worker)")
+            for ref in done:
+                worker_id = by_ref[ref]
+                ping = ray.get(ref)
+                log.info("rollout worker %s runs %s (%s thread(s))", worker_id,
+                         ping.get("engine_info", ping.get("engine")), ping.get("threads"))
+                del self._joining[worker_id]
 
     def ready_workers(self) -> list[str]:
         """Workers that have answered since they were created (joining ones are skipped).
@@ -188,33 +168,43 @@ class RolloutPool:
         """
         return self.finish(self.start(requests, submit, max_inflight_per_worker=max_inflight_per_worker))
 
+    def generate_batches(self, prompts: Sequence[str], record_ids: Sequence[str],
+                         settings: SamplingSettings, weights: Any, *, greedy: bool = False,
+                         timeout_s: float) -> list[RolloutBatch]:
+        """Generate ``prompts`` with ``settings`` over every worker and fetch the batches (for
+        evaluation, where the driver reads the completions; training leaves them in the store)."""
+        requests = chunk_requests(prompts, record_ids, num_chunks=len(self))
+
+        def submit(actor: Any, req: GenerationRequest):
+            return actor.generate.options(num_returns=2).remote(
+                req.prompts, req.record_ids, settings, weights, greedy=greedy)
+
+        results = self.generate(requests, submit)
+        return ray.get([r.batch_ref for r in results], timeout=timeout_s)
+
     def start(self, requests: list[GenerationRequest], submit: Submit,
-              *, max_inflight_per_worker: int = 1) -> "PendingGeneration":
+              *, max_inflight_per_worker: int = 1) -> PendingGeneration:
         """Send as many requests as the workers take now; :meth:`finish` does the rest."""
         pending = PendingGeneration(list(requests), submit, max_inflight_per_worker)
         self._dispatch(pending)
         return pending
 
-    def _dispatch(self, p: "PendingGeneration") -> None:
+    def _dispatch(self, p: PendingGeneration) -> None:
         ready = self.ready_workers() if p.queue else []
         load: dict[str, int] = {w: 0 for w in ready}
         for _, worker_id, _, _ in p.inflight.values():
             load[worker_id] = load.get(worker_id, 0) + 1
-        # Workers that failed in this step get work again only when no other worker is left
-        # (a busy healthy worker is worth waiting for: the failed one may still be restarting).
-        usable = [w for w in ready if w not in p.failed_workers] or ready
         while p.queue:
-            healthy = [w for w in usable if load.get(w, 0) < p.max_inflight_per_worker]
-            if not healthy:
+            worker_id = least_loaded(ready, load, p.failed_workers, p.max_inflight_per_worker)
+            if worker_id is None:
                 return
-            worker_id = min(healthy, key=lambda w: load.get(w, 0))
             request = p.queue.popleft()
             request.attempts += 1
             batch_ref, info_ref = p.submit(self.workers[worker_id], request)
             p.inflight[info_ref] = (request, worker_id, batch_ref, time.monotonic())
             load[worker_id] = load.get(worker_id, 0) + 1
 
-    def finish(self, p: "PendingGeneration") -> list[GenerationResult]:
+    def finish(self, p: PendingGeneration) -> list[GenerationResult]:
         """Wait for every request of ``p``, re-sending those whose worker failed or timed out."""
         while p.queue or p.inflight:
             self._dispatch(p)
@@ -254,9 +244,7 @@ class RolloutPool:
 
     def _record_failure(self, worker_id: str, request: GenerationRequest, exc: Exception) -> None:
         self.events.failures += 1
-        self.events.per_worker_failures[worker_id] = self.events.per_worker_failures.get(worker_id, 0) + 1
         what = f"rollout worker {worker_id} failed in generate() on request {request.index}: {type(exc).__name__}"
-        self.events.last_failure = what
         if request.attempts >= self._max_attempts:
             raise RuntimeError(
                 f"{what}; giving up after {request.attempts} attempts "

@@ -1,0 +1,67 @@
+"""The plain parts of the driver's Ray side, without Ray: request chunks, least-loaded
+dispatch, the fit check and the start-up line naming the actors still waiting."""
+
+from __future__ import annotations
+
+import pytest
+
+from memrl.config import load_config
+from memrl.errors import RuntimeFault
+from memrl.train.placement import (
+    Demand,
+    check_fits,
+    learner_demands,
+    rollout_demand,
+    run_demands,
+    waiting_report,
+)
+from memrl.train.requests import chunk_requests, least_loaded
+
+
+def test_chunks_are_contiguous_nearly_equal_and_never_empty():
+    requests = chunk_requests([f"p{i}" for i in range(7)], [f"r{i}" for i in range(7)], num_chunks=3)
+    assert [r.prompts for r in requests] == [["p0", "p1"], ["p2", "p3", "p4"], ["p5", "p6"]]
+    assert [r.index for r in requests] == [0, 1, 2]
+    assert requests[1].record_ids == ["r2", "r3", "r4"]
+    assert len(chunk_requests(["a", "b"], ["1", "2"], num_chunks=5)) == 2  # one prompt each
+
+
+def test_least_loaded_prefers_idle_then_healthy_workers():
+    ready = ["w0", "w1", "w2"]
+    assert least_loaded(ready, {"w0": 1, "w1": 0, "w2": 0}, set(), max_inflight=2) == "w1"
+    assert least_loaded(ready, {"w0": 2, "w1": 2, "w2": 2}, set(), max_inflight=2) is None
+    # w1 failed this step: a busy healthy worker with room is chosen over it ...
+    assert least_loaded(ready, {"w0": 1, "w1": 0, "w2": 1}, {"w1"}, max_inflight=2) == "w0"
+    # ... and it gets work again only when every ready worker has failed.
+    assert least_loaded(["w1"], {}, {"w1"}, max_inflight=1) == "w1"
+    assert least_loaded([], {}, set(), max_inflight=1) is None
+
+
+def test_fit_check_names_the_actors_a_node_cannot_hold(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.num_workers=2",
+                             "rollout.num_cpus_per_worker=1", "learner.num_cpus=1"])
+    assert len(run_demands(cfg)) == 2 + cfg.learner.num_learners + \
+        (cfg.memory.num_shards if cfg.uses_memory else 0)
+    check_fits(cfg, [{"CPU": 16.0}])  # everything fits: no error
+    with pytest.raises(RuntimeFault, match=r"no room for .*\(CPU 1\)") as info:
+        check_fits(cfg, [{"CPU": 1.0}])
+    assert "node 0: CPU 1" in str(info.value)
+
+
+def test_waiting_report_lists_what_memrl_created_and_waits_for(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.num_cpus_per_worker=2",
+                             "rollout.resources={spot_node: 0.5}"])
+    waiting = [rollout_demand(cfg, "rollout-1"), rollout_demand(cfg, "rollout-3")]
+    line = waiting_report("start-up of the rollout workers", 12.4, waiting,
+                          {"CPU": 1.0, "GPU": 0.0, "memory": 1e9, "node:10.0.0.1": 1.0, "spot_node": 0.0})
+    assert line == ("memrl: still in start-up of the rollout workers after 12 s; waiting for 2 "
+                    "actor(s) to be placed: rollout-1 (CPU 2, spot_node 0.5), rollout-3 (CPU 2, "
+                    "spot_node 0.5); free in the cluster now: CPU 1, GPU 0, spot_node 0")
+    ranks = [Demand(f"learner rank {i}", {"CPU": 1.0, "GPU": 1.0}, "") for i in range(10)]
+    line = waiting_report("start-up of the learners", 3, ranks, {})
+    assert "learner rank 7 (CPU 1, GPU 1) and 2 more;" in line and "learner rank 8" not in line
+    assert line.endswith("free in the cluster now: nothing")
+    assert [d.actor for d in learner_demands(cfg)] == [f"learner rank {i}" for i in range(cfg.learner.num_learners)]
+    # Nothing left to place (the phase waits on something else, e.g. a model load): no list.
+    assert waiting_report("evaluation", 5, [], {"CPU": 2.0}) == \
+        "memrl: still in evaluation after 5 s; free in the cluster now: CPU 2"
