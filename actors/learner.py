@@ -72,12 +72,6 @@ class LearnerWorker:
         """[N, L] log-probs of ``batch``'s completions under the frozen reference model."""
         return self.trainer.ref_logprobs(batch)
 
-    def train_step(
-        self, batch: RolloutBatch, advantages: torch.Tensor, **kwargs: Any
-    ) -> dict[str, float]:
-        """``PolicyTrainer.train_step`` on this rank's shard (keyword options passed through)."""
-        return self.trainer.train_step(batch, advantages, **kwargs)
-
     def begin_step(self, *batches: RolloutBatch) -> dict[str, Any]:
         """Take this rank's shard of a step (``memrl.learner.step.shard_step``) and compute its
         reference log-probs while the driver scores the rewards.
@@ -105,7 +99,7 @@ class LearnerWorker:
             raise RuntimeError(f"learner rank {self.rank}: finish_step without begin_step")
         (shard, ref_logp), self._step = self._step, None
         batch, adv, options = step_inputs(shard, advantages, keep, ref_logp)
-        return self.trainer.train_step(batch, adv, **options)
+        return self.trainer.optimizer_step(batch, adv, **options)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's full weights on CPU (collective under ZeRO-3: call on every rank)."""
@@ -282,8 +276,8 @@ class LearnerGroup:
             stats[key] = max(info[key] for info in infos)
         return stats
 
-    def train_step(self, batch: RolloutBatch, advantages: torch.Tensor,
-                   keep: torch.Tensor | None = None) -> dict[str, float]:
+    def train_on_batch(self, batch: RolloutBatch, advantages: torch.Tensor,
+                       keep: torch.Tensor | None = None) -> dict[str, float]:
         """:meth:`begin_step` and :meth:`finish_step` on one batch held by the caller."""
         return self.finish_step(self.begin_step([ray.put(batch)]), advantages, keep)
 

@@ -43,7 +43,7 @@ from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
 from memrl.memory.index import resolve_device
 from memrl.memory.rewarder import MemoryRewarder
 from memrl.memory.settings import MemorySettings
-from memrl.memory.shard import MemoryShard, PartialLookup, StepBatch
+from memrl.memory.shard import MemoryShard, PartialLookup, EncodedStep
 from memrl.memory.snapshot import shard_dir, write_shard_index
 from memrl.memory.store import load_into, read_shard, save_shard
 
@@ -297,7 +297,7 @@ class MemoryShardActor:
             )
         return self.shard
 
-    def lookup_then_insert(self, batch: StepBatch) -> PartialLookup:
+    def lookup_then_insert(self, batch: EncodedStep) -> PartialLookup:
         return self._ensure(batch.question_vecs.shape[1]).lookup_then_insert(batch)
 
     def sizes(self) -> dict[str, float]:

@@ -179,14 +179,14 @@ class BareStep:
 
 
 class TrainerStep:
-    """``PolicyTrainer`` in this process: reference log-probs, then ``train_step``."""
+    """``PolicyTrainer`` in this process: reference log-probs, then ``optimizer_step``."""
 
     def __init__(self, settings: LearnerSettings) -> None:
         self.trainer = PolicyTrainer(settings, device="cpu")
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> None:
         ref = self.trainer.ref_logprobs(batch) if self.trainer.reference is not None else None
-        self.trainer.train_step(batch, advantages, ref_logp=ref)
+        self.trainer.optimizer_step(batch, advantages, ref_logp=ref)
 
 
 class GroupStep:
@@ -198,7 +198,7 @@ class GroupStep:
         self.group = LearnerGroup(settings, learners, num_cpus_per_learner=1, timeout_s=600)
 
     def step(self, batch: RolloutBatch, advantages: torch.Tensor) -> None:
-        self.group.train_step(batch, advantages)
+        self.group.train_on_batch(batch, advantages)
 
     def close(self) -> None:
         self.group.shutdown()

@@ -62,7 +62,7 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _cmd_memory_inspect(ns: argparse.Namespace) -> int:
-    from memrl.memory.inspect import inspect_snapshot
+    from memrl.memory.inspection import inspect_snapshot
 
     print(inspect_snapshot(Path(ns.snapshot_dir), query=ns.query, k=ns.k))
     return 0

@@ -286,7 +286,7 @@ def test_logprobs_with_left_padding_equal_unpadded_forward(
     torch.testing.assert_close(trainer.logprobs(batch, num_micro_batches=1), got, atol=1e-6, rtol=0)
 
 
-def test_train_step_raises_logprob_of_positive_advantage_and_steps_once(
+def test_optimizer_step_raises_logprob_of_positive_advantage_and_steps_once(
     model_dir: Path, single_rank: None
 ) -> None:
     trainer = cpu_trainer(make_settings(model_dir))
@@ -295,7 +295,7 @@ def test_train_step_raises_logprob_of_positive_advantage_and_steps_once(
     before = trainer.logprobs(batch)
     advantages = torch.zeros(8)
     advantages[1] = 1.0  # only completion 1 is rewarded
-    stats = trainer.train_step(batch, advantages)
+    stats = trainer.optimizer_step(batch, advantages)
     after = trainer.logprobs(batch)
     assert after[1].sum() > before[1].sum() + 1e-3
     changed = [k for k, v in weights(trainer).items() if not torch.equal(v, before_w[k])]
@@ -317,7 +317,7 @@ def test_learning_rate_follows_warmup_then_cosine(model_dir: Path, single_rank: 
     start = weights(trainer)
     lrs = []
     for step in range(4):
-        lrs.append(trainer.train_step(batch, advantages)["lr"])
+        lrs.append(trainer.optimizer_step(batch, advantages)["lr"])
         assert trainer.steps == step + 1 and trainer.scheduler.last_epoch == step + 1
         if step == 0:  # warm-up starts at lr 0: the first step leaves the weights alone
             assert all(torch.equal(v, start[k]) for k, v in weights(trainer).items())
@@ -336,7 +336,7 @@ def test_result_does_not_depend_on_micro_batch_size_or_checkpointing(model_dir: 
                 model_dir, micro_batch_size=micro, lr=1e-4, gradient_checkpointing=checkpointing
             )
         )
-        stats = trainer.train_step(batch, advantages)
+        stats = trainer.optimizer_step(batch, advantages)
         results.append((stats, weights(trainer)))
     (stats_a, w_a), (stats_b, w_b) = results
     assert stats_a["loss"] == pytest.approx(stats_b["loss"], abs=1e-6)
@@ -358,7 +358,7 @@ def test_packed_and_padded_steps_give_the_same_gradients(
             model_dir, micro_batch_size=3, lr=1e-4, zero_stage=stage, pack_sequences=pack,
             loss=LossSettings(beta=0.04)))
         logp = trainer.logprobs(batch)
-        stats = trainer.train_step(batch, advantages)
+        stats = trainer.optimizer_step(batch, advantages)
         results[pack] = (logp, stats, weights(trainer))
     (logp_a, stats_a, w_a), (logp_b, stats_b, w_b) = results[False], results[True]
     torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=0)
@@ -385,7 +385,7 @@ def test_grad_clipping_caps_the_update_and_reports_the_norm_before_clipping(
     expected_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
     assert expected_norm > 10 * max_norm  # clipping must bind in this test
 
-    stats = trainer.train_step(batch, advantages)
+    stats = trainer.optimizer_step(batch, advantages)
     assert stats["grad_norm"] == pytest.approx(expected_norm, rel=1e-4)
     # AdamW's first moment after one step is (1 − β1)·g with g the clipped gradient.
     beta1 = trainer.settings.betas[0]
@@ -402,9 +402,9 @@ def test_reference_model_gives_zero_kl_at_step_zero(model_dir: Path, single_rank
     torch.testing.assert_close(
         trainer.ref_logprobs(batch), trainer.logprobs(batch), atol=1e-6, rtol=0
     )
-    first = trainer.train_step(batch, advantages)
+    first = trainer.optimizer_step(batch, advantages)
     assert first["kl"] == pytest.approx(0.0, abs=1e-9)
-    second = trainer.train_step(batch, advantages)
+    second = trainer.optimizer_step(batch, advantages)
     assert second["kl"] > 1e-6  # the policy moved away from the frozen reference
     # Without β no reference model is loaded.
     plain = cpu_trainer(make_settings(model_dir))
@@ -417,25 +417,25 @@ def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None)
     trainer = cpu_trainer(make_settings(model_dir, loss=LossSettings(beta=0.0, is_cap=2.0)))
     batch = batch_for(model_dir, groups=2, group_size=2)
     current = trainer.logprobs(batch)
-    fresh = trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    fresh = trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert "is_weight_mean" not in fresh and fresh["stale_token_frac"] == 0.0
     # The update changed the weights (version None until published): every token is stale now.
     # Behaviour log-probs about 3 nats below the learner's: every weight exp(≈3) is capped at 2.
     batch.behaviour_logprobs = current - 3.0
-    stale = trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    stale = trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert stale["stale_token_frac"] == 1.0
     assert stale["is_weight_mean"] == pytest.approx(2.0)
     trainer.mark_published(7)
     batch.token_versions.fill_(7)
-    assert "is_weight_mean" not in trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    assert "is_weight_mean" not in trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
 
 
 def test_publish_save_and_resume(model_dir: Path, single_rank: None, tmp_path: Path) -> None:
     trainer = cpu_trainer(make_settings(model_dir, warmup_ratio=0.5))
     batch = batch_for(model_dir, groups=2, group_size=2)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    trainer.train_step(batch, advantages)
-    trainer.train_step(batch, advantages)
+    trainer.optimizer_step(batch, advantages)
+    trainer.optimizer_step(batch, advantages)
 
     published = trainer.state_dict_for_publish()
     assert list(published) == list(trainer.engine.module.state_dict())
@@ -450,14 +450,14 @@ def test_publish_save_and_resume(model_dir: Path, single_rank: None, tmp_path: P
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
     assert AutoTokenizer.from_pretrained(hf_dir).pad_token_id == pad_id
 
-    expected_stats = trainer.train_step(batch, advantages)
+    expected_stats = trainer.optimizer_step(batch, advantages)
     expected_weights = weights(trainer)
     trainer.load_state(tmp_path / "ckpt")
     assert trainer.steps == 2 and trainer.scheduler.last_epoch == 2
     for key, value in weights(trainer).items():
         torch.testing.assert_close(value, published[key], atol=0, rtol=0)
     # Optimizer moments and schedule came back too: the third step is reproduced exactly.
-    again = trainer.train_step(batch, advantages)
+    again = trainer.optimizer_step(batch, advantages)
     assert again["lr"] == expected_stats["lr"]
     assert again["grad_norm"] == pytest.approx(expected_stats["grad_norm"])
     for key, value in weights(trainer).items():
@@ -472,7 +472,7 @@ def test_zero3_matches_zero0_and_publishes_full_weights(model_dir: Path, single_
     results = []
     for stage in (0, 3):
         trainer = cpu_trainer(make_settings(model_dir, zero_stage=stage))
-        stats = trainer.train_step(batch, advantages)
+        stats = trainer.optimizer_step(batch, advantages)
         results.append((stats, trainer.state_dict_for_publish()))
     (stats0, w0), (stats3, w3) = results
     assert stats3["grad_norm"] == pytest.approx(stats0["grad_norm"], rel=1e-5)
@@ -502,7 +502,7 @@ def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
     # β > 0: the KL term's gradient is 0 at step 0, but the reference path is exercised.
     loss = LossSettings(beta=0.04)
     single = cpu_trainer(make_settings(model_dir, micro_batch_size=6, loss=loss))
-    expected = single.train_step(batch, advantages)
+    expected = single.optimizer_step(batch, advantages)
     expected_weights = weights(single)
 
     group = LearnerGroup(
@@ -513,7 +513,7 @@ def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
     )
     try:
         assert [info["rank"] for info in group.ping()] == [0, 1]
-        stats = group.train_step(batch, advantages)
+        stats = group.train_on_batch(batch, advantages)
         assert stats["kl"] == pytest.approx(0.0, abs=1e-9)
         rank0, rank1 = ray.get([w.state_dict.remote() for w in group.workers], timeout=120)
         for key, value in expected_weights.items():
@@ -554,7 +554,7 @@ def test_checkpoint_files_are_plain_and_a_tampered_one_is_refused(
 ) -> None:
     trainer = cpu_trainer(make_settings(model_dir, zero_stage=stage))
     batch = batch_for(model_dir, groups=2, group_size=2)
-    trainer.train_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     trainer.save_state(tmp_path / "ckpt")
     files = sorted((tmp_path / "ckpt").rglob("*.pt"))
     assert files  # DeepSpeed wrote its model (and, with ZeRO, optimizer) states

@@ -11,7 +11,7 @@ import ray
 
 from memrl.actors.memory import MemoryClient
 from memrl.memory import MemoryRewarder, MemorySettings
-from memrl.memory.inspect import inspect_snapshot
+from memrl.memory.inspection import inspect_snapshot
 from memrl.memory.store import read_shard
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from memrl.memory import HashingEmbedder, MemoryRewarder, MemorySettings, SnapshotError
 from memrl.memory import snapshot as snapshot_module
-from memrl.memory.inspect import inspect_snapshot
+from memrl.memory.inspection import inspect_snapshot
 
 EMBEDDER = HashingEmbedder(16)
 

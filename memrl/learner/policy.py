@@ -1,6 +1,6 @@
 """The policy trainer of one data-parallel rank: a Hugging Face causal LM under DeepSpeed.
 
-One :meth:`PolicyTrainer.train_step` is one optimiser step over the rank's shard of a
+One :meth:`PolicyTrainer.optimizer_step` is one optimiser step over the rank's shard of a
 RolloutBatch. The loss is ``memrl.grpo.loss.grpo_loss``; its normaliser is the *global* count
 of the step (all micro-batches on all ranks), so the update is the gradient of the mean over
 the whole batch however it is split. DeepSpeed averages gradients over the ``W``
@@ -9,7 +9,7 @@ a sum.
 
 Gradient accumulation is driven by hand: the number of micro-batches follows the batch (groups
 may be filtered), so the DeepSpeed config keeps ``gradient_accumulation_steps = 1`` (no loss
-division) and :meth:`train_step` marks the last micro-batch as the accumulation boundary
+division) and :meth:`optimizer_step` marks the last micro-batch as the accumulation boundary
 before its backward, then calls ``engine.step()`` once. Every rank runs the same number of
 forward/backward passes, since ZeRO's collectives happen per pass; a rank with fewer rows runs
 zero-weighted passes.
@@ -369,7 +369,7 @@ class PolicyTrainer:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
-    def train_step(
+    def optimizer_step(
         self,
         batch: RolloutBatch,
         advantages: torch.Tensor,

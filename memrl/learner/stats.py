@@ -1,6 +1,6 @@
 """Merging the learner's per-step statistics across micro-batches and data-parallel ranks.
 
-Each rank reports, for one ``train_step``, a flat ``dict[str, float]``. Keys fall in four kinds:
+Each rank reports, for one ``optimizer_step``, a flat ``dict[str, float]``. Keys fall in four kinds:
 
 - summed: ``loss`` (the rank's share of the global loss; shares add up to it), ``tokens``,
   ``sequence_tokens``, ``sequences``;
@@ -29,7 +29,7 @@ def token_weighted_mean(
 
 
 def merge_rank_stats(per_rank: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """One statistics dict for the whole step from every rank's ``train_step`` result.
+    """One statistics dict for the whole step from every rank's ``optimizer_step`` result.
 
     Raises ``ValueError`` when ``per_rank`` is empty or a rank lacks ``tokens``.
     """

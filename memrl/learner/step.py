@@ -67,7 +67,7 @@ def step_inputs(
     keep: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
 ) -> tuple[RolloutBatch, torch.Tensor, dict[str, Any]]:
-    """``(batch, advantages, keyword arguments)`` for ``PolicyTrainer.train_step`` on this rank.
+    """``(batch, advantages, keyword arguments)`` for ``PolicyTrainer.optimizer_step`` on this rank.
 
     ``advantages`` [N] and ``keep`` [N] (bool; rows to train on, None = all) cover the whole
     step; ``ref_logp`` covers this shard's rows. Dropped rows leave the loss and its

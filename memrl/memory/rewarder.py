@@ -49,7 +49,7 @@ from memrl.memory.embedder import Embedder, StepEncoder, encoder_device, make_em
 from memrl.memory.index import resolve_device
 from memrl.memory.normaliser import RewardNormaliser
 from memrl.memory.settings import MemorySettings
-from memrl.memory.shard import MemoryShard, PartialLookup, RawScores, StepBatch, merge_partials
+from memrl.memory.shard import MemoryShard, PartialLookup, RawScores, EncodedStep, merge_partials
 from memrl.memory.snapshot import SnapshotError
 from memrl.memory.store import load_into, read_shard, save_shard
 
@@ -100,7 +100,7 @@ class MemoryRewarder:
         batch = self.prepare(questions, reasonings, correct, step)
         return self.finish(batch, self.raw_scores(batch))
 
-    def raw_scores(self, batch: StepBatch, peer_parts: Sequence[PartialLookup] = ()) -> RawScores:
+    def raw_scores(self, batch: EncodedStep, peer_parts: Sequence[PartialLookup] = ()) -> RawScores:
         """Score ``batch`` against the memories and insert it, in the mode's order.
         ``peer_parts``: the other shards' lookups of the same batch (paper mode, sharded)."""
         if self.settings.mode == "reference":
@@ -114,7 +114,7 @@ class MemoryRewarder:
         reasonings: Sequence[str],
         correct: Sequence[float | bool],
         step: int | None = None,
-    ) -> StepBatch:
+    ) -> EncodedStep:
         """Validate and encode one batch (one batched encoder call)."""
         n = len(questions)
         if len(reasonings) != n or len(correct) != n:
@@ -137,7 +137,7 @@ class MemoryRewarder:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"step = {step!r}: must be an integer >= 0")
         encoded = self.encoder.encode(list(questions), list(reasonings))
-        return StepBatch(
+        return EncodedStep(
             questions=encoded.questions,
             question_vecs=encoded.question_vecs,
             question_index=encoded.question_index,
@@ -147,7 +147,7 @@ class MemoryRewarder:
             step=int(step),
         )
 
-    def finish(self, batch: StepBatch, raw: RawScores) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, batch: EncodedStep, raw: RawScores) -> tuple[np.ndarray, np.ndarray]:
         """Normalise a step's raw scores (batch order) and advance the step counter."""
         exploit, explore = self.normaliser.apply(raw.distance, raw.novelty, raw.failure_keys, batch.step)
         self.steps_done = max(self.steps_done, batch.step + 1)

@@ -31,7 +31,7 @@ from memrl.memory.settings import MemorySettings
 
 
 @dataclass
-class StepBatch:
+class EncodedStep:
     """One step's encoded responses. ``Q`` distinct questions, ``n`` responses."""
 
     questions: list[str]  # [Q] distinct question texts
@@ -113,7 +113,7 @@ class MemoryShard:
         )
 
     # ---- paper order -------------------------------------------------------------------
-    def lookup_then_insert(self, batch: StepBatch) -> PartialLookup:
+    def lookup_then_insert(self, batch: EncodedStep) -> PartialLookup:
         """Look the whole step up against the current memories, then insert the responses
         whose question this shard owns."""
         k = self.settings.k
@@ -146,7 +146,7 @@ class MemoryShard:
             failure_keys=failure_keys,
         )
 
-    def _insert_owned(self, batch: StepBatch) -> None:
+    def _insert_owned(self, batch: EncodedStep) -> None:
         for i, q in enumerate(batch.question_index):
             question = batch.questions[q]
             if shard_of(question, self.num_shards) != self.shard_index:
@@ -158,7 +158,7 @@ class MemoryShard:
                 )
 
     # ---- reference order ---------------------------------------------------------------
-    def insert_then_score(self, batch: StepBatch) -> RawScores:
+    def insert_then_score(self, batch: EncodedStep) -> RawScores:
         """For each response in order: insert it into its memory, then score it against both
         memories as they now are (the official code's order)."""
         n = len(batch.question_index)
@@ -250,7 +250,7 @@ def _rows_by_question(question_index: np.ndarray, num_q: int) -> list[tuple[int,
     return [(q, order[bounds[q] : bounds[q + 1]]) for q in range(num_q) if bounds[q + 1] > bounds[q]]
 
 
-def merge_partials(parts: list[PartialLookup], batch: StepBatch, k: int) -> RawScores:
+def merge_partials(parts: list[PartialLookup], batch: EncodedStep, k: int) -> RawScores:
     """Exact global top-K over the shards' partial lookups, then the raw rewards.
 
     Picks the K most similar keys per question among all shards' candidates; the centroid is

@@ -101,7 +101,7 @@ class Preempted(SystemExit):
 
 
 @dataclass
-class StepBatch:
+class StepGeneration:
     """One step's prompts and their generation (running or finished)."""
 
     step: int
@@ -221,7 +221,7 @@ class Trainer:
         return record_prompt(self.task, self.tokenizer, record, num_shots=self.cfg.task.num_shots,
                              seed=self.cfg.seed)
 
-    def _launch(self, step: int, records: list[Record] | None = None) -> StepBatch:
+    def _launch(self, step: int, records: list[Record] | None = None) -> StepGeneration:
         """Take the step's prompts (or the given ones) and start generating them."""
         if records is None:
             records = self.stream.next_batch(self.cfg.grpo.prompts_per_step)
@@ -234,7 +234,7 @@ class Trainer:
             settings = training_sampling(g, request_seed(self.cfg.seed, step, req.index))
             return actor.generate.remote(req.prompts, req.record_ids, settings, weights)
 
-        return StepBatch(step=step, records=records, pending=self.pool.start(requests, submit))
+        return StepGeneration(step=step, records=records, pending=self.pool.start(requests, submit))
 
     def _publish(self) -> float:
         weights_ref, summary = self.learners.publish_weights(self.version)
@@ -290,8 +290,8 @@ class Trainer:
                     raise
                 time.sleep(0.5)
 
-    def train_step(self, batch: StepBatch,
-                   next_batch: Callable[[], StepBatch | None]) -> tuple[dict[str, float], StepBatch | None]:
+    def run_step(self, batch: StepGeneration,
+                 next_batch: Callable[[], StepGeneration | None]) -> tuple[dict[str, float], StepGeneration | None]:
         """Finish ``batch``'s generation, score it, take one optimizer step, publish weights.
 
         In async mode ``next_batch()`` is called as soon as this step's generation is done, so
@@ -371,12 +371,12 @@ class Trainer:
         return metrics, upcoming
 
     # -- checkpoints, control, preemption ------------------------------------------------------
-    def save_checkpoint(self, upcoming: StepBatch | None = None) -> str:
+    def save_checkpoint(self, upcoming: StepGeneration | None = None) -> str:
         """Write ``checkpoints/step_N`` atomically; ``latest`` names it once complete."""
         with phase("checkpoint", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
             return self._save_checkpoint(upcoming)
 
-    def _save_checkpoint(self, upcoming: StepBatch | None) -> str:
+    def _save_checkpoint(self, upcoming: StepGeneration | None) -> str:
         started = time.perf_counter()
         partial = self.checkpoints.begin(self.step)
         learner_files = self.learners.save(f"{partial}/learner", export_hf=True)
@@ -474,13 +474,13 @@ class Trainer:
             writer.log(self.step, {f"eval/{k}": v for k, v in before.items()})
         bar = _progress(cfg, self.step)
         try:
-            batch: StepBatch | None = None
+            batch: StepGeneration | None = None
             if self.step < cfg.trainer.max_steps:
                 batch = self._launch(self.step, self._inflight or None)
             while batch is not None:
                 self._apply_control()
                 last = batch.step + 1 >= cfg.trainer.max_steps
-                metrics, upcoming = self.train_step(
+                metrics, upcoming = self.run_step(
                     batch, lambda: None if last else self._launch(batch.step + 1))
                 self.step += 1
                 writer.log(self.step, metrics)
