@@ -32,9 +32,10 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -43,7 +44,7 @@ from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
 from memrl.memory.index import resolve_device
 from memrl.memory.rewarder import MemoryRewarder
 from memrl.memory.settings import MemorySettings
-from memrl.memory.shard import MemoryShard, PartialLookup, EncodedStep
+from memrl.memory.shard import EncodedStep, MemoryShard, PartialLookup
 from memrl.memory.snapshot import shard_dir, write_shard_index
 from memrl.memory.store import load_into, read_shard, save_shard
 

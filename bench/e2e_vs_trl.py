@@ -31,8 +31,6 @@ Run from the repository root: ``python -m bench.e2e_vs_trl --json e2e_vs_trl.jso
 
 from __future__ import annotations
 
-import bench._common as common  # first: one thread per process, offline hubs
-
 import argparse
 import contextlib
 import functools
@@ -40,12 +38,13 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+import bench._common as common  # first: one thread per process, offline hubs
 from memrl.config import METHODS, Config
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer
@@ -173,7 +172,7 @@ class StepClock:
         self.end_times: list[float] = []
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StepClock"]:
+    def installed(self) -> Iterator[StepClock]:
         from memrl.train import loop
 
         base, clock = loop.MetricsWriter, self

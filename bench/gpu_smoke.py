@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_GPU_CONFIG = "configs/gsm8k_qwen2.5-0.5b_memoryr_plus_official_1gpu.yaml"
@@ -46,7 +47,7 @@ class Part:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def cuda_reason() -> Optional[str]:
+def cuda_reason() -> str | None:
     """None when a CUDA GPU is usable here, else why not."""
     import torch
 
@@ -141,7 +142,8 @@ def part_paper_steps(timeout_s: float) -> Part:
         return Part("paper_5_steps", "skipped", 0.0, f"{reason} (needs vLLM on GPU, NCCL, FAISS GPU)")
     data = os.environ.get(GSM8K_ENV) or str(ROOT.parent / "shared" / "data" / "gsm8k")
     if not (Path(data) / "train.jsonl").is_file():
-        return Part("paper_5_steps", "skipped", 0.0, f"no GSM8K files: set {GSM8K_ENV} to a folder with train.jsonl/test.jsonl")
+        reason = f"no GSM8K files: set {GSM8K_ENV} to a folder with train.jsonl/test.jsonl"
+        return Part("paper_5_steps", "skipped", 0.0, reason)
     model = _random_model_folder()
     out = tempfile.mkdtemp(prefix="memrl-smoke-")
     rc, text = _child([sys.executable, "-m", "memrl.cli", "train", ONE_GPU_CONFIG, "trainer.max_steps=5",
@@ -186,7 +188,7 @@ PARTS: list[tuple[str, Callable[[float], Part], float]] = [
 ]
 
 
-def run_parts(budget_s: float, only: Optional[list[str]] = None) -> list[Part]:
+def run_parts(budget_s: float, only: list[str] | None = None) -> list[Part]:
     """Run the parts in order, each within its share of ``budget_s``; a part that raises is
     recorded as failed and the next one runs."""
     parts = []
@@ -218,7 +220,7 @@ def table(parts: list[Part]) -> str:
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("runs/gpu_smoke.json"))
     parser.add_argument("--budget-s", type=float, default=480.0, help="whole run (default 8 min)")

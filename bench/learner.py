@@ -32,8 +32,6 @@ Run from the repository root: ``python -m bench.learner --json learner.json``
 
 from __future__ import annotations
 
-import bench._common as common  # first: one thread per process, offline hubs
-
 import argparse
 import contextlib
 import time
@@ -43,6 +41,7 @@ from typing import Any
 
 import torch
 
+import bench._common as common  # first: one thread per process, offline hubs
 from memrl.config import Config
 from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, policy_inputs
 from memrl.learner.packing import pack_completions

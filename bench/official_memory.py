@@ -27,11 +27,10 @@ Eviction still rebuilds the FAISS index from the remaining keys, as the original
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Sequence
-
-import numpy as np
+from collections.abc import Callable, Sequence
 
 import faiss
+import numpy as np
 
 
 class OfficialMemory:

@@ -30,17 +30,17 @@ Run from the repository root: ``python -m bench.rollout --json rollout.json``
 
 from __future__ import annotations
 
-import bench._common as common  # first: one thread per process, offline hubs
-
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+import bench._common as common  # first: one thread per process, offline hubs
 from memrl.rollout.availability import vllm_available
 from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids
 from memrl.rollout.factory import resolve_engine_kind

@@ -30,15 +30,15 @@ Run from the repository root: ``python -m bench.weight_sync --json weight_sync.j
 
 from __future__ import annotations
 
-import bench._common as common  # first: one thread per process, offline hubs
-
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+import bench._common as common  # first: one thread per process, offline hubs
 from memrl.rollout.engine import SamplingSettings
 from memrl.train.setup import rollout_worker_factory
 
@@ -64,7 +64,7 @@ class SyncTiming:
     @property
     def seconds(self) -> float:
         """Until the slowest worker holds the version: publish + max(fetch + load)."""
-        return self.publish + max(f + l for f, l in zip(self.fetch, self.load))
+        return self.publish + max(f + load for f, load in zip(self.fetch, self.load))
 
     @property
     def wall_minus_noop(self) -> float:
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    from memrl.actors.learner import LearnerGroup
     from memrl.actors.cluster import init_ray
+    from memrl.actors.learner import LearnerGroup
     from memrl.actors.rollout_pool import RolloutPool
     from memrl.train.setup import learner_settings
 

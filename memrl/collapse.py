@@ -25,8 +25,9 @@ A rule with too few steps to evaluate is reported as skipped, never as healthy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

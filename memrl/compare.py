@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from memrl.config import METHODS, ConfigError, load_config
-
 
 DEFAULT_TARGET_GAIN = 0.05  # sample efficiency: steps to gain 5 accuracy points
 

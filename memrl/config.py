@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -97,13 +97,13 @@ class TinyModelConfig(_Section):
             "run seed"
         ),
     )
-    cache_dir: Optional[str] = Field(
+    cache_dir: str | None = Field(
         None,
         description="where built tiny models are cached (None: $MEMRL_CACHE or ~/.cache/memrl)",
     )
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "TinyModelConfig":
+    def _heads_divide_hidden(self) -> TinyModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.tiny.hidden_size ({self.hidden_size}) must be divisible by "
@@ -138,7 +138,7 @@ class ArithConfig(_Section):
     max_factor: int = Field(5, ge=2, description="largest operand of a multiplication")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ArithConfig":
+    def _ordered(self) -> ArithConfig:
         if self.min_steps > self.max_steps:
             raise ValueError(
                 f"task.arith.min_steps ({self.min_steps}) must be <= task.arith.max_steps "
@@ -181,14 +181,14 @@ class TaskConfig(_Section):
         ),
     )
     # None: the task's default (procedural tasks: 100,000 train records; datasets: every row).
-    train_size: Optional[int] = Field(
+    train_size: int | None = Field(
         None, ge=1,
         description=(
             "records in the train split (None: procedural tasks 100,000, datasets every "
             "row)"
         ),
     )
-    eval_size: Optional[int] = Field(
+    eval_size: int | None = Field(
         200, ge=1,
         description="held-out records for evaluation (None: all)",
     )
@@ -205,23 +205,23 @@ class TaskConfig(_Section):
 class DataConfig(_Section):
     """Local files instead of the hub (air-gapped clusters)."""
 
-    path: Optional[str] = Field(
+    path: str | None = Field(
         None,
         description="local train split (JSONL or Parquet) instead of the hub",
     )
-    eval_path: Optional[str] = Field(
+    eval_path: str | None = Field(
         None,
         description="local held-out split (JSONL or Parquet) instead of the hub",
     )
-    question_field: Optional[str] = Field(
+    question_field: str | None = Field(
         None,
         description="question field of those files (None: the task's own name)",
     )
-    answer_field: Optional[str] = Field(
+    answer_field: str | None = Field(
         None,
         description="answer field of those files (None: the task's own name)",
     )
-    id_field: Optional[str] = Field(
+    id_field: str | None = Field(
         None,
         description="record id field of those files (None: the file's name and row number)",
     )
@@ -285,7 +285,7 @@ class GRPOConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _groups(self) -> "GRPOConfig":
+    def _groups(self) -> GRPOConfig:
         if self.num_generations < 2:
             raise ValueError(
                 f"grpo.num_generations = {self.num_generations}: must be >= 2 "
@@ -342,7 +342,7 @@ class TrainerConfig(_Section):
             "seconds"
         ),
     )
-    checkpoint_uri: Optional[str] = Field(
+    checkpoint_uri: str | None = Field(
         None,
         description=(
             "where checkpoints/ lives: a path, file://, s3://... or gs://... (None: "
@@ -502,7 +502,7 @@ class LoggingConfig(_Section):
         True,
         description="write the metrics for TensorBoard under output_dir/tensorboard",
     )
-    wandb_project: Optional[str] = Field(
+    wandb_project: str | None = Field(
         None,
         description="log to this Weights & Biases project (None: off)",
     )
@@ -510,11 +510,11 @@ class LoggingConfig(_Section):
 
 
 class RayConfig(_Section):
-    address: Optional[str] = Field(
+    address: str | None = Field(
         None,
         description="join this Ray cluster (None: RAY_ADDRESS, else start a local one)",
     )
-    num_cpus: Optional[int] = Field(
+    num_cpus: int | None = Field(
         None, ge=1,
         description="logical CPUs of a local cluster (None: the machine's)",
     )
@@ -566,7 +566,7 @@ class Config(_Section):
         default_factory=MemoryConfig,
         description="the episodic memories and their intrinsic rewards",
     )
-    rewards: Optional[list[RewardSpecConfig]] = Field(
+    rewards: list[RewardSpecConfig] | None = Field(
         None,
         description=(
             "rewards replacing the task's rule rewards, each {fn, weight, kwargs} (None: "
@@ -577,7 +577,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig, description="the Ray cluster")
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         prompts = self.grpo.prompts_per_step
         if prompts % self.learner.num_learners:
             raise ValueError(

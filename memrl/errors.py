@@ -18,9 +18,9 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 EXIT_RUNTIME = 1
 EXIT_INPUT = 2

@@ -21,7 +21,8 @@ such keys), so a faithful config can still state a deliberate deviation next to 
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Raw-tree entry (not a config key) carrying the keys that win over the official values.
 OFFICIAL_EXPLICIT = "__official_explicit__"

@@ -25,9 +25,10 @@ import importlib.util
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from memrl.config import Config
 
@@ -68,7 +69,7 @@ class Plan:
     cluster: str = ""
 
     @property
-    def first_problem(self) -> Optional[Check]:
+    def first_problem(self) -> Check | None:
         return next((c for c in self.checks if not c.ok), None)
 
     def table(self) -> str:
@@ -167,7 +168,7 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 1024**2:.1f} MiB"
 
 
-def estimate_memory(cfg: Config, groups: list[ActorGroup], shape: ModelShape, gpu_memory_gib: float) -> Optional[str]:
+def estimate_memory(cfg: Config, groups: list[ActorGroup], shape: ModelShape, gpu_memory_gib: float) -> str | None:
     """Fill each group's memory estimate; returns a problem (vLLM's share too small for its
     weights) or None."""
     problem = None
@@ -228,7 +229,7 @@ def nodes_from_ray(ray_nodes: Sequence[dict[str, Any]]) -> list[_Node]:
     return out
 
 
-def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> Optional[str]:
+def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> str | None:
     """Pack every actor onto ``nodes`` (largest GPU request first, first fit); None when all
     fit, else the first actor that does not and why."""
     actors = [(g, i) for g in groups for i in range(g.count)]
@@ -249,7 +250,7 @@ def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> Optional[str]:
     return None
 
 
-def _fits(bundle: dict[str, float], node: _Node) -> Optional[str]:
+def _fits(bundle: dict[str, float], node: _Node) -> str | None:
     for key, want in bundle.items():
         if key == "GPU" or not want:
             continue
@@ -285,7 +286,7 @@ def _take(bundle: dict[str, float], node: _Node) -> None:
         node.gpus[j] -= want
 
 
-def cluster_nodes(cfg: Config, address: Optional[str]) -> tuple[list[_Node], str]:
+def cluster_nodes(cfg: Config, address: str | None) -> tuple[list[_Node], str]:
     """The nodes the job would join, and a one-line description."""
     import ray
 
@@ -310,7 +311,7 @@ def _local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def local_gpu_memory_gib() -> Optional[float]:
+def local_gpu_memory_gib() -> float | None:
     """Memory of this machine's first GPU, or None without one."""
     import torch
 
@@ -320,7 +321,7 @@ def local_gpu_memory_gib() -> Optional[float]:
 
 
 # ---- reachability -------------------------------------------------------------------------
-def check_model(cfg: Config) -> tuple[Check, Optional[str]]:
+def check_model(cfg: Config) -> tuple[Check, str | None]:
     """The model and tokenizer source; returns the check and a source to read its config from."""
     from memrl.model.loading import ModelUnavailableError, locate_model
 
@@ -414,8 +415,8 @@ def check_engines(cfg: Config) -> list[Check]:
 
 
 # ---- the plan -------------------------------------------------------------------------------
-def build_plan(cfg: Config, *, address: Optional[str] = None, nodes: Optional[list[_Node]] = None,
-               gpu_memory_gib: Optional[float] = None) -> Plan:
+def build_plan(cfg: Config, *, address: str | None = None, nodes: list[_Node] | None = None,
+               gpu_memory_gib: float | None = None) -> Plan:
     """Every check for ``cfg`` against the cluster (``nodes``: given, e.g. in tests)."""
     groups = actor_groups(cfg)
     if nodes is None:
@@ -455,7 +456,7 @@ def _get(cfg: Config, dotted: str) -> Any:
     return node
 
 
-def main_plan(cfg: Config, *, address: Optional[str] = None, gpu_memory_gib: Optional[float] = None) -> int:
+def main_plan(cfg: Config, *, address: str | None = None, gpu_memory_gib: float | None = None) -> int:
     """Print the plan; 0 when the job can run, 2 naming the first problem otherwise."""
     import sys
 

@@ -10,7 +10,8 @@ XML answer format.
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # The official code's prompt, leading newline and blank line included.
 SYSTEM_PROMPT = """

@@ -70,7 +70,7 @@ class RunLock:
             holder = {}
         return holder if isinstance(holder, dict) else {}
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunDirBusy` naming the holder (nothing else is written)."""
         if self._fd is not None:
             return self
@@ -139,7 +139,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,12 +15,12 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray.autoscaler
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -423,7 +423,8 @@ def test_images_share_python_and_pins() -> None:
 def test_requirement_pins_cover_pyproject(flavour: str) -> None:
     """The images install memrl with --no-deps: the pins must name every dependency of
     pyproject.toml (GPU: faiss-gpu-cu12 instead of faiss-cpu, plus the gpu extra), with versions
-    inside pyproject's ranges (CPU: plus the cpu extra, vLLM's CPU build), and the fsspec back ends for s3:// and gs:// checkpoints."""
+    inside pyproject's ranges (CPU: plus the cpu extra, vLLM's CPU build), and the fsspec back
+    ends for s3:// and gs:// checkpoints."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = [Requirement(r) for r in project["dependencies"]]
     if flavour == "gpu":

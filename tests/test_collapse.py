@@ -3,8 +3,16 @@ and a healthy run fires none."""
 
 import pytest
 
-from memrl.collapse import (CORRECTNESS_ZERO, LENGTH_LENGTHENING, LENGTH_SHORTENING, REWARD_MODE,
-                            CollapseRules, check_rules, detect_collapse, metric_series)
+from memrl.collapse import (
+    CORRECTNESS_ZERO,
+    LENGTH_LENGTHENING,
+    LENGTH_SHORTENING,
+    REWARD_MODE,
+    CollapseRules,
+    check_rules,
+    detect_collapse,
+    metric_series,
+)
 
 
 def _run(n=30, *, length=100.0, clipped=0.1, correctness=0.3, xmlcount=0.2, integer=0.1,

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from trainer_configs import FAST, TINY
 
 from memrl.compare import aggregate, format_table, plan_trials, run_compare
 from memrl.config import ConfigError
-from trainer_configs import FAST, TINY
 
 
 def test_plan_trials_names_and_errors(tmp_path):

@@ -156,7 +156,7 @@ def test_configuration_reference_is_current():
     assert DOCS_PATH.read_text(encoding="utf-8") == rendered, (
         "docs/configuration.md is stale: run `memrl config docs` and commit it")
     # every key, with its built-in default, is in the reference
-    for key, field in _leaf_fields(Config):
+    for key, _field in _leaf_fields(Config):
         assert f"| `{key}` |" in rendered or f"| `{key.replace('rewards.', 'rewards[].')}` |" \
             in rendered, key
     assert "| `trainer.lr` | float (> 0) | `5e-06` |" in rendered

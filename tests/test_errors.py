@@ -8,20 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from trainer_configs import TINY
 
 from memrl.cli import main
 from memrl.errors import PhaseTimeout, explain
 from memrl.train.loop import read_control
 from memrl.verify import MAX_ANSWER_CHARS, check_answers
-from trainer_configs import FAST, TINY
 
 
 def _tree(root: Path) -> dict[str, str]:

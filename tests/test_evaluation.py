@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
+from memrl.config import config_to_yaml, load_config
 from memrl.eval.cli import main_eval
 from memrl.eval.evaluate import evaluate
-from memrl.config import config_to_yaml, load_config
 from memrl.eval.extractive import extract_answer, score_completions
 from memrl.eval.graders import grade
 from memrl.eval.pass_at_k import pass_at_k

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import ray
+from trainer_configs import make_config
 
 from memrl.actors.learner import LearnerError
 from memrl.rollout.engine import SamplingSettings
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
 from memrl.types import RolloutBatch
-from trainer_configs import make_config
 
 pytestmark = pytest.mark.slow
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from trainer_configs import FAST, TINY
 
 from memrl.checkpoint import CheckpointManager
 from memrl.train.metrics import read_metrics
-from trainer_configs import FAST, TINY
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from memrl.train.placement import Demand, unplaceable
 from test_job_submit import _free_ports, _processes_with_env, _ray_cli
 from trainer_configs import FAST, TINY
+
+from memrl.train.placement import Demand, unplaceable
 
 REPO = Path(__file__).resolve().parents[1]
 

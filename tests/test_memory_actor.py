@@ -112,7 +112,7 @@ def test_concurrent_requests_of_one_step_are_merged():
         try:
             client.score_and_insert(["q"], ["a", "b"], [1])
         except ray.exceptions.RayTaskError as exc:
-            raise exc.as_instanceof_cause()
+            raise exc.as_instanceof_cause() from None
     ray.kill(client.actor, no_restart=True)
 
 

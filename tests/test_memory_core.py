@@ -255,7 +255,7 @@ def test_sharded_lookup_equals_unsharded():
     peer = MemoryShard(settings, 16, shard_index=1, num_shards=2)
     rng = np.random.default_rng(0)
     owners = set()
-    for step in range(12):
+    for _ in range(12):
         questions = [f"q{int(i)}" for i in rng.integers(0, 10, 3) for _ in range(4)]
         owners.update(shard_of(q, 2) for q in questions)
         reasonings = [f"r{int(i)}" for i in rng.integers(0, 30, len(questions))]

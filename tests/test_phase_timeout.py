@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from trainer_configs import make_config
 
 from memrl.errors import PhaseTimeout, explain
 from memrl.run_lock import LOCK_FILE
 from memrl.train.loop import Trainer
-from trainer_configs import make_config
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainer_configs import FAST, TINY, make_config
 
 from memrl.checkpoint import CheckpointManager
 from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
 from memrl.train.metrics import read_metrics
-from trainer_configs import FAST, TINY, make_config
 
 pytestmark = pytest.mark.slow
 

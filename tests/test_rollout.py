@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from memrl.actors.rollout import make_rollout_worker_class
 from trainer_configs import make_config
 from transformers import AutoModelForCausalLM
 
+from memrl.actors.rollout import make_rollout_worker_class
 from memrl.config import GRPOConfig
 from memrl.model.tiny import build_tiny_model
 from memrl.rollout.availability import EngineUnavailableError, check_engine, vllm_available

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from memrl.shared_data import gsm8k_file, missing_reason
 from memrl.tasks import TASKS, make_task
 from memrl.tasks.aimo import last_boxed_content
 from memrl.tasks.arith import NAMES, OBJECTS, apply_operation
 from memrl.tasks.base import GeneratedRecords, held_out
 from memrl.tasks.files import load_records_file
 from memrl.tasks.hub import DatasetUnavailableError, load_hub_split, unreachable_reason
-from memrl.shared_data import gsm8k_file, missing_reason
 from memrl.types import Record
 
 GSM8K_TEST = gsm8k_file("test")
@@ -57,7 +57,7 @@ def test_arith_answers_recompute_from_meta():
 def test_arith_solution_reads_like_gsm8k():
     task = make_task("arith", seed=0)
     record = next(r for r in task.dataset("train")[:50] if r.meta["steps"][0][0] == "+")
-    start, (op, b) = record.meta["start"], record.meta["steps"][0]
+    start, (_, b) = record.meta["start"], record.meta["steps"][0]
     name = record.question.split()[0]
     assert re.fullmatch(
         rf"{name} has {start} \w+\. (He|She) \w+ {b} more, so {start} \+ {b} = {start + b}\.",

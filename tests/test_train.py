@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainer_configs import make_config
 
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
-from trainer_configs import make_config
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from memrl.config import ConfigError, parse_override
 from memrl.eval.graders import GRADERS, VERIFIERS
@@ -106,7 +107,7 @@ def _parse_task_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def main_eval(args: Optional[argparse.Namespace] = None, **kwargs: Any) -> int:
+def main_eval(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
     """Run ``memrl eval`` from parsed arguments (:func:`add_eval_arguments`) and/or keyword
     arguments of the same names (``model``, ``task``, ``out``, ``task_option`` as a list of
     ``key=value`` strings, ...; keywords win). Prints the table, writes the JSON; returns 0,

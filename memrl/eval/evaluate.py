@@ -11,7 +11,8 @@ the sampled accuracy. Prompts are built exactly as in training (the task's syste
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from memrl.eval.graders import grade
 from memrl.eval.models import resolve_model
@@ -66,8 +67,8 @@ def _generate(
     return out
 
 
-def evaluate(model: str, settings: EvalSettings, *, engine: Any = None, task: Optional[Task] = None,
-             run: Optional[dict[str, Any]] = None) -> BenchmarkResult:
+def evaluate(model: str, settings: EvalSettings, *, engine: Any = None, task: Task | None = None,
+             run: dict[str, Any] | None = None) -> BenchmarkResult:
     """Evaluate ``model`` (a folder or hub id) on ``settings``; see the module docstring.
 
     ``engine``: an already built :class:`memrl.rollout.engine.GenerationEngine` to use instead

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from memrl.tasks.base import Task
@@ -35,12 +36,12 @@ class ScoredAnswer:
     ``"free_text"`` (math-verify extraction), ``"equation"`` (Countdown) or ``"none"``.
     """
 
-    extracted: Optional[str]
+    extracted: str | None
     source: str
     correct: bool
 
 
-def _free_text_answer(text: str, timeout_s: float) -> Optional[str]:
+def _free_text_answer(text: str, timeout_s: float) -> str | None:
     """The answer math-verify extracts from free text (its matched string), or None."""
     from math_verify import parse
 
@@ -51,7 +52,7 @@ def _free_text_answer(text: str, timeout_s: float) -> Optional[str]:
     return next((item for item in parsed if isinstance(item, str) and item.strip()), None)
 
 
-def extract_answer(completion: str, *, timeout_s: float = 5.0) -> tuple[Optional[str], str]:
+def extract_answer(completion: str, *, timeout_s: float = 5.0) -> tuple[str | None, str]:
     """(answer, source) of a completion: the first non-empty of the ``<answer>`` content, the
     last ``\\boxed{}`` content and math-verify's free-text extraction; ``(None, "none")`` when
     none gives anything. ``timeout_s`` bounds math-verify's parse (main thread only)."""

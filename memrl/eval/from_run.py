@@ -10,9 +10,10 @@ wins over the run's value; ``--ignore-run`` evaluates with the task's built-in s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from memrl.eval.settings import EvalSettingsError
 
@@ -47,7 +48,7 @@ class RunSettings:
                 f"run configured it, {values}; --ignore-run for the task's built-in settings")
 
 
-def find_run(model: str) -> Optional[tuple[Path, Path]]:
+def find_run(model: str) -> tuple[Path, Path] | None:
     """(run directory, model folder) when ``model`` is a run directory (its ``model`` folder is
     evaluated) or a model folder inside one (``model``, ``best_model``); else None."""
     folder = Path(model).expanduser()

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from memrl.eval.pass_at_k import PASS_AT_K_ESTIMATOR, pass_at_k
 from memrl.eval.settings import EvalSettings
@@ -17,7 +17,7 @@ class SampleResult:
     """One completion, its extracted answer and its correctness."""
 
     completion: str
-    extracted: Optional[str]
+    extracted: str | None
     extracted_from: str  # see ScoredAnswer.source
     correct: bool
     completion_tokens: int
@@ -31,7 +31,7 @@ class ProblemResult:
     question: str
     gold: str
     completion: str
-    extracted: Optional[str]
+    extracted: str | None
     extracted_from: str
     correct: bool
     completion_tokens: int
@@ -56,7 +56,7 @@ class BenchmarkResult:
     settings: EvalSettings
     problems: list[ProblemResult]
     elapsed_s: float
-    run: Optional[dict[str, Any]] = None
+    run: dict[str, Any] | None = None
 
     @property
     def num_total(self) -> int:
@@ -80,7 +80,7 @@ class BenchmarkResult:
         return sum(p.completion_tokens for p in self.problems) / self.num_total
 
     @property
-    def pass_at_k(self) -> Optional[float]:
+    def pass_at_k(self) -> float | None:
         """Mean pass@k over problems (None without sampling, i.e. ``pass_k == 1``)."""
         k = self.settings.pass_k
         if k == 1:
@@ -89,7 +89,7 @@ class BenchmarkResult:
         return sum(values) / len(values)
 
     @property
-    def sample_accuracy(self) -> Optional[float]:
+    def sample_accuracy(self) -> float | None:
         """Fraction of all sampled completions that are correct (None without sampling)."""
         k = self.settings.pass_k
         if k == 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from memrl.eval.graders import GRADERS, VERIFIERS
 
@@ -33,7 +33,8 @@ class EvalSettings:
     ``limit``: the first N records of the split (None: all). Accuracy is greedy;
     ``temperature``/``top_p`` apply only to the ``pass_k`` samples drawn when ``pass_k > 1``.
     ``max_tokens``: completion tokens. ``batch_size``: completions per engine call.
-    ``seed`` seeds the task's generator, the k-shot draw and the samples. ``engine``: ``"auto"`` (vLLM on a GPU, else transformers), ``"hf"`` or
+    ``seed`` seeds the task's generator, the k-shot draw and the samples. ``engine``:
+    ``"auto"`` (vLLM whenever a working build is installed, else transformers), ``"hf"`` or
     ``"vllm"``. ``data_path``: a local JSONL/Parquet file for the split (the task's ``path``
     for train, ``eval_path`` for test), with ``question_field``/``answer_field`` naming its
     fields. ``task_options``: more keyword arguments of the task's constructor (e.g. arith
@@ -43,7 +44,7 @@ class EvalSettings:
 
     task: str
     split: str = "test"
-    limit: Optional[int] = None
+    limit: int | None = None
     pass_k: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -52,9 +53,9 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 64
     engine: str = "auto"
-    data_path: Optional[str] = None
-    question_field: Optional[str] = None
-    answer_field: Optional[str] = None
+    data_path: str | None = None
+    question_field: str | None = None
+    answer_field: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 5.0  # per math-verify check
     grader: str = "extractive_match"

@@ -125,7 +125,7 @@ class EpisodicMemory:
         capacity_values: int,
         value_text_chars: int = 400,
         device: str = "cpu",
-    ) -> "EpisodicMemory":
+    ) -> EpisodicMemory:
         """Rebuild a memory from :meth:`to_arrays` output; inconsistent arrays raise."""
         keys, values, counts = arrays.keys, arrays.values, arrays.value_counts
         if keys.ndim != 2 or values.ndim != 2 or keys.shape[1] != values.shape[1] and len(values):

@@ -22,9 +22,8 @@ import logging
 import subprocess
 import sys
 
-import numpy as np
-
 import faiss
+import numpy as np
 
 _INITIAL_ROWS = 1024
 # FAISS's GPU k-selection handles at most this many neighbours per query.
@@ -113,7 +112,7 @@ def gpu_available() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def shared_gpu_resources() -> "faiss.StandardGpuResources":
+def shared_gpu_resources() -> faiss.StandardGpuResources:
     """The process's one ``StandardGpuResources`` (scratch capped at GPU_TEMP_MEMORY_BYTES)."""
     res = faiss.StandardGpuResources()
     res.setTempMemory(GPU_TEMP_MEMORY_BYTES)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from memrl.memory.rewards import (
+    exploit_reference,
     explore_active,
     explore_reference,
-    exploit_reference,
     minmax_paper,
 )
 from memrl.memory.settings import MemorySettings

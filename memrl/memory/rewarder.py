@@ -40,8 +40,8 @@ Snapshots: :meth:`MemoryRewarder.save` writes the shard's memories (layout in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from memrl.memory.embedder import Embedder, StepEncoder, encoder_device, make_em
 from memrl.memory.index import resolve_device
 from memrl.memory.normaliser import RewardNormaliser
 from memrl.memory.settings import MemorySettings
-from memrl.memory.shard import MemoryShard, PartialLookup, RawScores, EncodedStep, merge_partials
+from memrl.memory.shard import EncodedStep, MemoryShard, PartialLookup, RawScores, merge_partials
 from memrl.memory.snapshot import SnapshotError
 from memrl.memory.store import load_into, read_shard, save_shard
 
@@ -187,7 +187,7 @@ class MemoryRewarder:
     @classmethod
     def from_snapshot(
         cls, directory: str | Path, embedder: Embedder | None = None, **overrides: object
-    ) -> "MemoryRewarder":
+    ) -> MemoryRewarder:
         """A rewarder with the snapshot's settings (``overrides`` replace fields, e.g.
         ``device``) and contents."""
         snap = read_shard(directory)

@@ -19,7 +19,7 @@ These are the unweighted R̂_exploit and R̂_explore; λ_s and λ_e weigh them i
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -13,7 +13,7 @@ With progress ``p`` and ``c = cos(p·π)``, a completion scores
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.rule import CHECK_TIMEOUT_S, DEFAULT_CHECK, answer_correctness

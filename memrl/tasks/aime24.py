@@ -4,7 +4,8 @@ split; here they are the ``test`` split (a local file goes in ``eval_path``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 from memrl.tasks.base import TableTask
 

@@ -7,14 +7,14 @@ The paper's AI-MO runs sample 2,000 training problems; ``train_size`` (default 2
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from memrl.tasks.base import XML_RULE_REWARDS, TableTask
 
 PAPER_TRAIN_SIZE = 2_000
 
 
-def last_boxed_content(text: str) -> Optional[str]:
+def last_boxed_content(text: str) -> str | None:
     """The brace-balanced content of the last ``\\boxed{...}`` in ``text``, stripped; None if
     there is none or its braces do not close."""
     start = text.rfind("\\boxed")
@@ -50,14 +50,14 @@ class AIMOTask(TableTask):
     def __init__(
         self,
         *,
-        path: Optional[str] = None,
-        eval_path: Optional[str] = None,
-        question_field: Optional[str] = None,
-        answer_field: Optional[str] = None,
-        id_field: Optional[str] = None,
+        path: str | None = None,
+        eval_path: str | None = None,
+        question_field: str | None = None,
+        answer_field: str | None = None,
+        id_field: str | None = None,
         plain_answers: bool = False,
-        train_size: Optional[int] = PAPER_TRAIN_SIZE,
-        eval_size: Optional[int] = None,
+        train_size: int | None = PAPER_TRAIN_SIZE,
+        eval_size: int | None = None,
         seed: int = 0,
     ):
         """As ``TableTask``, but ``train_size`` defaults to the paper's 2,000 sampled problems
@@ -74,5 +74,5 @@ class AIMOTask(TableTask):
             seed=seed,
         )
 
-    def parse_answer(self, raw: str) -> Optional[str]:
+    def parse_answer(self, raw: str) -> str | None:
         return last_boxed_content(raw)

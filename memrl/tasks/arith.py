@@ -16,8 +16,9 @@ model of a few million parameters; more steps and ``*``/``/`` make it harder.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from functools import partial
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar
 
 from memrl.tasks.base import GeneratedRecords, Task, held_out
 from memrl.tasks.files import load_records_file
@@ -100,7 +101,7 @@ def generate_problem(
     max_value: int,
     operations: Sequence[str],
     max_factor: int,
-) -> Optional[tuple[str, int, dict]]:
+) -> tuple[str, int, dict] | None:
     """One problem drawn with ``rng``: (question, answer, meta); None when the drawn start
     value leaves no allowed operation (the caller draws again)."""
     name, pronoun = rng.choice(NAMES)
@@ -144,11 +145,11 @@ class ArithTask(Task):
         train_size: int = 100_000,
         eval_size: int = 200,
         seed: int = 0,
-        path: Optional[str] = None,
-        eval_path: Optional[str] = None,
+        path: str | None = None,
+        eval_path: str | None = None,
         question_field: str = "question",
         answer_field: str = "answer",
-        id_field: Optional[str] = None,
+        id_field: str | None = None,
     ):
         """``min_steps``..``max_steps`` operations per problem, start values and added or
         subtracted amounts up to ``max_value``, multipliers and divisors 2..``max_factor``,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import random
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Mapping, Optional, Sequence, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, overload
 
 from memrl.prompts import GSM8K_EXEMPLARS, SYSTEM_PROMPT
 from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
@@ -43,10 +44,10 @@ class Task(ABC):
     def __init__(
         self,
         *,
-        path: Optional[str] = None,
-        eval_path: Optional[str] = None,
-        train_size: Optional[int] = None,
-        eval_size: Optional[int] = None,
+        path: str | None = None,
+        eval_path: str | None = None,
+        train_size: int | None = None,
+        eval_size: int | None = None,
         seed: int = 0,
     ):
         files = {"train": path, "test": eval_path}
@@ -103,9 +104,9 @@ class TableTask(Task):
     """
 
     hub_id: ClassVar[str]
-    hub_config: ClassVar[Optional[str]] = None
+    hub_config: ClassVar[str | None] = None
     hub_splits: ClassVar[Mapping[str, str]] = {"train": "train", "test": "test"}
-    hub_id_field: ClassVar[Optional[str]] = None
+    hub_id_field: ClassVar[str | None] = None
     question_field_default: ClassVar[str] = "question"
     answer_field_default: ClassVar[str] = "answer"
     keep_solution: ClassVar[bool] = False  # the answer field holds a worked solution
@@ -113,14 +114,14 @@ class TableTask(Task):
     def __init__(
         self,
         *,
-        path: Optional[str] = None,
-        eval_path: Optional[str] = None,
-        question_field: Optional[str] = None,
-        answer_field: Optional[str] = None,
-        id_field: Optional[str] = None,
+        path: str | None = None,
+        eval_path: str | None = None,
+        question_field: str | None = None,
+        answer_field: str | None = None,
+        id_field: str | None = None,
         plain_answers: bool = False,
-        train_size: Optional[int] = None,
-        eval_size: Optional[int] = None,
+        train_size: int | None = None,
+        eval_size: int | None = None,
         seed: int = 0,
     ):
         """Field names apply to local files (None: the hub dataset's names). ``plain_answers``:
@@ -134,7 +135,7 @@ class TableTask(Task):
         self.id_field = id_field
         self.plain_answers = plain_answers
 
-    def parse_answer(self, raw: str) -> Optional[str]:
+    def parse_answer(self, raw: str) -> str | None:
         """The gold answer from the text of the answer field, in the hub dataset's format
         (None: the row has none). Subclasses whose answer field is a solution override it."""
         return raw.strip()

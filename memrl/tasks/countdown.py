@@ -14,9 +14,10 @@ that expression. Train and test are disjoint by content hash (see ``held_out``).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar
 
 from memrl.prompts import COUNTDOWN_SYSTEM_PROMPT
 from memrl.tasks.base import PATH_OPTIONS, GeneratedRecords, Task, held_out
@@ -70,7 +71,7 @@ def _combine(
 
 def generate_countdown(
     rng: random.Random, *, min_numbers: int, max_numbers: int, max_number: int, max_target: int
-) -> Optional[tuple[list[int], int, str]]:
+) -> tuple[list[int], int, str] | None:
     """(numbers, target, solution expression) drawn with ``rng``; None if the drawn expression's
     value exceeds ``max_target`` (the caller draws again)."""
     numbers = [rng.randint(1, max_number) for _ in range(rng.randint(min_numbers, max_numbers))]
@@ -124,8 +125,8 @@ class CountdownTask(Task):
         train_size: int = 100_000,
         eval_size: int = 500,
         seed: int = 0,
-        path: Optional[str] = None,
-        eval_path: Optional[str] = None,
+        path: str | None = None,
+        eval_path: str | None = None,
         numbers_field: str = "nums",
         target_field: str = "target",
     ):
@@ -154,7 +155,7 @@ class CountdownTask(Task):
         self.max_target = max_target
         self.numbers_field = numbers_field
         self.target_field = target_field
-        self._hub_records: Optional[list[Record]] = None
+        self._hub_records: list[Record] | None = None
 
     def _load(self, split: str) -> Sequence[Record]:
         if self.source == "hub":

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any
 
 from memrl.errors import DataError
 from memrl.types import Record
@@ -22,7 +23,7 @@ NumberedRow = tuple[int, Mapping[str, Any]]
 
 # Turns the raw answer text into the gold answer; returns None when the row has no usable
 # answer (e.g. a solution without ``\boxed{}``). May raise RowError to reject the row.
-AnswerParser = Callable[[str], Optional[str]]
+AnswerParser = Callable[[str], str | None]
 
 
 class RowError(ValueError):
@@ -93,7 +94,7 @@ def rows_to_records(
     *,
     source: str,
     unit: str,
-    make_record: Callable[[Mapping[str, Any], int], Optional[Record]],
+    make_record: Callable[[Mapping[str, Any], int], Record | None],
 ) -> list[Record]:
     """Convert numbered rows with ``make_record(row, number)``.
 
@@ -145,10 +146,10 @@ def qa_record_maker(
     id_prefix: str,
     question_field: str,
     answer_field: str,
-    id_field: Optional[str],
-    answer_parser: Optional[AnswerParser],
+    id_field: str | None,
+    answer_parser: AnswerParser | None,
     keep_solution: bool,
-) -> Callable[[Mapping[str, Any], int], Optional[Record]]:
+) -> Callable[[Mapping[str, Any], int], Record | None]:
     """A ``make_record`` for question/answer rows.
 
     The answer field may hold a string or a number (AIME answers are integers). With
@@ -156,7 +157,7 @@ def qa_record_maker(
     ``keep_solution`` the raw text is kept as ``meta["solution"]``.
     """
 
-    def make_record(row: Mapping[str, Any], number: int) -> Optional[Record]:
+    def make_record(row: Mapping[str, Any], number: int) -> Record | None:
         question = require_text(row, question_field)
         raw = require_field(row, answer_field)
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):
@@ -194,8 +195,8 @@ def load_records_file(
     *,
     question_field: str = "question",
     answer_field: str = "answer",
-    id_field: Optional[str] = None,
-    answer_parser: Optional[AnswerParser] = None,
+    id_field: str | None = None,
+    answer_parser: AnswerParser | None = None,
     keep_solution: bool = False,
 ) -> list[Record]:
     """Load question/answer records from a JSONL or Parquet file.

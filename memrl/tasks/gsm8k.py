@@ -3,7 +3,7 @@ text after ``####`` in the worked solution (kept as ``meta["solution"]``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from memrl.tasks.base import TableTask
 from memrl.tasks.files import RowError
@@ -23,8 +23,8 @@ class GSM8KTask(TableTask):
 
     name: ClassVar[str] = "gsm8k"
     hub_id: ClassVar[str] = "openai/gsm8k"
-    hub_config: ClassVar[Optional[str]] = "main"
+    hub_config: ClassVar[str | None] = "main"
     keep_solution: ClassVar[bool] = True
 
-    def parse_answer(self, raw: str) -> Optional[str]:
+    def parse_answer(self, raw: str) -> str | None:
         return final_answer_after_hashes(raw)

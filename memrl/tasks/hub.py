@@ -9,7 +9,8 @@ session, so proxies and ``HF_ENDPOINT`` apply) must answer within a few seconds,
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import datasets
@@ -24,7 +25,7 @@ def locate_hub_dataset(
     dataset_id: str,
     split: str,
     *,
-    config: Optional[str] = None,
+    config: str | None = None,
     path_option: str = "data.path",
     fields: Sequence[str] = ("question", "answer"),
     probe_timeout_s: float = 3.0,
@@ -56,11 +57,11 @@ def load_hub_split(
     dataset_id: str,
     split: str,
     *,
-    config: Optional[str] = None,
+    config: str | None = None,
     path_option: str = "data.path",
     fields: Sequence[str] = ("question", "answer"),
     probe_timeout_s: float = 3.0,
-) -> "datasets.Dataset":
+) -> datasets.Dataset:
     """``datasets.load_dataset(dataset_id, config, split=split)``, or DatasetUnavailableError.
 
     ``path_option`` and ``fields`` only shape the error message: the config key that takes a
@@ -95,13 +96,13 @@ def _hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
-def unreachable_reason(endpoint: str, timeout_s: float) -> Optional[str]:
+def unreachable_reason(endpoint: str, timeout_s: float) -> str | None:
     """None if ``endpoint`` (a URL) answers a HEAD request, with any status, within
     ``timeout_s`` seconds; else why not. The request runs in a daemon thread so that a hanging
     name lookup (not covered by HTTP timeouts) cannot stall the caller past ``timeout_s``."""
     from huggingface_hub.utils import get_session
 
-    outcome: list[Optional[str]] = []
+    outcome: list[str | None] = []
 
     def probe() -> None:
         try:
@@ -120,7 +121,7 @@ def unreachable_reason(endpoint: str, timeout_s: float) -> Optional[str]:
 
 def _message(
     dataset_id: str,
-    config: Optional[str],
+    config: str | None,
     split: str,
     reason: str,
     path_option: str,

@@ -3,7 +3,8 @@ only (one split, ``test``; a local file goes in ``eval_path``)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Optional
+from collections.abc import Mapping
+from typing import ClassVar
 
 from memrl.tasks.base import TableTask
 
@@ -13,6 +14,6 @@ class Math500Task(TableTask):
     splits: ClassVar[tuple[str, ...]] = ("test",)
     hub_id: ClassVar[str] = "HuggingFaceH4/MATH-500"
     hub_splits: ClassVar[Mapping[str, str]] = {"test": "test"}
-    hub_id_field: ClassVar[Optional[str]] = "unique_id"
+    hub_id_field: ClassVar[str | None] = "unique_id"
     question_field_default: ClassVar[str] = "problem"
     answer_field_default: ClassVar[str] = "answer"

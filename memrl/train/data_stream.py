@@ -7,8 +7,8 @@ the uninterrupted run would have, including across epoch boundaries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class StreamState:
         return {"epoch": self.epoch, "position": self.position, "consumed": self.consumed}
 
     @classmethod
-    def from_dict(cls, data: dict[str, int]) -> "StreamState":
+    def from_dict(cls, data: dict[str, int]) -> StreamState:
         try:
             return cls(int(data["epoch"]), int(data["position"]), int(data["consumed"]))
         except (KeyError, TypeError, ValueError) as exc:

@@ -29,9 +29,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -49,9 +50,9 @@ from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_v
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
+from memrl.run_lock import RunLock
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import greedy_sampling, score_greedy
-from memrl.run_lock import RunLock
 from memrl.train.metrics import MetricsWriter
 from memrl.train.placement import check_fits, learner_demands, memory_demands, rollout_demand
 from memrl.train.requests import (
@@ -479,9 +480,10 @@ class Trainer:
                 batch = self._launch(self.step, self._inflight or None)
             while batch is not None:
                 self._apply_control()
-                last = batch.step + 1 >= cfg.trainer.max_steps
+                following = batch.step + 1
+                last = following >= cfg.trainer.max_steps
                 metrics, upcoming = self.run_step(
-                    batch, lambda: None if last else self._launch(batch.step + 1))
+                    batch, lambda following=following, last=last: None if last else self._launch(following))
                 self.step += 1
                 writer.log(self.step, metrics)
                 _show(bar, metrics)

@@ -103,8 +103,8 @@ def check_fits(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     for d in demands:
         for k, v in d.resources.items():
             asked[k] = asked.get(k, 0.0) + v
-    node_text = "; ".join(f"node {i}: {format_resources({k: v for k, v in n.items() if k in ('CPU', 'GPU') or k in asked})}"
-                          for i, n in enumerate(nodes))
+    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU") or k in asked} for n in nodes]
+    node_text = "; ".join(f"node {i}: {format_resources(n)}" for i, n in enumerate(shown))
     message = f"the Ray cluster cannot hold this run's actors: no room for {_listing(left)}"
     where = f"the run asks for {format_resources(asked)} in all; the cluster has {len(nodes)} node(s): {node_text}"
     hint = (f"ask for less ({left[0].keys}; ray.num_cpus when memrl starts the cluster), or add "
