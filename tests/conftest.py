@@ -33,11 +33,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def ray_cluster():
     """One local Ray cluster for the whole test session (starting one costs ~10 s).
 
-    8 logical CPUs on 2 cores: the actors of a run mostly take turns."""
+    8 logical CPUs on 2 cores: the actors of a run mostly take turns. The node also advertises
+    the cluster files' rollout-node resource (``rollout_node: 2``), so that placement on custom
+    resources is tested against a live cluster."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=8, resources={"rollout_node": 2.0}, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                                            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}})
     yield ray

@@ -27,6 +27,17 @@ def test_plan_refuses_gpus_and_unknown_custom_resources_on_the_session_cluster(r
     assert problem.name == "placement" and "'spot_node'" in problem.detail
 
 
+def test_plan_places_custom_resources_the_session_cluster_has(ray_cluster, tmp_path):
+    """The session node advertises rollout_node: 2 (tests/conftest.py): two workers asking
+    0.5 each fit; two asking 1.5 each (3 in all) cannot be placed, and the plan says which."""
+    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.resources={rollout_node: 0.5}"])
+    assert build_plan(cfg).first_problem is None
+    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.resources={rollout_node: 1.5}"])
+    problem = build_plan(cfg).first_problem
+    assert problem.name == "placement" and "rollout actor 2/2" in problem.detail
+    assert "rollout_node" in problem.detail
+
+
 def test_fractional_gpus_pack_on_one_device_but_not_beyond():
     one_gpu = lambda: [_Node("n", {"CPU": 16.0, "GPU": 1.0, "rollout_node": 1.0}, [1.0])]  # noqa: E731
     fits = [ActorGroup("rollout", 1, {"CPU": 1, "GPU": 0.4, "rollout_node": 0.5}),
