@@ -1,5 +1,5 @@
 """The run's connection to its Ray cluster: joining or starting it, the nodes' resources, and
-the start-up line that names the actors still waiting to be placed."""
+the start-up line that names the actors not ready yet (pending placement or starting)."""
 
 from __future__ import annotations
 

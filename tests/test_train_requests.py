@@ -53,10 +53,11 @@ def test_waiting_report_lists_what_memrl_created_and_waits_for(tmp_path):
                              "rollout.resources={spot_node: 0.5}"])
     waiting = [rollout_demand(cfg, "rollout-1"), rollout_demand(cfg, "rollout-3")]
     line = waiting_report("start-up of the rollout workers", 12.4, waiting,
-                          {"CPU": 1.0, "GPU": 0.0, "memory": 1e9, "node:10.0.0.1": 1.0, "spot_node": 0.0})
-    assert line == ("memrl: still in start-up of the rollout workers after 12 s; waiting for 2 "
-                    "actor(s) to be placed: rollout-1 (CPU 2, spot_node 0.5), rollout-3 (CPU 2, "
-                    "spot_node 0.5); free in the cluster now: CPU 1, GPU 0, spot_node 0")
+                          {"CPU": 1.0, "GPU": 0.0, "memory": 1e9, "node:10.0.0.1": 1.0, "spot_node": 0.0,
+                           "bundle_group_0_9aee": 999.999})
+    assert line == ("memrl: still in start-up of the rollout workers after 12 s; 2 actor(s) not ready "
+                    "yet (pending placement or starting): rollout-1 (CPU 2, spot_node 0.5), rollout-3 "
+                    "(CPU 2, spot_node 0.5); free in the cluster now: CPU 1, GPU 0, spot_node 0")
     ranks = [Demand(f"learner rank {i}", {"CPU": 1.0, "GPU": 1.0}, "") for i in range(10)]
     line = waiting_report("start-up of the learners", 3, ranks, {})
     assert "learner rank 7 (CPU 1, GPU 1) and 2 more;" in line and "learner rank 8" not in line
