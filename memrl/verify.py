@@ -1,5 +1,8 @@
 """Answer extraction and answer checking (exact string match or math-verify equivalence).
 
+Extraction of a free-text answer (:func:`extract_free_text_answers`) uses math-verify too and
+is bounded the same way as checking (below).
+
 Extraction follows the Memory-R+ format (``<reasoning>…</reasoning><answer>…</answer>``) with
 Python ``split`` semantics, plus the last top-level ``\\boxed{}``.
 
@@ -31,9 +34,10 @@ import multiprocessing
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from multiprocessing.connection import Connection
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 from math_verify import parse, verify
 
@@ -226,41 +230,58 @@ def _math_verify_match(pred: str, gold: str, timeout: int | None) -> tuple[bool,
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout)), None
 
 
-def _match_without_timeout(pred: str, gold: str) -> tuple[bool, str | None]:
-    """Worker-side comparison: the worker's caller enforces the time limit."""
-    return _math_verify_match(pred, gold, None)
+def _free_text_answer(text: str, timeout: int | None) -> tuple[str | None, str | None]:
+    """The answer math-verify extracts from free text (its first matched string), or None; no
+    problem to log. ``timeout`` is math-verify's own limit in seconds (None: off)."""
+    parsed = parse(text, parsing_timeout=timeout)
+    return next((item for item in parsed if isinstance(item, str) and item.strip()), None), None
 
 
-Compare = Callable[[str, str], tuple[bool, "str | None"]]
+# The math-verify work a caller can bound: name -> fn(*args, timeout) -> (result, problem).
+_BOUNDED_JOBS: dict[str, Callable[..., tuple[object, str | None]]] = {
+    "match": _math_verify_match,
+    "extract": _free_text_answer,
+}
 
 
-def _worker_main(conn: Connection, compare: Compare) -> None:
-    """Worker process loop: receive a list of (pred, gold), send (index, match, problem) each."""
+def _job_without_timeout(kind: str, *args: str) -> tuple[object, str | None]:
+    """Worker-side job ``kind`` with math-verify's timeouts off: the caller enforces the limit."""
+    return _BOUNDED_JOBS[kind](*args, None)
+
+
+# One item's job in the worker: (result, problem to log or None) from the item's arguments.
+Job = Callable[..., tuple[object, "str | None"]]
+
+
+def _worker_main(conn: Connection, job: Job) -> None:
+    """Worker process loop: receive a list of argument tuples, send (index, result, problem)."""
     # Timeouts are off on purpose here; math-verify's warning about that is noise.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     conn.send("ready")
     while True:
         try:
-            pairs = conn.recv()
+            items = conn.recv()
         except EOFError:
             return
-        for i, (pred, gold) in enumerate(pairs):
+        for i, args in enumerate(items):
             try:
-                match, problem = compare(pred, gold)
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, item = no match
-                match, problem = False, f"{type(exc).__name__}: {exc}"
-            conn.send((i, bool(match), problem))
+                result, problem = job(*args)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, item = default
+                result, problem = None, f"{type(exc).__name__}: {exc}"
+            conn.send((i, result, problem))
 
 
 class VerifyWorker:
-    """One spawned process that runs ``compare(pred, gold)`` on batches of answer pairs.
+    """One spawned process that runs ``compare(*item)`` on batches of argument tuples.
 
     ``compare`` must be a module-level function (it is pickled into the spawned process) that
-    returns ``(match, problem)``. The process starts on first use and is restarted after an item
-    overruns its time limit or the process dies. Not thread-safe: callers hold a lock.
+    returns ``(result, problem)``; the default runs the bounded math-verify jobs on
+    ``(kind, *args)`` items (``("match", pred, gold)``, ``("extract", text)``). The process
+    starts on first use and is restarted after an item overruns its time limit or the process
+    dies. Not thread-safe: callers hold a lock.
     """
 
-    def __init__(self, compare: Compare = _match_without_timeout, startup_timeout_s: float = 120.0):
+    def __init__(self, compare: Job = _job_without_timeout, startup_timeout_s: float = 120.0):
         self._compare = compare
         self._startup_timeout_s = startup_timeout_s
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -302,22 +323,22 @@ class VerifyWorker:
             self._conn.close()
         self._process, self._conn = None, None
 
-    def run(self, pairs: Sequence[tuple[str, str]], timeout_s: float,
-            deadline: float | None = None) -> list[bool]:
-        """Match of each (pred, gold) pair; an item taking over ``timeout_s`` seconds is False,
-        and so is every item not done by ``deadline`` (a ``time.monotonic()`` value)."""
-        results = [False] * len(pairs)
+    def run(self, items: Sequence[tuple], timeout_s: float, deadline: float | None = None,
+            default: object = False) -> list:
+        """``compare(*item)``'s result for each item; an item taking over ``timeout_s`` seconds,
+        failing, or not done by ``deadline`` (a ``time.monotonic()`` value) gets ``default``."""
+        results = [default] * len(items)
         start = 0
-        while start < len(pairs):
-            if _out_of_time(deadline, len(pairs) - start):
+        while start < len(items):
+            if _out_of_time(deadline, len(items) - start):
                 self.close()  # it may still be busy with the batch
                 break
             if self._process is not None and not self._process.is_alive():
                 self.close()  # died between calls (killed from outside)
             conn = self._conn or self._start()
-            conn.send(list(pairs[start:]))
+            conn.send(list(items[start:]))
             done = start
-            while done < len(pairs):
+            while done < len(items):
                 failure = None
                 wait_s = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
                 if not conn.poll(max(0.0, wait_s)):
@@ -325,21 +346,19 @@ class VerifyWorker:
                         "ran past the batch's time budget"
                 else:
                     try:
-                        index, match, problem = conn.recv()
+                        index, result, problem = conn.recv()
                     except EOFError:
                         failure = "crashed the math-verify worker"
                 if failure is not None:
-                    pred, gold = pairs[done]
-                    logger.warning(
-                        "answer check of %r against gold %r %s; counted as no match",
-                        pred, gold, failure,
-                    )
+                    logger.warning("math-verify on %s %s; counted as %r",
+                                   _describe(items[done]), failure, default)
                     self.close()
                     done += 1
                     break
-                results[start + index] = match
+                if result is not None:
+                    results[start + index] = result
                 if problem is not None:
-                    logger.warning("answer check of %r: %s", pairs[start + index][0], problem)
+                    logger.warning("math-verify on %s: %s", _describe(items[start + index]), problem)
                 done += 1
             start = done
         return results
@@ -358,31 +377,72 @@ _shared_worker = VerifyWorker()
 _shared_worker_lock = threading.Lock()
 
 
-def _check_math(pairs: Sequence[tuple[str, str]], timeout_s: float, deadline: float) -> list[bool]:
-    """math-verify match of each (pred, gold) pair, in-thread or through the worker process."""
-    if not pairs:
+def _run_bounded(kind: str, items: Sequence[tuple[str, ...]], timeout_s: float, deadline: float,
+                 default: object) -> list:
+    """Job ``kind`` of :data:`_BOUNDED_JOBS` on each item, in-thread (math-verify's own timeouts)
+    or through the worker process; an item that fails, overruns ``timeout_s`` or is not reached
+    by ``deadline`` gets ``default``."""
+    if not items:
         return []
-    if threading.current_thread() is threading.main_thread():
-        results = [False] * len(pairs)
-        for i, (pred, gold) in enumerate(pairs):
-            if _out_of_time(deadline, len(pairs) - i):
-                break
-            # signal.alarm counts whole seconds; 0 would switch the timeout off.
-            timeout = max(1, math.ceil(min(timeout_s, deadline - time.monotonic())))
-            try:
-                match, problem = _math_verify_match(pred, gold, timeout)
-            except Exception as exc:  # noqa: BLE001 - a check never raises: the item is no match
-                match, problem = False, f"{type(exc).__name__}: {exc}"
-            if problem is not None:
-                logger.warning("answer check of %r: %s", _short(pred), problem)
-            results[i] = match
-        return results
-    with _shared_worker_lock:
-        return _shared_worker.run(pairs, timeout_s, deadline)
+    if threading.current_thread() is not threading.main_thread():
+        with _shared_worker_lock:
+            return _shared_worker.run([(kind, *args) for args in items], timeout_s, deadline,
+                                      default)
+    results = [default] * len(items)
+    for i, args in enumerate(items):
+        if _out_of_time(deadline, len(items) - i):
+            break
+        # signal.alarm counts whole seconds; 0 would switch the timeout off.
+        timeout = max(1, math.ceil(min(timeout_s, deadline - time.monotonic())))
+        try:
+            result, problem = _BOUNDED_JOBS[kind](*args, timeout)
+        except Exception as exc:  # noqa: BLE001 - bounded work never raises: the item is default
+            result, problem = None, f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            logger.warning("math-verify on %s: %s", _describe((kind, *args)), problem)
+        if result is not None:
+            results[i] = result
+    return results
 
 
 def _short(text: str, chars: int = 200) -> str:
     return text if len(text) <= chars else f"{text[:chars]}... ({len(text)} chars)"
+
+
+def _describe(item: tuple) -> str:
+    """One worker item for a log line: its arguments, each cut to 200 characters."""
+    return ", ".join(repr(_short(str(arg))) for arg in item)
+
+
+def _batch_deadline(started: float, batch_timeout_s: float | None, items: int) -> float:
+    """When a batch of ``items`` math-verify calls begun at ``started`` must stop (default
+    budget: ``BATCH_BASE_S`` plus ``BATCH_PER_ITEM_S`` per item)."""
+    if batch_timeout_s is None:
+        batch_timeout_s = BATCH_BASE_S + BATCH_PER_ITEM_S * items
+    return started + batch_timeout_s
+
+
+def extract_free_text_answers(
+    texts: Sequence[str], *, timeout_s: float = 5.0, batch_timeout_s: float | None = None
+) -> list[str | None]:
+    """The answer math-verify extracts from each free text (its matched string: LaTeX, then
+    plain expressions, e.g. the ``19`` of "The answer is 19."), None when it finds nothing.
+
+    Bounded like :func:`check_answers`, in any thread: each text gets about ``timeout_s``
+    seconds and the batch ``batch_timeout_s`` (default: ``BATCH_BASE_S`` plus
+    ``BATCH_PER_ITEM_S`` per text); a text that overruns, or is not reached in time, gives
+    None (logged). Never raises on any text.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    started = time.monotonic()
+    todo = [i for i, text in enumerate(texts) if text.strip()]
+    found = _run_bounded("extract", [(texts[i],) for i in todo], timeout_s,
+                         _batch_deadline(started, batch_timeout_s, len(todo)), None)
+    answers: list[str | None] = [None] * len(texts)
+    for i, answer in zip(todo, found):
+        answers[i] = answer
+    return answers
 
 
 def check_answers(
@@ -422,10 +482,8 @@ def check_answers(
             results[i] = pred_num == gold_num
         else:
             symbolic.append(i)
-    if batch_timeout_s is None:
-        batch_timeout_s = BATCH_BASE_S + BATCH_PER_ITEM_S * len(symbolic)
-    matches = _check_math([(preds[i], golds[i]) for i in symbolic], timeout_s,
-                          started + batch_timeout_s)
+    matches = _run_bounded("match", [(preds[i], golds[i]) for i in symbolic], timeout_s,
+                           _batch_deadline(started, batch_timeout_s, len(symbolic)), False)
     for i, match in zip(symbolic, matches):
         results[i] = match
     return results

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from memrl.config import config_to_yaml, load_config
 from memrl.eval.cli import main_eval
 from memrl.eval.evaluate import evaluate
-from memrl.eval.extractive import extract_answer, score_completions
+from memrl.eval.extractive import extract_answers, score_completions
 from memrl.eval.graders import grade
 from memrl.eval.pass_at_k import pass_at_k
 from memrl.eval.results import format_table
@@ -70,7 +72,35 @@ def test_planted_completions_score_six_of_ten():
 
 
 def test_empty_answer_tag_falls_back_to_boxed():
-    assert extract_answer("<answer></answer> so \\boxed{3}") == ("3", "boxed")
+    assert extract_answers(["<answer></answer> so \\boxed{3}"]) == [("3", "boxed")]
+
+
+# A completion whose free-text parse takes math-verify ≈15 s (its cost grows with the sum's length).
+PATHOLOGICAL = "The answer is $" + "+".join(["x"] * 40_000) + "$"
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["main-thread", "other-thread"])
+def test_pathological_completion_cannot_raise_or_outlast_the_budget(in_thread):
+    completions = [PATHOLOGICAL, "The answer is 19."] + [PATHOLOGICAL] * 6
+    out: dict = {}
+
+    def work():
+        extract_answers(["The answer is 1."])  # starts the worker process off the main thread
+        started = time.monotonic()
+        out["found"] = extract_answers(completions, timeout_s=1.0, batch_timeout_s=2.5)
+        out["seconds"] = time.monotonic() - started
+
+    if in_thread:  # off the main thread math-verify's signal timeouts do not work
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(timeout=60)
+    else:
+        work()
+    # 2.5 s budget + math-verify's whole-second alarm; unbounded: ~15 s a parse (1 s each per
+    # item alone: 7 s).
+    assert out["seconds"] < 5.0
+    assert out["found"][0] == (None, "none") and out["found"][1] == ("19", "free_text")
+    assert out["found"][2:] == [(None, "none")] * 6  # timed out, or past the 2.5 s batch budget
 
 
 def test_countdown_uses_the_equation_check():

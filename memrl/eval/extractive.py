@@ -16,8 +16,6 @@ check (the equation in ``<answer>`` must use each given number once and hit the 
 
 from __future__ import annotations
 
-import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,34 +39,33 @@ class ScoredAnswer:
     correct: bool
 
 
-def _free_text_answer(text: str, timeout_s: float) -> str | None:
-    """The answer math-verify extracts from free text (its matched string), or None."""
-    from math_verify import parse
-
-    # math-verify times out with signal.alarm, which only works in the main thread.
-    in_main = threading.current_thread() is threading.main_thread()
-    timeout = max(1, math.ceil(timeout_s)) if in_main else None
-    parsed = parse(text, parsing_timeout=timeout)
-    return next((item for item in parsed if isinstance(item, str) and item.strip()), None)
-
-
-def extract_answer(completion: str, *, timeout_s: float = 5.0) -> tuple[str | None, str]:
-    """(answer, source) of a completion: the first non-empty of the ``<answer>`` content, the
+def extract_answers(
+    completions: Sequence[str], *, timeout_s: float = 5.0, batch_timeout_s: float | None = None
+) -> list[tuple[str | None, str]]:
+    """(answer, source) of each completion: the first non-empty of the ``<answer>`` content, the
     last ``\\boxed{}`` content and math-verify's free-text extraction; ``(None, "none")`` when
-    none gives anything. ``timeout_s`` bounds math-verify's parse (main thread only)."""
-    from memrl.verify import extract_boxed, extract_xml_answer
+    none gives anything. The free-text extractions run as one batch of
+    :func:`memrl.verify.extract_free_text_answers`: about ``timeout_s`` per completion and
+    ``batch_timeout_s`` (None: its default) for the batch, in any thread."""
+    from memrl.verify import extract_boxed, extract_free_text_answers, extract_xml_answer
 
-    if "<answer>" in completion:
-        answer = extract_xml_answer(completion)
+    found: list[tuple[str | None, str]] = [(None, "none")] * len(completions)
+    free_text: list[int] = []
+    for i, completion in enumerate(completions):
+        answer = extract_xml_answer(completion) if "<answer>" in completion else ""
+        boxed = extract_boxed(completion) if not answer else None
         if answer:
-            return answer, "xml"
-    boxed = extract_boxed(completion)
-    if boxed and boxed.strip():
-        return boxed.strip(), "boxed"
-    free = _free_text_answer(completion, timeout_s) if completion.strip() else None
-    if free is not None:
-        return free, "free_text"
-    return None, "none"
+            found[i] = (answer, "xml")
+        elif boxed and boxed.strip():
+            found[i] = (boxed.strip(), "boxed")
+        else:
+            free_text.append(i)
+    answers = extract_free_text_answers([completions[i] for i in free_text], timeout_s=timeout_s,
+                                        batch_timeout_s=batch_timeout_s)
+    for i, answer in zip(free_text, answers):
+        if answer is not None:
+            found[i] = (answer, "free_text")
+    return found
 
 
 def countdown_score(completion: str, record: Record) -> ScoredAnswer:
@@ -90,14 +87,14 @@ def score_completions(
 ) -> list[ScoredAnswer]:
     """Score ``completions[i]`` against ``records[i]``: Countdown-style tasks (correctness
     reward ``countdown_equation``) by their equation check, all others by answer extraction
-    (:func:`extract_answer`) and math-verify. ``timeout_s`` bounds each math-verify call."""
+    (:func:`extract_answers`) and math-verify. ``timeout_s`` bounds each math-verify call."""
     from memrl.verify import check_answers
 
     if len(records) != len(completions):
         raise ValueError(f"{len(completions)} completions for {len(records)} records")
     if task.correctness_reward == "countdown_equation":
         return [countdown_score(text, record) for text, record in zip(completions, records)]
-    found = [extract_answer(text, timeout_s=timeout_s) for text in completions]
+    found = extract_answers(completions, timeout_s=timeout_s)
     pairs = {i: (answer, records[i].answer) for i, (answer, _) in enumerate(found) if answer}
     matches = check_answers(
         [pred for pred, _ in pairs.values()],
