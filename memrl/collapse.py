@@ -19,7 +19,8 @@ window of the last ``window`` training steps that log the keys:
   the last window.
 
 Correctness is ``reward/correctness/mean``; runs without it (Countdown) use
-``reward/countdown_equation/mean``, and runs without either use ``accuracy``.
+``reward/countdown_equation/mean``, and runs without either use ``accuracy``. Both lists come
+from the built-in tasks' rewards (``memrl.tasks.format_rewards`` / ``correctness_rewards``).
 A rule with too few steps to evaluate is reported as skipped, never as healthy.
 """
 
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from memrl.tasks import correctness_rewards, format_rewards
 
 LENGTH_SHORTENING = "length_shortening"
 LENGTH_LENGTHENING = "length_lengthening"
@@ -46,8 +49,10 @@ RULE_TITLES = {
 
 LENGTH_KEY = "completion/length/mean"
 CLIPPED_KEY = "completion/clipped_frac"
-FORMAT_COMPONENTS = ("xmlcount", "soft_format", "strict_format", "integer", "countdown_format")
-CORRECTNESS_KEYS = ("reward/correctness/mean", "reward/countdown_equation/mean", "accuracy")
+# The tasks' own rewards: those judging the form (xmlcount, ..., countdown_format) and the
+# correctness rewards (correctness, countdown_equation), in task order; then the run's accuracy.
+FORMAT_COMPONENTS = format_rewards()
+CORRECTNESS_KEYS = tuple(f"reward/{name}/mean" for name in correctness_rewards()) + ("accuracy",)
 
 
 @dataclass(frozen=True)

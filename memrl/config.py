@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memrl.official import OFFICIAL_EXPLICIT, apply_official, flat_keys
 
@@ -159,9 +159,13 @@ class CountdownConfig(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["arith", "gsm8k", "aimo", "math500", "aime24", "countdown"] = Field(
+    name: str = Field(
         "arith",
-        description="the task: prompts, answers and rule rewards",
+        description=(
+            "the task: prompts, answers and rule rewards; a built-in name (arith, gsm8k, aimo, "
+            "math500, aime24, countdown) or the import path 'package.module:Class' of a "
+            "memrl.tasks.base.Task subclass"
+        ),
     )
     # Data seed of the procedural tasks (arith, countdown), not the run's ``seed``: every
     # training seed sees the same problems and is evaluated on the same held-out set.
@@ -200,6 +204,38 @@ class TaskConfig(_Section):
         default_factory=CountdownConfig,
         description="the Countdown task's generator",
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "keyword arguments of a task named by import path (built-in tasks read their own "
+            "section, e.g. task.arith, and data.*)"
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from memrl.tasks import resolve_task  # the tasks import no config at run time
+
+        resolve_task(name)  # ValueError naming the task and the valid names
+        return name
+
+    @model_validator(mode="after")
+    def _options_for_path_tasks(self) -> TaskConfig:
+        import inspect
+
+        from memrl.tasks import TASKS, resolve_task
+
+        if self.options and self.name in TASKS:
+            raise ValueError(
+                f"task.options is for tasks named by import path; the built-in task "
+                f"{self.name!r} takes its settings from task.* (e.g. task.arith) and data.*"
+            )
+        try:
+            inspect.signature(resolve_task(self.name)).bind_partial(**self.options)
+        except TypeError as exc:
+            raise ValueError(f"task.options {sorted(self.options)} do not fit {self.name}: {exc}") from None
+        return self
 
 
 class DataConfig(_Section):

@@ -351,9 +351,7 @@ def check_datasets(cfg: Config) -> Check:
     from memrl.train.setup import build_task
 
     task = build_task(cfg)
-    hub_id = getattr(task, "hub_id", None)
-    if cfg.task.name == "countdown" and cfg.task.countdown.source == "hub":
-        from memrl.tasks.countdown import HUB_ID as hub_id  # noqa: N811
+    hub_id, hub_config = task.hub_dataset() or (None, None)
     parts = []
     for split, path, option in (("train", cfg.data.path, "data.path"), ("test", cfg.data.eval_path, "data.eval_path")):
         if path:
@@ -364,8 +362,7 @@ def check_datasets(cfg: Config) -> Check:
             parts.append(f"{split}: generated")
         else:
             try:
-                where = locate_hub_dataset(hub_id, split, config=getattr(task, "hub_config", None),
-                                           path_option=option)
+                where = locate_hub_dataset(hub_id, split, config=hub_config, path_option=option)
             except DatasetUnavailableError as exc:
                 return Check("datasets", False, str(exc))
             parts.append(f"{split}: {hub_id} from {where.split(' ', 1)[0]}")

@@ -5,7 +5,7 @@ import pytest
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.rule import correctness_reward, strict_format_reward
 from memrl.tasks import make_task
-from memrl.train.setup import demonstration, warmstart_completions
+from memrl.train.setup import warmstart_completions
 
 TASK = make_task("arith", seed=0)
 RECORDS = [TASK.dataset("train")[i] for i in range(400)]
@@ -20,14 +20,14 @@ def _scores(completions: list[str], fn, **kwargs) -> list[float]:
 
 
 def test_tagged_demonstration_earns_full_format_and_exact_correctness():
-    texts = [demonstration(TASK, r) for r in RECORDS[:20]]
+    texts = [TASK.demonstration(r) for r in RECORDS[:20]]
     assert _scores(texts, strict_format_reward) == [0.5] * 20
     assert _scores(texts, correctness_reward, mode="exact") == [1.0] * 20
 
 
 def test_free_text_demonstration_has_the_solution_but_no_tags():
     record = RECORDS[0]
-    text = demonstration(TASK, record, free_text=True)
+    text = TASK.demonstration(record, free_text=True)
     assert text == f"{record.meta['solution']}\n#### {record.answer}"
     assert "<answer>" not in text and "<reasoning>" not in text
     # The paper's exact check reads the whole untagged text, so it is never correct.

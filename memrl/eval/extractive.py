@@ -10,15 +10,15 @@ Answers are read as the paper's LightEval "extractive match" does (docs/method.m
 
 The first non-empty candidate is the answer and is checked against the gold answer with
 :func:`memrl.verify.check_answers` (exact for plain numbers, math-verify otherwise); a
-completion with no candidate is unparsed, and wrong. Countdown is checked by its own equation
-check (the equation in ``<answer>`` must use each given number once and hit the target).
+completion with no candidate is unparsed, and wrong. A task with another notion of a correct
+answer checks it itself (:meth:`memrl.tasks.base.Task.score_answers`; e.g. Countdown's equation
+check: the equation in ``<answer>`` must use each given number once and hit the target).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -68,32 +68,14 @@ def extract_answers(
     return found
 
 
-def countdown_score(completion: str, record: Record) -> ScoredAnswer:
-    """Countdown's equation check of one completion (both graders use it)."""
-    from memrl.rewards.countdown import equation_score, extract_equation
-
-    numbers, target = record.meta.get("numbers"), record.meta.get("target", record.answer)
-    if numbers is None:
-        raise ValueError(
-            f"record {record.id!r} has no meta['numbers']: the Countdown check needs the numbers"
-        )
-    equation = extract_equation(completion)
-    correct = equation_score(completion, numbers, Fraction(str(target))) == 1.0
-    return ScoredAnswer(equation or None, "equation" if equation else "none", correct)
-
-
-def score_completions(
-    task: Task, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
+def check_extracted_answers(
+    records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
 ) -> list[ScoredAnswer]:
-    """Score ``completions[i]`` against ``records[i]``: Countdown-style tasks (correctness
-    reward ``countdown_equation``) by their equation check, all others by answer extraction
-    (:func:`extract_answers`) and math-verify. ``timeout_s`` bounds each math-verify call."""
+    """The answer of each completion (:func:`extract_answers`) checked against its record's
+    gold answer with math-verify (``timeout_s`` per item): the default
+    :meth:`memrl.tasks.base.Task.score_answers`."""
     from memrl.verify import check_answers
 
-    if len(records) != len(completions):
-        raise ValueError(f"{len(completions)} completions for {len(records)} records")
-    if task.correctness_reward == "countdown_equation":
-        return [countdown_score(text, record) for text, record in zip(completions, records)]
     found = extract_answers(completions, timeout_s=timeout_s)
     pairs = {i: (answer, records[i].answer) for i, (answer, _) in enumerate(found) if answer}
     matches = check_answers(
@@ -107,3 +89,14 @@ def score_completions(
         ScoredAnswer(answer, source, correct.get(i, False))
         for i, (answer, source) in enumerate(found)
     ]
+
+
+def score_completions(
+    task: Task, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
+) -> list[ScoredAnswer]:
+    """Score ``completions[i]`` against ``records[i]`` by the task's own check
+    (:meth:`memrl.tasks.base.Task.score_answers`: answer extraction and math-verify, or e.g.
+    Countdown's equation check). ``timeout_s`` bounds each math-verify call."""
+    if len(records) != len(completions):
+        raise ValueError(f"{len(completions)} completions for {len(records)} records")
+    return task.score_answers(records, completions, timeout_s=timeout_s)

@@ -34,9 +34,7 @@ def score_with_correctness_reward(
     """Judge each completion by the task's correctness reward (value > 0.5 is correct), built by
     the same :func:`memrl.rewards.total.reward_plan` a training run uses."""
     from memrl.rewards.batch import RewardBatch
-    from memrl.rewards.countdown import extract_equation
     from memrl.rewards.registry import RewardComposer
-    from memrl.rewards.rule import predicted_answer
     from memrl.rewards.total import reward_plan
 
     plan = reward_plan("r1", task.rule_rewards, task.correctness_reward, verifier=verifier,
@@ -48,13 +46,8 @@ def score_with_correctness_reward(
         max_completion_length=max_tokens, metas=[r.meta for r in records],
     )
     values = RewardComposer([spec]).score(batch).components[plan.correctness]
-    countdown = task.correctness_reward == "countdown_equation"
-    scored = []
-    for text, value in zip(completions, values):
-        found = extract_equation(text) if countdown else predicted_answer(text, verifier)
-        source = ("equation" if countdown else "xml") if found else "none"
-        scored.append(ScoredAnswer(found or None, source, bool(value > 0.5)))
-    return scored
+    return [ScoredAnswer(*task.reward_answer(text, verifier), bool(value > 0.5))
+            for text, value in zip(completions, values)]
 
 
 def grade(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +63,15 @@ class EvalSettings:
     verifier: str = "math"
 
     def __post_init__(self) -> None:
-        from memrl.tasks import TASKS
+        from memrl.tasks import TASKS, resolve_task
 
-        if self.task not in TASKS:
+        try:
+            resolve_task(self.task)
+        except ValueError as exc:
             raise EvalSettingsError(
-                f"--task {self.task!r}: valid tasks are {', '.join(sorted(TASKS))}"
-            )
+                f"--task {self.task!r}: valid tasks are {', '.join(sorted(TASKS))} or an import "
+                f"path 'package.module:TaskClass' ({exc})"
+            ) from exc
         checks = [
             ("--limit", self.limit, self.limit is None or self.limit >= 1, ">= 1"),
             ("--pass-k", self.pass_k, self.pass_k >= 1, ">= 1"),
@@ -108,23 +112,26 @@ class EvalSettings:
 
 def build_eval_task(settings: EvalSettings) -> Task:
     """The task of ``settings``, reading ``data_path`` for its split when given."""
-    from memrl.tasks import make_task
+    from memrl.tasks import resolve_task
 
+    task_cls = resolve_task(settings.task)
     kwargs: dict[str, Any] = {**settings.task_options, "seed": settings.seed}
     if settings.data_path is not None:
         kwargs["path" if settings.split == "train" else "eval_path"] = settings.data_path
     fields = {"question_field": settings.question_field, "answer_field": settings.answer_field}
+    takes = inspect.signature(task_cls).parameters
     for key, value in fields.items():
         if value is None:
             continue
-        if settings.task == "countdown":
+        if key not in takes:
+            own = [name for name in takes if name.endswith("_field")]
             raise EvalSettingsError(
-                f"--{key.replace('_', '-')}: Countdown files have no question/answer fields; "
-                "name theirs with --task-option numbers_field=... / target_field=..."
+                f"--{key.replace('_', '-')}: {settings.task} files have no question/answer "
+                f"fields; name theirs with --task-option " + " / ".join(f"{n}=..." for n in own)
             )
         kwargs[key] = value
     try:
-        task = make_task(settings.task, **kwargs)
+        task = task_cls(**kwargs)
     except TypeError as exc:  # an option the task's constructor does not take
         raise EvalSettingsError(f"task {settings.task!r} rejected an option: {exc}") from exc
     except ValueError as exc:  # an option value the task refuses (the message names it)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from memrl.collapse import (
     CLIPPED_KEY,
+    CORRECTNESS_KEYS,
     CORRECTNESS_ZERO,
     FORMAT_COMPONENTS,
     LENGTH_KEY,
@@ -62,8 +63,7 @@ _CORRECTNESS_SHADE = (REWARD_MODE, CORRECTNESS_ZERO)
 # Reward panels on which a collapse rule's span is shaded: the signals the rule reads.
 _REWARD_SHADES = {
     **{f"reward/{name}/mean": (REWARD_MODE,) for name in FORMAT_COMPONENTS},
-    "reward/correctness/mean": _CORRECTNESS_SHADE,
-    "reward/countdown_equation/mean": _CORRECTNESS_SHADE,
+    **{key: _CORRECTNESS_SHADE for key in CORRECTNESS_KEYS if key.startswith("reward/")},
 }
 
 

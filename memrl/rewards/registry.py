@@ -17,7 +17,6 @@ episodic-memory terms, is :func:`memrl.rewards.total.total_reward`.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import numbers
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from memrl.import_path import import_object
 from memrl.rewards.batch import RewardBatch, RewardFn
 from memrl.rewards.length import cosine_length_reward
 from memrl.rewards.rule import (
@@ -43,32 +43,9 @@ class RewardError(RuntimeError):
 
 
 def _import_path(path: str, spec: str) -> Any:
-    """The object at ``"package.module:attr"`` (``attr`` may be dotted).
-
-    ``spec`` is the configured reward name, quoted in errors.
-    """
-    module_name, sep, attr_path = path.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ValueError(
-            f"reward {spec!r}: expected a built-in reward name ({', '.join(BUILTIN_REWARDS)}) "
-            f"or an import path 'package.module:function'"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise ValueError(
-                f"reward {spec!r}: module {module_name!r} not found (is it installed or on "
-                f"PYTHONPATH?)"
-            ) from exc
-        raise ValueError(f"reward {spec!r}: importing {module_name!r} failed: {exc}") from exc
-    obj: Any = module
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise ValueError(f"reward {spec!r}: {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, attr)
-    return obj
+    """The reward at ``"package.module:attr"``; ``spec`` is the configured name, quoted in errors."""
+    return import_object(path, label=f"reward {spec!r}",
+                         expected=f"a built-in reward name ({', '.join(BUILTIN_REWARDS)})")
 
 
 class _LazyReward:

@@ -18,11 +18,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from functools import partial
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from memrl.tasks.base import GeneratedRecords, Task, held_out
+from memrl.tasks.base import GeneratedRecords, Task, file_field_options, held_out
 from memrl.tasks.files import load_records_file
 from memrl.types import Record
+
+if TYPE_CHECKING:
+    from memrl.config import DataConfig, TaskConfig
 
 NAMES = (
     ("Tom", "he"), ("Sam", "he"), ("Ben", "he"), ("Ann", "she"), ("Mia", "she"), ("Lily", "she")
@@ -182,6 +185,12 @@ class ArithTask(Task):
         self.question_field = question_field
         self.answer_field = answer_field
         self.id_field = id_field
+
+    @classmethod
+    def config_options(cls, task: TaskConfig, data: DataConfig) -> dict[str, Any]:
+        """As :meth:`Task.config_options`, with the ``task.arith`` generator and file fields."""
+        return {**super().config_options(task, data), **task.arith.model_dump(),
+                **file_field_options(data)}
 
     def _load(self, split: str) -> Sequence[Record]:
         return GeneratedRecords(self._sizes[split], partial(self.record, split))

@@ -1,4 +1,13 @@
-"""What a task is: its prompts, its rule rewards and its records, split by split.
+"""What a task is: everything memrl knows about one task, in one class.
+
+A task owns its prompts, its rule rewards (``rule_rewards``; ``correctness_reward`` decides
+success), its records split by split, how it is built from the config (``from_config``), its
+warm-start demonstrations (``demonstration``), its evaluation check (``score_answers`` for
+``memrl eval``'s extractive grader, ``reward_answer`` for what the correctness reward reads) and
+the hub dataset it reads (``hub_dataset``). The metric keys collapse detection and the report
+read follow from its rewards (``memrl.tasks.format_rewards`` / ``correctness_rewards``).
+Adding a task means writing one subclass; name it in the config as ``task.name:
+"package.module:Class"`` (options in ``task.options``), or register it in ``memrl.tasks.TASKS``.
 
 A task's records come from its own source (a procedural generator or a Hugging Face dataset)
 or, for any task, from local files: ``path`` for the train split and ``eval_path`` for the
@@ -11,12 +20,16 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from memrl.prompts import GSM8K_EXEMPLARS, SYSTEM_PROMPT
+from memrl.prompts import GSM8K_EXEMPLARS, SYSTEM_PROMPT, xml_completion
 from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
 from memrl.tasks.hub import load_hub_split
 from memrl.types import Record
+
+if TYPE_CHECKING:
+    from memrl.config import DataConfig, TaskConfig
+    from memrl.eval.extractive import ScoredAnswer
 
 # Config key that takes a local file for each split, for error messages.
 PATH_OPTIONS: Mapping[str, str] = {"train": "data.path", "test": "data.eval_path"}
@@ -67,6 +80,21 @@ class Task(ABC):
         self._sizes = sizes
         self._loaded: dict[str, Sequence[Record]] = {}
 
+    @classmethod
+    def from_config(cls, task: TaskConfig, data: DataConfig) -> Task:
+        """The task as the config's ``task`` and ``data`` sections set it."""
+        return cls(**cls.config_options(task, data))
+
+    @classmethod
+    def config_options(cls, task: TaskConfig, data: DataConfig) -> dict[str, Any]:
+        """Constructor arguments from the config: the data seed, local files, split sizes (when
+        set) and ``task.options``. Subclasses add their own section's keys."""
+        options: dict[str, Any] = {"seed": task.seed, "path": data.path, "eval_path": data.eval_path}
+        for key in ("train_size", "eval_size"):
+            if getattr(task, key) is not None:
+                options[key] = getattr(task, key)
+        return {**options, **task.options}
+
     def dataset(self, split: str) -> Sequence[Record]:
         """The records of ``split`` (loaded once, then cached)."""
         if split not in self.splits:
@@ -78,6 +106,47 @@ class Task(ABC):
             records = self._load_file(file, split) if file else self._load(split)
             self._loaded[split] = self._subsample(records, split)
         return self._loaded[split]
+
+    def demonstration(self, record: Record, *, free_text: bool = False) -> str:
+        """The assistant text that solves ``record`` in the task's answer format (the tiny
+        model's warm-start data), or with ``free_text`` the worked solution ending in GSM8K's
+        ``#### answer`` line, untagged. Needs ``record.meta["solution"]``."""
+        solution = self._solution(record)
+        if free_text:
+            return f"{solution}\n#### {record.answer}"
+        return xml_completion(solution, record.answer)
+
+    def _solution(self, record: Record) -> str:
+        solution = record.meta.get("solution")
+        if not solution:
+            raise ValueError(
+                f"model.name_or_path=tiny warm-starts on worked solutions, but task {self.name!r} "
+                f"record {record.id} has no meta['solution']"
+            )
+        return solution
+
+    def score_answers(
+        self, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float
+    ) -> list[ScoredAnswer]:
+        """The extractive-match grade of ``completions[i]`` against ``records[i]``: the answer
+        read from the ``<answer>`` tag, a ``\\boxed{}`` or the free text, checked with
+        math-verify (``timeout_s`` per item). Tasks with another notion of a correct answer
+        override it."""
+        from memrl.eval.extractive import check_extracted_answers
+
+        return check_extracted_answers(records, completions, timeout_s=timeout_s)
+
+    def reward_answer(self, completion: str, verifier: str) -> tuple[str | None, str]:
+        """(what the correctness reward reads as the answer, where: ``"xml"`` or ``"none"``)."""
+        from memrl.rewards.rule import predicted_answer
+
+        found = predicted_answer(completion, verifier)
+        return (found, "xml") if found else (None, "none")
+
+    def hub_dataset(self) -> tuple[str, str | None] | None:
+        """(dataset id, config) of the Hugging Face dataset read for a split without a local
+        file; None when the task makes its records itself."""
+        return None
 
     @abstractmethod
     def _load(self, split: str) -> Sequence[Record]:
@@ -134,6 +203,15 @@ class TableTask(Task):
         self.answer_field = answer_field or self.answer_field_default
         self.id_field = id_field
         self.plain_answers = plain_answers
+
+    @classmethod
+    def config_options(cls, task: TaskConfig, data: DataConfig) -> dict[str, Any]:
+        """As :meth:`Task.config_options`, with ``data.plain_answers`` and the file fields."""
+        return {**super().config_options(task, data), "plain_answers": data.plain_answers,
+                **file_field_options(data)}
+
+    def hub_dataset(self) -> tuple[str, str | None] | None:
+        return self.hub_id, self.hub_config
 
     def parse_answer(self, raw: str) -> str | None:
         """The gold answer from the text of the answer field, in the hub dataset's format
@@ -205,6 +283,12 @@ class GeneratedRecords(Sequence[Record]):
         if not 0 <= index < self._size:
             raise IndexError(f"record index {index} out of range for {self._size} records")
         return self._make(index)
+
+
+def file_field_options(data: DataConfig) -> dict[str, str]:
+    """The question/answer/id field names of local files that ``data`` sets."""
+    keys = ("question_field", "answer_field", "id_field")
+    return {key: getattr(data, key) for key in keys if getattr(data, key) is not None}
 
 
 def held_out(key: str) -> bool:

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from memrl.prompts import COUNTDOWN_SYSTEM_PROMPT
+from memrl.prompts import COUNTDOWN_SYSTEM_PROMPT, countdown_completion
 from memrl.tasks.base import PATH_OPTIONS, GeneratedRecords, Task, held_out
 from memrl.tasks.files import RowError, check_unique_ids, read_rows, require_field, rows_to_records
 from memrl.tasks.hub import load_hub_split
 from memrl.types import Record
+
+if TYPE_CHECKING:
+    from memrl.config import DataConfig, TaskConfig
+    from memrl.eval.extractive import ScoredAnswer
 
 HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_ATTEMPTS = 10_000  # draws per record before giving up (only hit by impossible settings)
@@ -157,6 +162,35 @@ class CountdownTask(Task):
         self.target_field = target_field
         self._hub_records: list[Record] | None = None
 
+    @classmethod
+    def config_options(cls, task: TaskConfig, data: DataConfig) -> dict[str, Any]:
+        """As :meth:`Task.config_options`, with the ``task.countdown`` generator."""
+        return {**super().config_options(task, data), **task.countdown.model_dump()}
+
+    def demonstration(self, record: Record, *, free_text: bool = False) -> str:
+        """The solution is the equation itself, after a line naming the numbers and target."""
+        solution = self._solution(record)
+        thinking = f"Use {record.meta.get('numbers')} to make {record.answer}."
+        if free_text:
+            return f"{thinking}\n{solution}"
+        return countdown_completion(thinking, solution)
+
+    def score_answers(
+        self, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float
+    ) -> list[ScoredAnswer]:
+        """The equation check: the equation in ``<answer>`` must use each given number once and
+        hit the target (no math-verify, so ``timeout_s`` is unused)."""
+        return [equation_check(text, record) for text, record in zip(completions, records)]
+
+    def reward_answer(self, completion: str, verifier: str) -> tuple[str | None, str]:
+        from memrl.rewards.countdown import extract_equation
+
+        found = extract_equation(completion)
+        return (found, "equation") if found else (None, "none")
+
+    def hub_dataset(self) -> tuple[str, str | None] | None:
+        return (HUB_ID, None) if self.source == "hub" else None
+
     def _load(self, split: str) -> Sequence[Record]:
         if self.source == "hub":
             return self._hub_split(split)
@@ -214,3 +248,18 @@ class CountdownTask(Task):
             f"countdown: no problem with a target <= {self.max_target} in {MAX_ATTEMPTS} draws "
             f"for {split} record {index}; raise max_target"
         )
+
+
+def equation_check(completion: str, record: Record) -> ScoredAnswer:
+    """Countdown's equation check of one completion against its record's numbers and target."""
+    from memrl.eval.extractive import ScoredAnswer
+    from memrl.rewards.countdown import equation_score, extract_equation
+
+    numbers, target = record.meta.get("numbers"), record.meta.get("target", record.answer)
+    if numbers is None:
+        raise ValueError(
+            f"record {record.id!r} has no meta['numbers']: the Countdown check needs the numbers"
+        )
+    equation = extract_equation(completion)
+    correct = equation_score(completion, numbers, Fraction(str(target))) == 1.0
+    return ScoredAnswer(equation or None, "equation" if equation else "none", correct)

@@ -14,33 +14,18 @@ from memrl.learner.policy import LearnerSettings
 from memrl.memory.settings import MemorySettings
 from memrl.model.loading import locate_model
 from memrl.model.warmstart import cached_tiny_model
-from memrl.prompts import build_messages, countdown_completion, xml_completion
+from memrl.prompts import build_messages
 from memrl.rewards.registry import RewardSpec
 from memrl.rewards.total import RewardPlan, reward_plan
-from memrl.tasks import make_task
+from memrl.tasks import resolve_task
 from memrl.tasks.base import Task
 from memrl.types import Record
 
 
 def build_task(cfg: Config) -> Task:
-    """The configured task, reading local files when ``data.path``/``data.eval_path`` are set."""
-    t, d = cfg.task, cfg.data
-    kwargs: dict[str, Any] = {"seed": t.seed, "path": d.path, "eval_path": d.eval_path}
-    if t.train_size is not None:
-        kwargs["train_size"] = t.train_size
-    if t.eval_size is not None:
-        kwargs["eval_size"] = t.eval_size
-    if t.name == "arith":
-        kwargs.update(t.arith.model_dump())
-    elif t.name == "countdown":
-        kwargs.update(t.countdown.model_dump())
-    else:
-        kwargs["plain_answers"] = d.plain_answers
-    if t.name != "countdown":
-        for key in ("question_field", "answer_field", "id_field"):
-            if getattr(d, key) is not None:
-                kwargs[key] = getattr(d, key)
-    return make_task(t.name, **kwargs)
+    """The configured task (built-in or by import path), as its ``from_config`` reads the
+    ``task`` and ``data`` sections (local files when ``data.path``/``data.eval_path`` are set)."""
+    return resolve_task(cfg.task.name).from_config(cfg.task, cfg.data)
 
 
 def build_reward_plan(cfg: Config, task: Task) -> RewardPlan:
@@ -66,33 +51,13 @@ def cache_root(cfg: Config) -> Path:
     return Path(root).expanduser()
 
 
-def demonstration(task: Task, record: Record, *, free_text: bool = False) -> str:
-    """The assistant text that solves ``record`` in the task's answer format (warm-start data),
-    or with ``free_text`` the same solution ending in GSM8K's ``#### answer`` line, untagged."""
-    solution = record.meta.get("solution")
-    if not solution:
-        raise ValueError(
-            f"model.name_or_path=tiny warm-starts on worked solutions, but task {task.name!r} "
-            f"record {record.id} has no meta['solution']"
-        )
-    if task.name == "countdown":  # the solution is the equation itself
-        numbers = record.meta.get("numbers")
-        thinking = f"Use {numbers} to make {record.answer}."
-        if free_text:
-            return f"{thinking}\n{solution}"
-        return countdown_completion(thinking, solution)
-    if free_text:
-        return f"{solution}\n#### {record.answer}"
-    return xml_completion(solution, record.answer)
-
-
 def warmstart_completions(task: Task, records: list[Record], free_text_fraction: float,
                           seed: int) -> list[str]:
-    """One warm-start demonstration per record; each is free text with probability
+    """One warm-start demonstration per record (:meth:`Task.demonstration`); each is free text with probability
     ``free_text_fraction`` (drawn from a stream seeded by ``seed`` alone, so the prompts'
     exemplar draws do not depend on the fraction), else in the task's answer format."""
     draws = random.Random(f"free-text:{seed}")
-    return [demonstration(task, r, free_text=draws.random() < free_text_fraction) for r in records]
+    return [task.demonstration(r, free_text=draws.random() < free_text_fraction) for r in records]
 
 
 def prepare_model(cfg: Config, task: Task) -> str:
@@ -130,7 +95,9 @@ def prepare_model(cfg: Config, task: Task) -> str:
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
                       "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed},
         # Not arguments: recorded so that different warm-start data gets a different folder.
-        "data": {"task": cfg.task.model_dump(mode="json", exclude={"eval_size"}),
+        # task.options only when set, so the cache keys of built-in tasks' models stay the same.
+        "data": {"task": cfg.task.model_dump(mode="json", exclude={"eval_size"} | (
+                     set() if cfg.task.options else {"options"})),
                  "files": cfg.data.model_dump(mode="json"), "examples": n, "format": 1,
                  "free_text_fraction": tiny.warmstart_free_text_fraction},
     }
