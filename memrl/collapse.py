@@ -281,11 +281,3 @@ def check_rules(records: Sequence[Mapping[str, Any]], max_completion_length: int
             _check_lengthening(records, max_completion_length, rules),
             _check_reward_mode(records, rules),
             _check_correctness_zero(records, rules)]
-
-
-def detect_collapse(records: Sequence[Mapping[str, Any]], max_completion_length: int | None = None,
-                    rules: CollapseRules = CollapseRules()) -> list[CollapseFinding]:
-    """The rules that fired on a run (empty for a healthy run); see ``check_rules``."""
-    return [check.finding for check in check_rules(records, max_completion_length, rules)
-            if check.finding is not None]
-

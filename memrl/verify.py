@@ -487,10 +487,3 @@ def check_answers(
     for i, match in zip(symbolic, matches):
         results[i] = match
     return results
-
-
-def answers_match(
-    pred: str, gold: str, *, mode: CheckMode = "math", timeout_s: float = 5.0
-) -> bool:
-    """Whether one prediction matches its gold answer (see :func:`check_answers`)."""
-    return check_answers([pred], [gold], mode=mode, timeout_s=timeout_s)[0]

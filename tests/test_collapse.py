@@ -10,7 +10,6 @@ from memrl.collapse import (
     REWARD_MODE,
     CollapseRules,
     check_rules,
-    detect_collapse,
     metric_series,
 )
 
@@ -33,6 +32,11 @@ def _run(n=30, *, length=100.0, clipped=0.1, correctness=0.3, xmlcount=0.2, inte
             "accuracy": at(correctness, s),
         })
     return records
+
+
+def detect_collapse(records, cap, rules=CollapseRules()):
+    """The findings of the rules that fired (what the report lists)."""
+    return [c.finding for c in check_rules(records, cap, rules) if c.finding is not None]
 
 
 def _rules_fired(records, cap=200):

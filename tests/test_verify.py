@@ -9,7 +9,6 @@ import pytest
 
 from memrl.verify import (
     VerifyWorker,
-    answers_match,
     check_answers,
     extract_boxed,
     extract_xml_answer,
@@ -124,7 +123,7 @@ def test_exact_mode_is_stripped_string_equality():
     ],
 )
 def test_math_mode(pred, gold, match):
-    assert answers_match(pred, gold, mode="math") is match
+    assert check_answers([pred], [gold], mode="math") == [match]
 
 
 def test_unparseable_gold_is_no_match_and_logged(caplog):
