@@ -71,7 +71,7 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(ray_clust
 
     # Same config in a separate driver process, SIGKILLed after step 3 (checkpoints: 2, 4).
     run_b = tmp_path / "b" / "run"
-    proc = subprocess.Popen(cli_args(tmp_path, run_b), env=env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cli_args(tmp_path, run_b, "logging.tensorboard=true"), env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_step(proc, run_b, 3)
@@ -80,7 +80,7 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(ray_clust
         proc.wait(timeout=60)
     assert (run_b / "checkpoints/latest").read_text().strip() == "step_2"
 
-    resumed = subprocess.run(cli_args(tmp_path, run_b, "--resume", "auto"), env=env(),
+    resumed = subprocess.run(cli_args(tmp_path, run_b, "logging.tensorboard=true", "--resume", "auto"), env=env(),
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from step 2" in resumed.stdout
@@ -89,6 +89,15 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(ray_clust
     assert "taking over the stale lock" in resumed.stderr and not (run_b / ".memrl.lock").exists()
     lines = [json.loads(line) for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if "reward/total/mean" in m] == [1, 2, 3, 4]
+    # TensorBoard agrees: the killed run's step-3 events are purged, the resumed run's kept.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run_b / "tensorboard"), purge_orphaned_data=True)
+    board.Reload()
+    scalars = board.Scalars("reward/total/mean")
+    assert [e.step for e in scalars] == [1, 2, 3, 4]
+    assert [e.value for e in scalars] == pytest.approx([m["reward/total/mean"] for m in lines
+                                                        if "reward/total/mean" in m])
 
     # Same prompts in the same order, step by step.
     sha = {run: [m["data/prompts_sha1"] for m in read_metrics(run) if "data/prompts_sha1" in m]
