@@ -9,7 +9,7 @@ def resolve_model(name_or_path: str) -> str:
     """A loadable model: the folder itself, the local snapshot of a cached hub id, or (hub
     reachable) the hub id for the engine to download. Raises ModelUnavailableError otherwise,
     without the hub client's slow retries."""
-    from memrl.model.loading import _hub_offline, _hub_reachable, _looks_like_path, _unavailable
+    from memrl.model.loading import _looks_like_path, _unavailable, cache_miss_error
 
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
@@ -21,12 +21,7 @@ def resolve_model(name_or_path: str) -> str:
     try:
         return snapshot_download(name_or_path, local_files_only=True)
     except OSError as cache_miss:  # LocalEntryNotFoundError and friends
-        if _hub_offline():
-            raise _unavailable(
-                name_or_path, "it is not in the local cache and HF_HUB_OFFLINE is set"
-            ) from cache_miss
-        if not _hub_reachable():
-            raise _unavailable(
-                name_or_path, "it is not in the local cache and the hub cannot be reached"
-            ) from cache_miss
+        missing = cache_miss_error(name_or_path)
+        if missing is not None:
+            raise missing from cache_miss
     return name_or_path

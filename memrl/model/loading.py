@@ -68,17 +68,24 @@ def locate_model(name_or_path: str) -> ModelSource:
     cached = huggingface_hub.try_to_load_from_cache(name_or_path, "config.json")
     if isinstance(cached, str):
         return ModelSource("cache", str(Path(cached).parent))
+    missing = cache_miss_error(name_or_path)
+    if missing is not None:
+        raise missing
+    return ModelSource("hub", f"{constants.ENDPOINT}/{name_or_path}")
+
+
+def cache_miss_error(name: str) -> ModelUnavailableError | None:
+    """For a hub id that is not in the local cache: the error to raise when it cannot be
+    downloaded either (offline mode, or the hub does not answer), else None (download it)."""
     if _hub_offline():
-        raise _unavailable(
-            name_or_path, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
-        )
+        return _unavailable(name, "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
     if not _hub_reachable():
-        raise _unavailable(
-            name_or_path,
+        return _unavailable(
+            name,
             f"it is neither in the local Hugging Face cache nor reachable ({constants.ENDPOINT} "
             f"cannot be reached within {HUB_PROBE_TIMEOUT_S:g} s)",
         )
-    return ModelSource("hub", f"{constants.ENDPOINT}/{name_or_path}")
+    return None
 
 
 def _looks_like_path(name: str) -> bool:
@@ -142,16 +149,9 @@ def load_policy(
         try:
             model, tokenizer = _from_pretrained(name_or_path, dtype, local_files_only=True)
         except OSError as cache_miss:
-            if _hub_offline():
-                raise _unavailable(
-                    name_or_path, "it is not in the local cache and HF_HUB_OFFLINE is set"
-                ) from cache_miss
-            if not _hub_reachable():
-                raise _unavailable(
-                    name_or_path,
-                    f"it is neither in the local cache nor reachable ({constants.ENDPOINT} "
-                    "cannot be reached)",
-                ) from cache_miss
+            missing = cache_miss_error(name_or_path)
+            if missing is not None:
+                raise missing from cache_miss
             try:
                 model, tokenizer = _from_pretrained(name_or_path, dtype, local_files_only=False)
             except OSError as err:
