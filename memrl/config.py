@@ -49,6 +49,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def default_of(section: type[BaseModel], key: str) -> Any:
+    """The built-in default of ``section.key``: library dataclasses (learner, loss and sampling
+    settings) take their defaults from here, so the config is their one source."""
+    return section.model_fields[key].default
+
+
 class TinyModelConfig(_Section):
     """The offline tiny Llama model built when ``model.name_or_path`` is ``tiny``."""
 

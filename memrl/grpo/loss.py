@@ -34,6 +34,8 @@ from typing import Literal
 
 import torch
 
+from memrl.config import GRPOConfig, default_of
+
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "dr_grpo"]
 _AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "dr_grpo")
 
@@ -49,10 +51,10 @@ class LossSettings:
     correction), passed by the learner to :func:`importance_weights`.
     """
 
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    beta: float = 0.04
-    aggregation: Aggregation = "token_mean"
+    clip_low: float = default_of(GRPOConfig, "clip_low")
+    clip_high: float = default_of(GRPOConfig, "clip_high")
+    beta: float = default_of(GRPOConfig, "beta")
+    aggregation: Aggregation = default_of(GRPOConfig, "loss_aggregation")
     max_completion_length: int | None = None
     is_cap: float | None = None
 

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from memrl.config import Config, GRPOConfig, LearnerConfig, TrainerConfig, default_of
 from memrl.grpo.loss import (
     LossSettings,
     grpo_loss,
@@ -68,20 +69,20 @@ class LearnerSettings:
 
     model_path: str
     max_steps: int
-    lr: float = 5e-6
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 0.1
-    zero_stage: int = 0
+    lr: float = default_of(TrainerConfig, "lr")
+    betas: tuple[float, float] = (default_of(TrainerConfig, "adam_beta1"), default_of(TrainerConfig, "adam_beta2"))
+    weight_decay: float = default_of(TrainerConfig, "weight_decay")
+    warmup_ratio: float = default_of(TrainerConfig, "warmup_ratio")
+    max_grad_norm: float = default_of(TrainerConfig, "max_grad_norm")
+    zero_stage: int = default_of(LearnerConfig, "zero_stage")
     bf16: bool | None = None
-    micro_batch_size: int = 16
+    micro_batch_size: int = default_of(LearnerConfig, "micro_batch_size")
     loss: LossSettings = field(default_factory=LossSettings)
-    temperature: float = 0.9
+    temperature: float = default_of(GRPOConfig, "temperature")
     gradient_checkpointing: bool = False
     pack_sequences: bool = True
-    seed: int = 0
-    collective_timeout_s: float = 600.0
+    seed: int = default_of(Config, "seed")
+    collective_timeout_s: float = default_of(TrainerConfig, "timeout_s")
 
     def __post_init__(self) -> None:
         checks = {

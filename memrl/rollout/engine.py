@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from memrl.config import GRPOConfig, default_of
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights
 
@@ -29,10 +30,10 @@ class SamplingSettings:
     completions on the same engine and device. ``None`` draws fresh randomness.
     """
 
-    temperature: float = 0.9
-    top_p: float = 1.0
-    max_tokens: int = 200
-    num_generations: int = 16
+    temperature: float = default_of(GRPOConfig, "temperature")
+    top_p: float = default_of(GRPOConfig, "top_p")
+    max_tokens: int = default_of(GRPOConfig, "max_completion_length")
+    num_generations: int = default_of(GRPOConfig, "num_generations")
     seed: int | None = None
 
     def __post_init__(self) -> None:
