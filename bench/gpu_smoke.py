@@ -112,11 +112,12 @@ def part_faiss(timeout_s: float) -> Part:
 def part_plan(timeout_s: float) -> Part:
     """The one-GPU layout must place on one GPU and fit its memory (no device needed)."""
     from memrl.config import load_config
-    from memrl.plan import _Node, actor_groups, estimate_memory, place
+    from memrl.plan import actor_groups, estimate_memory, place
+    from memrl.train.placement import Node
 
     cfg = load_config(ROOT / ONE_GPU_CONFIG)
     groups = actor_groups(cfg)
-    problem = place(groups, [_Node("one-gpu", {"CPU": 16.0, "GPU": 1.0}, [1.0])])
+    problem = place(groups, [Node("one-gpu", {"CPU": 16.0, "GPU": 1.0}, [1.0])])
     from bench._common import random_model_config
     from memrl.plan import ModelShape
 

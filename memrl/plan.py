@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from memrl.config import Config
+from memrl.train.placement import Node, fit_problem, learner_demands, memory_demands, rollout_demand, take
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_GIB = 80.0  # when no GPU is visible here and the cluster does not say
@@ -92,18 +93,13 @@ class Plan:
 
 # ---- actors and memory estimates ------------------------------------------------------------
 def actor_groups(cfg: Config) -> list[ActorGroup]:
-    """The Ray actors ``memrl train`` starts for ``cfg`` and what each asks for."""
-    r, lr, m = cfg.rollout, cfg.learner, cfg.memory
-
-    def bundle(cpus: float, gpus: float, custom: dict[str, float]) -> dict[str, float]:
-        return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
-
-    groups = [
-        ActorGroup("rollout", r.num_workers, bundle(r.num_cpus_per_worker, r.num_gpus_per_worker, r.resources)),
-        ActorGroup("learner", lr.num_learners, bundle(lr.num_cpus, lr.num_gpus, lr.resources)),
-    ]
-    if cfg.uses_memory:
-        groups.append(ActorGroup("memory", m.num_shards, bundle(m.num_cpus, m.num_gpus, {})))
+    """The Ray actors ``memrl train`` starts for ``cfg`` and what each asks for (the demands
+    its start-up check packs, :mod:`memrl.train.placement`)."""
+    groups = [ActorGroup("rollout", cfg.rollout.num_workers, rollout_demand(cfg, "rollout").resources),
+              ActorGroup("learner", cfg.learner.num_learners, learner_demands(cfg)[0].resources)]
+    memory = memory_demands(cfg)
+    if memory:
+        groups.append(ActorGroup("memory", len(memory), memory[0].resources))
     return groups
 
 
@@ -209,14 +205,7 @@ def estimate_memory(cfg: Config, groups: list[ActorGroup], shape: ModelShape, gp
 
 
 # ---- placement ------------------------------------------------------------------------------
-@dataclass
-class _Node:
-    name: str
-    free: dict[str, float]
-    gpus: list[float]  # free share of each physical GPU
-
-
-def nodes_from_ray(ray_nodes: Sequence[dict[str, Any]]) -> list[_Node]:
+def nodes_from_ray(ray_nodes: Sequence[dict[str, Any]]) -> list[Node]:
     """Alive nodes of ``ray.nodes()`` with their total resources (what an idle cluster holds)."""
     out = []
     for n in ray_nodes:
@@ -224,12 +213,12 @@ def nodes_from_ray(ray_nodes: Sequence[dict[str, Any]]) -> list[_Node]:
             continue
         res = {k: float(v) for k, v in n.get("Resources", {}).items()
                if not k.startswith(("node:", "memory", "object_store_memory"))}
-        out.append(_Node(n.get("NodeManagerAddress", n.get("NodeID", "?")), res,
+        out.append(Node(n.get("NodeManagerAddress", n.get("NodeID", "?")), res,
                          [1.0] * int(res.get("GPU", 0))))
     return out
 
 
-def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> str | None:
+def place(groups: Sequence[ActorGroup], nodes: list[Node]) -> str | None:
     """Pack every actor onto ``nodes`` (largest GPU request first, first fit); None when all
     fit, else the first actor that does not and why."""
     actors = [(g, i) for g in groups for i in range(g.count)]
@@ -237,9 +226,9 @@ def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> str | None:
     for group, i in actors:
         reasons = []
         for node in nodes:
-            why = _fits(group.bundle, node)
+            why = fit_problem(group.bundle, node)
             if why is None:
-                _take(group.bundle, node)
+                take(group.bundle, node)
                 break
             reasons.append(f"{node.name}: {why}")
         else:
@@ -250,43 +239,7 @@ def place(groups: Sequence[ActorGroup], nodes: list[_Node]) -> str | None:
     return None
 
 
-def _fits(bundle: dict[str, float], node: _Node) -> str | None:
-    for key, want in bundle.items():
-        if key == "GPU" or not want:
-            continue
-        have = node.free.get(key, 0.0)
-        if have + 1e-9 < want:
-            return f"{key} {want:g} wanted, {have:g} left" if key in node.free else f"no {key!r} resource"
-    want = bundle.get("GPU", 0.0)
-    if want > 1 and want != int(want):
-        return f"GPU {want:g}: Ray gives a fraction only below 1 (use a whole number)"
-    if want >= 1:
-        whole = sum(1 for g in node.gpus if g >= 1 - 1e-9)
-        if whole < want:
-            return f"GPU {want:g} wanted, {whole} whole GPUs left"
-    elif want > 0 and not any(g + 1e-9 >= want for g in node.gpus):
-        best = max(node.gpus, default=0.0)
-        return f"GPU {want:g} wanted on one device, largest free share {best:g}"
-    return None
-
-
-def _take(bundle: dict[str, float], node: _Node) -> None:
-    for key, want in bundle.items():
-        if key != "GPU":
-            node.free[key] = node.free.get(key, 0.0) - want
-    want = bundle.get("GPU", 0.0)
-    if want >= 1:
-        taken = 0
-        for j, g in enumerate(node.gpus):
-            if taken < want and g >= 1 - 1e-9:
-                node.gpus[j] = 0.0
-                taken += 1
-    elif want > 0:  # Ray packs a fraction onto the fullest GPU it still fits on
-        j = min((j for j, g in enumerate(node.gpus) if g + 1e-9 >= want), key=lambda j: node.gpus[j])
-        node.gpus[j] -= want
-
-
-def cluster_nodes(cfg: Config, address: str | None) -> tuple[list[_Node], str]:
+def cluster_nodes(cfg: Config, address: str | None) -> tuple[list[Node], str]:
     """The nodes the job would join, and a one-line description."""
     import ray
 
@@ -301,7 +254,7 @@ def cluster_nodes(cfg: Config, address: str | None) -> tuple[list[_Node], str]:
             ray.shutdown()
     cpus = float(cfg.ray.num_cpus or os.cpu_count() or 1)
     gpus = _local_gpus()
-    node = _Node("local", {"CPU": cpus, **({"GPU": float(gpus)} if gpus else {})}, [1.0] * gpus)
+    node = Node("local", {"CPU": cpus, **({"GPU": float(gpus)} if gpus else {})}, [1.0] * gpus)
     return [node], f"the local cluster memrl train would start ({cpus:g} CPUs, {gpus} GPUs)"
 
 
@@ -412,7 +365,7 @@ def check_engines(cfg: Config) -> list[Check]:
 
 
 # ---- the plan -------------------------------------------------------------------------------
-def build_plan(cfg: Config, *, address: str | None = None, nodes: list[_Node] | None = None,
+def build_plan(cfg: Config, *, address: str | None = None, nodes: list[Node] | None = None,
                gpu_memory_gib: float | None = None) -> Plan:
     """Every check for ``cfg`` against the cluster (``nodes``: given, e.g. in tests)."""
     groups = actor_groups(cfg)

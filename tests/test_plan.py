@@ -6,7 +6,8 @@ import pytest
 
 from memrl.cli import main
 from memrl.config import load_config
-from memrl.plan import ActorGroup, _Node, build_plan, learner_bytes, place
+from memrl.plan import ActorGroup, build_plan, learner_bytes, place
+from memrl.train.placement import Node
 
 
 def test_plan_passes_the_default_on_the_session_cluster(ray_cluster, tmp_path):
@@ -39,7 +40,7 @@ def test_plan_places_custom_resources_the_session_cluster_has(ray_cluster, tmp_p
 
 
 def test_fractional_gpus_pack_on_one_device_but_not_beyond():
-    one_gpu = lambda: [_Node("n", {"CPU": 16.0, "GPU": 1.0, "rollout_node": 1.0}, [1.0])]  # noqa: E731
+    one_gpu = lambda: [Node("n", {"CPU": 16.0, "GPU": 1.0, "rollout_node": 1.0}, [1.0])]  # noqa: E731
     fits = [ActorGroup("rollout", 1, {"CPU": 1, "GPU": 0.4, "rollout_node": 0.5}),
             ActorGroup("learner", 1, {"CPU": 1, "GPU": 0.5}), ActorGroup("memory", 1, {"CPU": 1, "GPU": 0.1})]
     assert place(fits, one_gpu()) is None
@@ -47,7 +48,7 @@ def test_fractional_gpus_pack_on_one_device_but_not_beyond():
     assert "GPU 0.1 wanted on one device, largest free share" in place(too_much, one_gpu())
     # two 0.6 shares need two devices: one node with two GPUs holds them, one with one does not
     pair = [ActorGroup("rollout", 2, {"CPU": 1, "GPU": 0.6})]
-    assert place(pair, [_Node("n", {"CPU": 4.0, "GPU": 2.0}, [1.0, 1.0])]) is None
+    assert place(pair, [Node("n", {"CPU": 4.0, "GPU": 2.0}, [1.0, 1.0])]) is None
     assert "rollout actor 2/2" in place(pair, one_gpu())
     custom = [ActorGroup("rollout", 3, {"CPU": 1, "rollout_node": 0.5})]
     assert "rollout_node 0.5 wanted, 0 left" in place(custom, one_gpu())

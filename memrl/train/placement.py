@@ -77,18 +77,70 @@ def _listing(demands: Sequence[Demand], limit: int = 8) -> str:
         (f" and {len(demands) - limit} more" if len(demands) > limit else "")
 
 
+@dataclass
+class Node:
+    """One Ray node as packing sees it: free resources, and the free share of each GPU."""
+
+    name: str
+    free: dict[str, float]
+    gpus: list[float]  # free share of each physical GPU
+
+    @classmethod
+    def from_totals(cls, name: str, totals: Mapping[str, float]) -> Node:
+        """A node holding ``totals`` (its resources), every GPU whole."""
+        return cls(name, dict(totals), [1.0] * int(totals.get("GPU", 0)))
+
+
+def fit_problem(bundle: Mapping[str, float], node: Node) -> str | None:
+    """Why ``bundle`` does not fit on ``node`` now (None: it fits). A GPU fraction must fit on
+    one device, as Ray places it."""
+    for key, want in bundle.items():
+        if key == "GPU" or not want:
+            continue
+        have = node.free.get(key, 0.0)
+        if have + 1e-9 < want:
+            return f"{key} {want:g} wanted, {have:g} left" if key in node.free else f"no {key!r} resource"
+    want = bundle.get("GPU", 0.0)
+    if want > 1 and want != int(want):
+        return f"GPU {want:g}: Ray gives a fraction only below 1 (use a whole number)"
+    if want >= 1:
+        whole = sum(1 for g in node.gpus if g >= 1 - 1e-9)
+        if whole < want:
+            return f"GPU {want:g} wanted, {whole} whole GPUs left"
+    elif want > 0 and not any(g + 1e-9 >= want for g in node.gpus):
+        best = max(node.gpus, default=0.0)
+        return f"GPU {want:g} wanted on one device, largest free share {best:g}"
+    return None
+
+
+def take(bundle: Mapping[str, float], node: Node) -> None:
+    """Reserve ``bundle`` on ``node`` (after :func:`fit_problem` said it fits)."""
+    for key, want in bundle.items():
+        if key != "GPU":
+            node.free[key] = node.free.get(key, 0.0) - want
+    want = bundle.get("GPU", 0.0)
+    if want >= 1:
+        taken = 0
+        for j, g in enumerate(node.gpus):
+            if taken < want and g >= 1 - 1e-9:
+                node.gpus[j] = 0.0
+                taken += 1
+    elif want > 0:  # Ray packs a fraction onto the fullest GPU it still fits on
+        j = min((j for j, g in enumerate(node.gpus) if g + 1e-9 >= want), key=lambda j: node.gpus[j])
+        node.gpus[j] -= want
+
+
 def unplaceable(demands: list[Demand], nodes: list[dict[str, float]]) -> list[Demand]:
-    """The demands left over after packing all of them onto ``nodes`` (resource totals)."""
-    free = [dict(n) for n in nodes]
+    """The demands left over after packing all of them onto ``nodes`` (resource totals),
+    largest GPU request first, first fit."""
+    free = [Node.from_totals(f"node {i}", n) for i, n in enumerate(nodes)]
     left = []
     for d in sorted(demands, key=lambda d: (-d.resources.get("GPU", 0), -d.resources.get("CPU", 0))):
-        for node in free:
-            if all(node.get(k, 0.0) + 1e-9 >= v for k, v in d.resources.items()):
-                for k, v in d.resources.items():
-                    node[k] = node.get(k, 0.0) - v
-                break
-        else:
+        node = next((n for n in free if fit_problem(d.resources, n) is None), None)
+        if node is None:
             left.append(d)
+        else:
+            take(d.resources, node)
     return left
 
 
