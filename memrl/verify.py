@@ -384,7 +384,10 @@ def _run_bounded(kind: str, items: Sequence[tuple[str, ...]], timeout_s: float, 
     by ``deadline`` gets ``default``."""
     if not items:
         return []
-    if threading.current_thread() is not threading.main_thread():
+    # Off the main thread math-verify's signal timeouts cannot run; and its free-text extraction
+    # can sit in one long call that a signal does not interrupt, so it always goes to the worker,
+    # which is killed when it overruns.
+    if kind == "extract" or threading.current_thread() is not threading.main_thread():
         with _shared_worker_lock:
             return _shared_worker.run([(kind, *args) for args in items], timeout_s, deadline,
                                       default)
