@@ -53,11 +53,29 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     from memrl.train.loop import run_training
 
     summary = run_training(cfg, resume=ns.resume)
+    nan = float("nan")
     print(
         f"done: {summary['steps']} steps in {summary['wall_seconds']:.0f} s; "
-        f"accuracy {summary.get('accuracy_before', float('nan')):.3f} -> "
-        f"{summary.get('accuracy_after', float('nan')):.3f}; run dir {cfg.output_dir}"
+        f"accuracy {summary.get('accuracy_before', nan):.3f} -> {summary.get('accuracy_after', nan):.3f} "
+        f"(lenient grader {summary.get('accuracy_lenient_before', nan):.3f} -> "
+        f"{summary.get('accuracy_lenient_after', nan):.3f}); run dir {cfg.output_dir}"
     )
+    return 0
+
+
+def _cmd_build_base(ns: argparse.Namespace) -> int:
+    from memrl.model.warmstart import cached_tiny_model
+    from memrl.train.setup import build_task, tiny_base_recipe
+
+    path, overrides = _split_config_args(ns.args)
+    cfg = load_config(path, overrides)
+    if cfg.model.name_or_path != "tiny":
+        raise ConfigError(f"model.name_or_path is {cfg.model.name_or_path!r}: memrl build-base builds "
+                          "the offline tiny model (model.name_or_path=tiny) only")
+    recipe = tiny_base_recipe(cfg, build_task(cfg))
+    folder = cached_tiny_model(Path(ns.out), recipe.spec, recipe.texts, recipe.examples,
+                               recipe.habit_examples, use_shipped=False)
+    print(folder)
     return 0
 
 
@@ -161,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--eval-every", type=int, default=10,
                          help="evaluate every N steps (trainer.eval_every_steps; 0: before/after only)")
     compare.set_defaults(func=_cmd_compare)
+
+    build = sub.add_parser(
+        "build-base", help="build the config's offline tiny base model (tokenizer + warm start)",
+        description="memrl build-base [CONFIG.yaml] [key=value ...] --out DIR: builds into "
+        "DIR/<spec key> even where memrl ships that base. `memrl build-base --out "
+        "memrl/model/bases` rebuilds the shipped default base.",
+    )
+    build.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE")
+    build.add_argument("--out", required=True, help="folder that receives the base's folder")
+    build.set_defaults(func=_cmd_build_base)
 
     report = sub.add_parser("report", help="plots, summary table and collapse checks of runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -4,8 +4,9 @@ Each trial is an ordinary training run in ``OUT/<method>_seed<seed>/`` (so any o
 inspected, reported or resumed on its own). The comparison reports, per method, mean ± std
 over seeds of the final and best evaluation accuracy, sample efficiency (the first step whose
 evaluation reached ``target`` accuracy — by default 5 points over the mean starting accuracy;
-trials that never reach it are counted), and how many seeds tripped each collapse rule
-(``memrl.collapse``). Trials that already finished are not trained again.
+trials that never reach it are counted), how many seeds tripped each collapse rule
+(``memrl.collapse``), and Memory-R+ minus R1 with a 95% confidence interval. Trials that
+already finished are not trained again.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def aggregate(summaries: Sequence[dict[str, Any]], target: float) -> list[dict[s
     for method in dict.fromkeys(s["method"] for s in summaries):
         runs = [s for s in summaries if s["method"] == method]
         final = _mean_std([s.get("accuracy_after") for s in runs])
+        lenient = _mean_std([s.get("accuracy_lenient_after") for s in runs])
         best = _mean_std([s.get("best_accuracy") for s in runs])
         before = _mean_std([s.get("accuracy_before") for s in runs])
         reached = [s["steps_to_target"] for s in runs if s.get("steps_to_target") is not None]
@@ -77,12 +79,40 @@ def aggregate(summaries: Sequence[dict[str, Any]], target: float) -> list[dict[s
             "method": method, "seeds": len(runs),
             "accuracy_before_mean": before[0],
             "final_mean": final[0], "final_std": final[1],
+            "final_lenient_mean": lenient[0], "final_lenient_std": lenient[1],
             "best_mean": best[0], "best_std": best[1],
             "target": target, "reached_target": len(reached),
             "steps_to_target_mean": statistics.fmean(reached) if reached else None,
             "collapse": collapse,
         })
     return rows
+
+
+def paired_difference(summaries: Sequence[dict[str, Any]], a: str, b: str, key: str,
+                      confidence: float = 0.95) -> dict[str, Any] | None:
+    """Mean of ``a − b`` in ``summaries[key]`` over the seeds both methods ran (paired by seed:
+    the same seed gives both the same prompts), with a Student-t ``confidence`` interval.
+
+    None when fewer than two seeds pair up (no interval can be estimated)."""
+    from scipy import stats
+
+    by_seed = {m: {s["seed"]: s.get(key) for s in summaries if s["method"] == m} for m in (a, b)}
+    diffs = [by_seed[a][seed] - by_seed[b][seed] for seed in sorted(by_seed[a])
+             if by_seed[a].get(seed) is not None and by_seed[b].get(seed) is not None]
+    if len(diffs) < 2:
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * sd / len(diffs) ** 0.5
+    return {"a": a, "b": b, "key": key, "seeds": len(diffs), "mean": mean, "low": mean - half,
+            "high": mean + half, "confidence": confidence, "differences": diffs}
+
+
+def format_difference(d: dict[str, Any]) -> str:
+    """One line: ``a − b`` in points with its interval."""
+    label = {"accuracy_after": "final", "best_accuracy": "best"}.get(d["key"], d["key"])
+    return (f"{d['a']} − {d['b']}, {label} accuracy (paired by seed, {d['seeds']} seeds): "
+            f"{100 * d['mean']:+.1f} points, {100 * d['confidence']:.0f}% CI "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
 
 
 def _pct(mean: float | None, std: float | None) -> str:
@@ -93,13 +123,15 @@ def _pct(mean: float | None, std: float | None) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of the per-method rows (accuracy in %)."""
-    lines = ["| method | seeds | before % | final % | best % | reached target | steps to target | collapse |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | seeds | before % | final % | final, lenient grader % | best % | reached target "
+             "| steps to target | collapse |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         collapse = ", ".join(f"{k}×{v}" for k, v in sorted(r["collapse"].items())) or "none"
         steps = "–" if r["steps_to_target_mean"] is None else f"{r['steps_to_target_mean']:.1f}"
         before = "–" if r["accuracy_before_mean"] is None else f"{100 * r['accuracy_before_mean']:.1f}"
         lines.append(f"| {r['method']} | {r['seeds']} | {before} | {_pct(r['final_mean'], r['final_std'])} | "
+                     f"{_pct(r.get('final_lenient_mean'), r.get('final_lenient_std'))} | "
                      f"{_pct(r['best_mean'], r['best_std'])} | {r['reached_target']}/{r['seeds']} "
                      f"(≥{100 * r['target']:.0f}%) | {steps} | {collapse} |")
     return "\n".join(lines)
@@ -129,12 +161,17 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
     for s, trial in zip(summaries, trials):
         s["steps_to_target"] = steps_to_target(trial.run_dir, target)
     rows = aggregate(summaries, target)
+    # What the memory adds: the paper's method against its memory-free baseline, when both ran.
+    differences = [d for key in ("accuracy_after", "best_accuracy")
+                   if (d := paired_difference(summaries, "memoryr+", "r1", key)) is not None]
     result = {"config": config, "overrides": list(overrides), "target": target, "rows": rows,
-              "trials": summaries}
+              "differences": differences, "trials": summaries}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=str))
     report = write_report([t.run_dir for t in trials], out / "report")
     table = format_table(rows)
+    if differences:
+        table += "\n\n" + "\n".join(f"- {format_difference(d)}" for d in differences)
     (out / "compare.md").write_text(
         f"# memrl compare\n\nConfig: `{config or 'configs/default.yaml'}` {' '.join(overrides)}\n\n"
         f"{table}\n\nAccuracy: greedy on the held-out set (mean ± std over seeds). "

@@ -94,6 +94,23 @@ class TinyModelConfig(_Section):
             "the <answer> tags (the base then follows the format only part of the time)"
         ),
     )
+    # A second, short stage after the warm start: fresh demonstrations of which most state the
+    # answer without working ("The answer is N." inside the tags). The base keeps the
+    # step-by-step skill of the first stage but by habit answers at once, mostly wrongly on
+    # multi-step problems; its samples show both behaviours, the correctness reward separates
+    # them, and RL can shift it to the reasoning it already has (the embedded default's design).
+    habit_steps: int = Field(
+        0, ge=0,
+        description="steps of the second stage on mostly direct answers (0: no second stage)",
+    )
+    habit_lr: float = Field(1e-3, gt=0, description="learning rate of the second stage")
+    habit_direct_fraction: float = Field(
+        0.8, ge=0, le=1,
+        description=(
+            "share of the second stage's demonstrations that state the answer without working "
+            "('The answer is N.' in the tags); the rest are worked solutions"
+        ),
+    )
     # The base model's own seed (initial weights, warm-start order), not the run's ``seed``:
     # like a pretrained checkpoint, one base model is shared by every training seed.
     seed: int = Field(

@@ -32,6 +32,10 @@ COUNTDOWN_SYSTEM_PROMPT = (
 )
 
 
+# How a direct demonstration's reasoning starts: "The answer is 19." (no working shown).
+DIRECT_ANSWER_OPENING = "The answer is"
+
+
 def xml_completion(reasoning: str, answer: str) -> str:
     """An assistant turn in the XML format the strict-format reward accepts."""
     return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>\n"

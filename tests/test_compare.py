@@ -5,7 +5,7 @@ import json
 import pytest
 from trainer_configs import FAST, TINY
 
-from memrl.compare import aggregate, format_table, plan_trials, run_compare
+from memrl.compare import aggregate, format_difference, format_table, paired_difference, plan_trials, run_compare
 from memrl.config import ConfigError
 
 
@@ -36,7 +36,22 @@ def test_aggregate_means_stds_targets_and_collapse():
     assert r1["steps_to_target_mean"] == 6 and r1["collapse"] == {"correctness_zero": 1}
     assert rows["memoryr+"]["final_std"] == 0.0 and rows["memoryr+"]["seeds"] == 1
     table = format_table(list(rows.values()))
-    assert "| r1 | 2 | 10.0 | 30.0 ± 14.1 | 40.0 ± 14.1 | 1/2 (≥15%) | 6.0 | correctness_zero×1 |" in table
+    assert "| r1 | 2 | 10.0 | 30.0 ± 14.1 | – | 40.0 ± 14.1 | 1/2 (≥15%) | 6.0 | correctness_zero×1 |" in table
+
+
+def test_paired_difference_with_a_t_interval():
+    rows = [("r1", 0, 0.30), ("r1", 1, 0.40), ("r1", 2, 0.35), ("r1", 3, 0.50),
+            ("memoryr+", 0, 0.35), ("memoryr+", 1, 0.40), ("memoryr+", 2, 0.45)]
+    summaries = [{"method": m, "seed": seed, "accuracy_after": acc} for m, seed, acc in rows]
+    d = paired_difference(summaries, "memoryr+", "r1", "accuracy_after")
+    # Seed 3 ran only for r1: three pairs, differences 0.05, 0.00, 0.10 (mean 0.05, sd 0.05);
+    # t(0.975, 2) = 4.3027, so the half-width is 4.3027 * 0.05 / sqrt(3) = 0.1242.
+    assert d["seeds"] == 3 and d["differences"] == pytest.approx([0.05, 0.0, 0.1])
+    assert d["mean"] == pytest.approx(0.05)
+    assert (d["low"], d["high"]) == pytest.approx((0.05 - 0.12421, 0.05 + 0.12421), abs=1e-4)
+    assert format_difference(d) == ("memoryr+ − r1, final accuracy (paired by seed, 3 seeds): +5.0 points, "
+                                    "95% CI [-7.4, +17.4]")
+    assert paired_difference(summaries[:5], "memoryr+", "r1", "accuracy_after") is None  # one pair
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from memrl.model import loading
+from memrl.model import loading, warmstart
 from memrl.model.loading import ModelUnavailableError, load_policy
 from memrl.model.tiny import FORMAT_TAGS, build_tiny_model, train_bpe_tokenizer
 from memrl.model.warmstart import (
@@ -195,6 +195,46 @@ def test_cached_tiny_model_builds_once_per_spec(tmp_path: Path) -> None:
     assert calls["texts"] == 2
     # Only finished folders and lock files are left: no staging folders.
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted([first.name, other.name])
+
+
+def test_habit_stage_runs_after_the_warm_start_and_a_shipped_base_is_used_as_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = {"first": 0, "habit": 0}
+
+    def examples(stage: str, completion: str):
+        def make() -> list[tuple[list[dict[str, str]], str]]:
+            made[stage] += 1
+            return [(_messages(TEXTS[1]), completion)] * 4
+        return make
+
+    spec = {"model": SIZES, "warmstart": {"steps": 60, "lr": 1e-2, "batch_size": 4},
+            "habit": {"steps": 100, "lr": 1e-2, "batch_size": 4}, "data": "toy-habit"}
+    with pytest.raises(ValueError, match="make_habit_examples"):
+        cached_tiny_model(tmp_path / "cache", spec, lambda: TEXTS, examples("first", TEXTS[2]))
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(warmstart, "SHIPPED_BASES", shipped)
+    folder = cached_tiny_model(tmp_path / "cache", spec, lambda: TEXTS, examples("first", TEXTS[2]),
+                               examples("habit", TEXTS[4]))
+    assert made == {"first": 1, "habit": 1}
+    assert (folder / "warmstart.json").is_file() and (folder / warmstart.HABIT_STATS_FILE).is_file()
+    # The second stage's data is what the model answers with at the end.
+    model, tokenizer = load_policy(str(folder))
+    prompt = tokenizer.apply_chat_template(_messages(TEXTS[1]), tokenize=False, add_generation_prompt=True)
+    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**batch, max_new_tokens=30, do_sample=False)
+    assert tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True) == TEXTS[4]
+
+    # A base shipped for this spec wins over the cache and is never rebuilt ...
+    assert warmstart.shipped_base(spec) is None
+    (shipped / spec_key(spec)).mkdir(parents=True)
+    (shipped / spec_key(spec) / SPEC_FILE).write_text("{}")
+    assert cached_tiny_model(tmp_path / "other-cache", spec, list, list, list) == shipped / spec_key(spec)
+    assert not (tmp_path / "other-cache").exists()
+    # ... unless the caller rebuilds it (memrl build-base).
+    rebuilt = cached_tiny_model(tmp_path / "rebuild", spec, lambda: TEXTS, examples("first", TEXTS[2]),
+                                examples("habit", TEXTS[4]), use_shipped=False)
+    assert rebuilt == tmp_path / "rebuild" / spec_key(spec) and made == {"first": 2, "habit": 2}
 
 
 def test_cached_tiny_model_rejects_unknown_options(tmp_path: Path) -> None:

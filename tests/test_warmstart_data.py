@@ -51,3 +51,40 @@ def test_half_free_text_is_about_half_and_fixed_by_the_seed():
     # shared, so the free-text set at 0.3 is contained in the one at 0.5.
     smaller = ["<answer>" not in t for t in warmstart_completions(TASK, RECORDS, 0.3, seed=0)]
     assert all(f for s, f in zip(smaller, free) if s) and sum(smaller) < sum(free)
+
+
+def test_direct_demonstration_is_tagged_with_no_working():
+    record = RECORDS[0]
+    text = TASK.demonstration(record, direct=True)
+    assert text == f"<reasoning>\nThe answer is {record.answer}.\n</reasoning>\n<answer>\n{record.answer}\n</answer>\n"
+    assert _scores([text], strict_format_reward) == [0.5]
+    assert _scores([text], correctness_reward, mode="exact") == [1.0]
+    with pytest.raises(ValueError, match="either free text or direct"):
+        TASK.demonstration(record, free_text=True, direct=True)
+
+
+def test_countdown_has_no_direct_demonstration():
+    countdown = make_task("countdown", seed=0)
+    with pytest.raises(ValueError, match="direct demonstrations"):
+        countdown.demonstration(countdown.dataset("train")[0], direct=True)
+
+
+def test_habit_stage_demonstrations_follow_the_direct_share(tmp_path):
+    from memrl.config import load_config
+    from memrl.train.setup import build_task, tiny_base_recipe
+
+    cfg = load_config(None, ["model.tiny.warmstart_examples=300", "model.tiny.habit_steps=10",
+                             "model.tiny.habit_direct_fraction=0.8"])
+    recipe = tiny_base_recipe(cfg, build_task(cfg))
+    first, habit = recipe.examples(), recipe.habit_examples()
+    assert len(first) == len(habit) == 300
+    assert not any("The answer is" in c for _, c in first)  # the first stage only shows the working
+    direct = sum(c.startswith("<reasoning>\nThe answer is") for _, c in habit)
+    assert 210 <= direct <= 270
+    # The stages use different records, and the spec (the cache key) names the second stage.
+    # (Small numbers make some questions recur across records, so a few may coincide.)
+    shared = {m[-1]["content"] for m, _ in first} & {m[-1]["content"] for m, _ in habit}
+    assert len(shared) < 15
+    assert recipe.spec["habit"]["steps"] == 10 and recipe.spec["data"]["habit_direct_fraction"] == 0.8
+    plain = tiny_base_recipe(load_config(None, ["model.tiny.warmstart_examples=300"]), build_task(cfg))
+    assert plain.habit_examples is None and "habit" not in plain.spec

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -273,7 +274,9 @@ def _load_or_export(model: Any, path: Path) -> OnnxSentenceEncoder:
             return OnnxSentenceEncoder(model, path)
         except Exception as exc:
             logger.warning("cached ONNX model %s unreadable (%s); exporting again", path, exc)
-    logger.info("exporting the sentence encoder to %s (once per model and versions)", path)
+    # Seconds to a minute on a CPU: said where the user sees it (an actor's stderr reaches the driver).
+    print(f"memrl: exporting the sentence encoder to ONNX at {path} (once per model and versions)",
+          file=sys.stderr, flush=True)
     export_onnx(model, path)
     return OnnxSentenceEncoder(model, path)
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,11 @@ Example = tuple[list[dict[str, str]], str]  # (chat messages of the prompt, assi
 IGNORE_INDEX = -100  # label value that the causal-LM loss skips
 EVAL_EXAMPLES = 64  # examples scored before and after training to report the loss change
 STATS_FILE = "warmstart.json"
+HABIT_STATS_FILE = "habit.json"
 SPEC_FILE = "memrl_spec.json"
+# Bases that ship inside the package, one folder per spec key (built by `memrl build-base`):
+# a spec found here is used as it is, so every machine starts from the same weights.
+SHIPPED_BASES = Path(__file__).with_name("bases")
 
 
 def encode_example(
@@ -102,6 +107,7 @@ def _mean_completion_loss(
 def warm_start(
     model_dir: str | Path,
     examples: Sequence[Example],
+    stats_file: str = STATS_FILE,
     *,
     steps: int = 600,
     lr: float = 3e-3,
@@ -119,7 +125,8 @@ def warm_start(
     AdamW with a linear warm-up over ``warmup_fraction`` of ``steps`` then cosine decay to
     zero; gradient norm clipped to 1. Batches walk through shuffled epochs of ``examples``
     (order set by ``seed``). Runs with ``num_threads`` torch threads (restored afterwards) and
-    saves the weights back into ``model_dir`` together with ``warmstart.json``. ``steps=0``
+    saves the weights back into ``model_dir`` together with ``stats_file`` (the statistics
+    below, as JSON). ``steps=0``
     only measures the loss and leaves the weights as they are.
 
     Returns statistics: ``loss_before``/``loss_after`` (nats per completion token on the first
@@ -182,7 +189,7 @@ def warm_start(
         "losses": losses,
         "seconds": seconds,
     }
-    (folder / STATS_FILE).write_text(json.dumps(stats, indent=1))
+    (folder / stats_file).write_text(json.dumps(stats, indent=1))
     return stats
 
 
@@ -211,24 +218,43 @@ def spec_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def shipped_base(spec: dict[str, Any], root: Path | None = None) -> Path | None:
+    """The shipped folder (under ``root``, default :data:`SHIPPED_BASES`) built from exactly
+    ``spec``, or None when memrl ships none."""
+    folder = (SHIPPED_BASES if root is None else root) / spec_key(spec)
+    return folder if (folder / SPEC_FILE).is_file() else None
+
+
 def cached_tiny_model(
     cache_root: str | Path,
     spec: dict[str, Any],
     make_texts: Callable[[], list[str]],
     make_examples: Callable[[], list[Example]],
+    make_habit_examples: Callable[[], list[Example]] | None = None,
+    *,
+    use_shipped: bool = True,
 ) -> Path:
     """Folder of a tiny model built from ``spec`` and warm-started, built at most once.
 
     ``spec["model"]`` holds keyword options of ``build_tiny_model`` (sizes, seed),
-    ``spec["warmstart"]`` those of ``warm_start`` (steps, lr, ...); any other top-level key
+    ``spec["warmstart"]`` those of ``warm_start`` (steps, lr, ...) for ``make_examples``; an
+    optional ``spec["habit"]`` (same options) runs a second ``warm_start`` on
+    ``make_habit_examples`` afterwards (statistics in ``habit.json``). Any other top-level key
     (e.g. a description of the task data) only enters the cache key, which is
-    ``spec_key(spec)``: change whatever ``make_texts``/``make_examples`` produce and record the
-    change in ``spec``. The folder is ``cache_root / spec_key(spec)``. It is built in a
-    temporary folder beside it and renamed into place once complete, so a half-built model is
-    never visible; a lock file makes concurrent callers on one machine wait for a single build.
+    ``spec_key(spec)``: change whatever the callables produce and record the change in
+    ``spec``. A base that memrl ships for this spec (:func:`shipped_base`) is returned as it is
+    unless ``use_shipped`` is false; otherwise the folder is ``cache_root / spec_key(spec)``. It
+    is built in a temporary folder beside it and renamed into place once complete, so a
+    half-built model is never visible; a lock file makes concurrent callers on one machine wait
+    for a single build.
     """
     model_options = _section(spec, "model", build_tiny_model)
     warmstart_options = _section(spec, "warmstart", warm_start)
+    habit_options = _section(spec, "habit", warm_start) if "habit" in spec else None
+    if habit_options is not None and make_habit_examples is None:
+        raise ValueError("spec['habit'] is set but no make_habit_examples was given")
+    if use_shipped and (shipped := shipped_base(spec)) is not None:
+        return shipped
     key = spec_key(spec)
     root = Path(cache_root).expanduser()
     final = root / key
@@ -243,9 +269,16 @@ def cached_tiny_model(
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
-            logger.info("building tiny model %s in %s", key, final)
+            steps = warmstart_options.get("steps", default_warmstart_steps())
+            if habit_options is not None:
+                steps += habit_options.get("steps", default_warmstart_steps())
+            print(f"memrl: building the tiny base model {key} (tokenizer, then {steps} supervised "
+                  f"steps; minutes on a CPU) in {final}; later runs reuse it", file=sys.stderr,
+                  flush=True)
             build_tiny_model(staging, make_texts(), **model_options)
             warm_start(staging, make_examples(), **warmstart_options)
+            if habit_options is not None and make_habit_examples is not None:
+                warm_start(staging, make_habit_examples(), HABIT_STATS_FILE, **habit_options)
             (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
             os.chmod(staging, 0o755)
             os.rename(staging, final)
@@ -259,6 +292,11 @@ def cached_tiny_model(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return final
+
+
+def default_warmstart_steps() -> int:
+    """``warm_start``'s own default number of steps (a spec may leave ``steps`` out)."""
+    return inspect.signature(warm_start).parameters["steps"].default
 
 
 @contextmanager

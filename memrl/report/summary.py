@@ -45,6 +45,8 @@ def summarise(run: Run, rules: CollapseRules = CollapseRules()) -> dict[str, Any
         "wall_seconds": run.summary.get("wall_seconds"),
         "accuracy_before": before,
         "accuracy_after": after,
+        "accuracy_lenient_before": run.summary.get("accuracy_lenient_before"),
+        "accuracy_lenient_after": run.summary.get("accuracy_lenient_after"),
         "best_accuracy": best_accuracy,
         "best_step": best_step,
         "final_window": rules.window,

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
-from memrl.prompts import GSM8K_EXEMPLARS, SYSTEM_PROMPT, xml_completion
+from memrl.prompts import DIRECT_ANSWER_OPENING, GSM8K_EXEMPLARS, SYSTEM_PROMPT, xml_completion
 from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
 from memrl.tasks.hub import load_hub_split
 from memrl.types import Record
@@ -107,10 +107,17 @@ class Task(ABC):
             self._loaded[split] = self._subsample(records, split)
         return self._loaded[split]
 
-    def demonstration(self, record: Record, *, free_text: bool = False) -> str:
+    def demonstration(self, record: Record, *, free_text: bool = False, direct: bool = False) -> str:
         """The assistant text that solves ``record`` in the task's answer format (the tiny
         model's warm-start data), or with ``free_text`` the worked solution ending in GSM8K's
-        ``#### answer`` line, untagged. Needs ``record.meta["solution"]``."""
+        ``#### answer`` line, untagged. With ``direct`` the answer is stated without working
+        (``The answer is N.``), still in the answer format: a base that learns from such
+        demonstrations answers in one go, which a tiny model mostly gets wrong on multi-step
+        problems. Needs ``record.meta["solution"]`` (except ``direct``)."""
+        if free_text and direct:
+            raise ValueError("a demonstration is either free text or direct, not both")
+        if direct:
+            return xml_completion(f"{DIRECT_ANSWER_OPENING} {record.answer}.", record.answer)
         solution = self._solution(record)
         if free_text:
             return f"{solution}\n#### {record.answer}"

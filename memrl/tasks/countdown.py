@@ -167,8 +167,12 @@ class CountdownTask(Task):
         """As :meth:`Task.config_options`, with the ``task.countdown`` generator."""
         return {**super().config_options(task, data), **task.countdown.model_dump()}
 
-    def demonstration(self, record: Record, *, free_text: bool = False) -> str:
-        """The solution is the equation itself, after a line naming the numbers and target."""
+    def demonstration(self, record: Record, *, free_text: bool = False, direct: bool = False) -> str:
+        """The solution is the equation itself, after a line naming the numbers and target
+        (Countdown's answer is the working, so there is no ``direct`` demonstration)."""
+        if direct:
+            raise ValueError("countdown has no direct demonstrations: its answer is the equation "
+                             "itself (set model.tiny.habit_steps: 0)")
         solution = self._solution(record)
         thinking = f"Use {record.meta.get('numbers')} to make {record.answer}."
         if free_text:

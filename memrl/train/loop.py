@@ -244,13 +244,15 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
+        print(f"memrl: evaluating the policy at step {self.step} on {len(self.eval_records)} held-out "
+              "problems (greedy)", file=sys.stderr, flush=True)
         with phase("evaluation", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
             max_tokens = self.cfg.grpo.max_completion_length
             batches = self.pool.generate_batches(
                 [self.render(r) for r in self.eval_records], [r.id for r in self.eval_records],
                 greedy_sampling(max_tokens), self.weights, greedy=True,
                 timeout_s=self.cfg.trainer.timeout_s)
-            result = score_greedy(batches, self.eval_records, self.plan, max_tokens)
+            result = score_greedy(batches, self.eval_records, self.plan, max_tokens, self.task)
         return dataclasses.asdict(result)
 
     # -- one step ------------------------------------------------------------------------------
@@ -458,7 +460,8 @@ class Trainer:
         previous = self._partial_summary = self.run_dir / "summary_partial.json"
         if self.resumed_from and previous.is_file():
             summary.update({k: v for k, v in json.loads(previous.read_text()).items()
-                            if k in ("accuracy_before", "best_accuracy", "best_step")})
+                            if k in ("accuracy_before", "accuracy_lenient_before", "best_accuracy",
+                                     "best_step")})
         writer = self._writer = MetricsWriter(
             self.run_dir, tensorboard=cfg.logging.tensorboard,
             wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
@@ -470,6 +473,7 @@ class Trainer:
         if cfg.trainer.eval_before_after and "accuracy_before" not in summary:
             before = self.evaluate()
             summary["accuracy_before"] = before["accuracy"]
+            summary["accuracy_lenient_before"] = before["accuracy_lenient"]
             summary["best_accuracy"], summary["best_step"] = before["accuracy"], 0
             previous.write_text(json.dumps(summary))
             writer.log(self.step, {f"eval/{k}": v for k, v in before.items()})
@@ -526,6 +530,7 @@ class Trainer:
             summary["best_accuracy"] = result["accuracy"]
             summary["best_step"] = self.step
             self.learners.export_hf(self.run_dir / "best_model")
+        summary["accuracy_lenient_after"] = result["accuracy_lenient"]  # of the latest evaluation
         self._partial_summary.write_text(json.dumps(summary))  # survives a resume
         return result["accuracy"]
 

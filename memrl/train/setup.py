@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from memrl.grpo.loss import LossSettings
 from memrl.learner.policy import LearnerSettings
 from memrl.memory.settings import MemorySettings
 from memrl.model.loading import locate_model
-from memrl.model.warmstart import cached_tiny_model
+from memrl.model.warmstart import Example, cached_tiny_model
 from memrl.prompts import build_messages
 from memrl.rewards.registry import RewardSpec
 from memrl.rewards.total import RewardPlan, reward_plan
@@ -60,37 +61,51 @@ def warmstart_completions(task: Task, records: list[Record], free_text_fraction:
     return [task.demonstration(r, free_text=draws.random() < free_text_fraction) for r in records]
 
 
-def prepare_model(cfg: Config, task: Task) -> str:
-    """The policy's model folder or hub id; builds (once, cached) the offline tiny model."""
-    if cfg.model.name_or_path != "tiny":
-        # Fail here, naming the model and what to do, rather than with a traceback from the
-        # first loader; the id itself is passed on (each node reads its own cache).
-        locate_model(cfg.model.name_or_path)
-        return cfg.model.name_or_path
+@dataclass(frozen=True)
+class TinyBaseRecipe:
+    """How the offline tiny base is built: the spec (its cache key) and the data makers that
+    :func:`memrl.model.warmstart.cached_tiny_model` calls only when it must build."""
+
+    spec: dict[str, Any]
+    texts: Callable[[], list[str]]
+    examples: Callable[[], list[Example]]
+    habit_examples: Callable[[], list[Example]] | None
+
+
+def tiny_base_recipe(cfg: Config, task: Task) -> TinyBaseRecipe:
+    """The recipe of ``model.tiny``: tokenizer text, warm-start demonstrations (the first
+    ``warmstart_examples`` training records) and, with ``habit_steps``, the second stage's
+    demonstrations (the next ``warmstart_examples`` records, ``habit_direct_fraction`` of them
+    direct answers)."""
     tiny = cfg.model.tiny
     train = task.dataset("train")
     n = min(tiny.warmstart_examples, len(train))
     records = [train[i] for i in range(n)]
-    rng = random.Random(tiny.seed)
     completions = warmstart_completions(task, records, tiny.warmstart_free_text_fraction, tiny.seed)
+    habit: list[tuple[Record, str]] = []
+    if tiny.habit_steps:
+        draws = random.Random(f"habit:{tiny.seed}")
+        habit = [(r, task.demonstration(r, direct=draws.random() < tiny.habit_direct_fraction))
+                 for r in (train[i] for i in range(n, min(2 * n, len(train))))]
+    rng = random.Random(tiny.seed)
 
     def texts() -> list[str]:
         corpus = [task.system_prompt] + [q for q, _ in task.exemplars] + [a for _, a in task.exemplars]
-        for r, completion in zip(records, completions):
+        for r, completion in [*zip(records, completions), *habit]:
             corpus += [r.question, completion]
         return corpus
 
-    def examples() -> list[tuple[list[dict[str, str]], str]]:
+    def demonstrations(pairs: list[tuple[Record, str]]) -> list[Example]:
         return [
             (build_messages(r.question, system_prompt=task.system_prompt, exemplars=task.exemplars,
                             num_shots=cfg.task.num_shots, rng=rng), completion)
-            for r, completion in zip(records, completions)
+            for r, completion in pairs
         ]
 
     sizes = tiny.model_dump(exclude={"warmstart_steps", "warmstart_lr", "warmstart_batch_size",
                                      "warmstart_examples", "warmstart_free_text_fraction",
-                                     "cache_dir"})
-    spec = {
+                                     "habit_steps", "habit_lr", "habit_direct_fraction", "cache_dir"})
+    spec: dict[str, Any] = {
         "model": sizes,
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,
                       "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed},
@@ -101,7 +116,27 @@ def prepare_model(cfg: Config, task: Task) -> str:
                  "files": cfg.data.model_dump(mode="json"), "examples": n, "format": 1,
                  "free_text_fraction": tiny.warmstart_free_text_fraction},
     }
-    return str(cached_tiny_model(cache_root(cfg), spec, texts, examples))
+    if habit:
+        spec["habit"] = {"steps": tiny.habit_steps, "lr": tiny.habit_lr,
+                         "batch_size": tiny.warmstart_batch_size, "seed": tiny.seed}
+        spec["data"]["habit_direct_fraction"] = tiny.habit_direct_fraction
+    return TinyBaseRecipe(
+        spec=spec, texts=texts,
+        examples=lambda: demonstrations(list(zip(records, completions))),
+        habit_examples=(lambda: demonstrations(habit)) if habit else None)
+
+
+def prepare_model(cfg: Config, task: Task) -> str:
+    """The policy's model folder or hub id; the offline tiny model is the shipped base when
+    memrl ships one for this config, else built once and cached."""
+    if cfg.model.name_or_path != "tiny":
+        # Fail here, naming the model and what to do, rather than with a traceback from the
+        # first loader; the id itself is passed on (each node reads its own cache).
+        locate_model(cfg.model.name_or_path)
+        return cfg.model.name_or_path
+    recipe = tiny_base_recipe(cfg, task)
+    return str(cached_tiny_model(cache_root(cfg), recipe.spec, recipe.texts, recipe.examples,
+                                 recipe.habit_examples))
 
 
 def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
