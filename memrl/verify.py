@@ -12,10 +12,9 @@ Checking has two modes:
 - ``"math"``: both sides are numbers (:func:`normalize_number`) and equal exactly, or else
   math-verify finds them equivalent (LaTeX, fractions, ``\\boxed{}``, sets, …).
 
-math-verify bounds its own run time with ``signal.alarm``, which only works in the main thread.
-In the main thread its own timeouts are used (whole seconds, at least one). Anywhere else
-(threads, threaded Ray actors) the work goes to one long-lived worker process with math-verify's
-timeouts off; the caller waits at most ``timeout_s`` per item and kills and restarts the worker
+math-verify bounds its own run time with ``signal.alarm``, which only works in the main thread
+and even there does not interrupt every long call. So from every thread the work goes to one
+long-lived worker process with math-verify's timeouts off; the caller waits at most ``timeout_s`` per item and kills and restarts the worker
 when an item overruns. A timed-out or unparseable item counts as "no match" and is logged; it
 never raises.
 
@@ -29,7 +28,6 @@ math-verify item gets at most ``timeout_s``, and a batch stops calling math-veri
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import re
 import threading
@@ -194,7 +192,7 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 
 
-def _parse_math(text: str, timeout: int | None) -> list:
+def _parse_math(text: str) -> list:
     """math-verify parse of one answer string; [] when nothing parses.
 
     math-verify reads LaTeX only between anchors (``$…$``, ``\\boxed{}``) and otherwise picks
@@ -207,37 +205,36 @@ def _parse_math(text: str, timeout: int | None) -> list:
     if not text.strip():
         return []
     if any(anchor in text for anchor in _ANCHORS):
-        return parse(text, parsing_timeout=timeout)
+        return parse(text, parsing_timeout=None)
     if _WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None:
-        parsed = parse(text, parsing_timeout=timeout)
+        parsed = parse(text, parsing_timeout=None)
         if parsed:
             return parsed
-    return parse(f"${text}$", parsing_timeout=timeout)
+    return parse(f"${text}$", parsing_timeout=None)
 
 
-def _math_verify_match(pred: str, gold: str, timeout: int | None) -> tuple[bool, str | None]:
-    """Whether math-verify finds ``pred`` equivalent to ``gold``, and a problem to log (or None).
-
-    ``timeout`` is math-verify's own per-operation limit in seconds (None: off).
-    """
-    gold_parsed = _parse_math(gold, timeout)
+def _math_verify_match(pred: str, gold: str) -> tuple[bool, str | None]:
+    """Whether math-verify finds ``pred`` equivalent to ``gold``, and a problem to log (or None)."""
+    gold_parsed = _parse_math(gold)
     if not gold_parsed:
         return False, f"gold answer {gold!r} could not be parsed by math-verify"
-    pred_parsed = _parse_math(pred, timeout)
+    pred_parsed = _parse_math(pred)
     if not pred_parsed:
         logger.debug("prediction %r could not be parsed by math-verify", pred)
         return False, None
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout)), None
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None)), None
 
 
-def _free_text_answer(text: str, timeout: int | None) -> tuple[str | None, str | None]:
+def _free_text_answer(text: str) -> tuple[str | None, str | None]:
     """The answer math-verify extracts from free text (its first matched string), or None; no
-    problem to log. ``timeout`` is math-verify's own limit in seconds (None: off)."""
-    parsed = parse(text, parsing_timeout=timeout)
+    problem to log."""
+    parsed = parse(text, parsing_timeout=None)
     return next((item for item in parsed if isinstance(item, str) and item.strip()), None), None
 
 
-# The math-verify work a caller can bound: name -> fn(*args, timeout) -> (result, problem).
+# The math-verify work a caller can bound, run in the worker process with math-verify's own
+# (signal-based) timeouts off, since the caller enforces the limit: name -> fn(*args) ->
+# (result, problem).
 _BOUNDED_JOBS: dict[str, Callable[..., tuple[object, str | None]]] = {
     "match": _math_verify_match,
     "extract": _free_text_answer,
@@ -245,8 +242,8 @@ _BOUNDED_JOBS: dict[str, Callable[..., tuple[object, str | None]]] = {
 
 
 def _job_without_timeout(kind: str, *args: str) -> tuple[object, str | None]:
-    """Worker-side job ``kind`` with math-verify's timeouts off: the caller enforces the limit."""
-    return _BOUNDED_JOBS[kind](*args, None)
+    """Worker-side job ``kind`` (see :data:`_BOUNDED_JOBS`)."""
+    return _BOUNDED_JOBS[kind](*args)
 
 
 # One item's job in the worker: (result, problem to log or None) from the item's arguments.
@@ -379,33 +376,15 @@ _shared_worker_lock = threading.Lock()
 
 def _run_bounded(kind: str, items: Sequence[tuple[str, ...]], timeout_s: float, deadline: float,
                  default: object) -> list:
-    """Job ``kind`` of :data:`_BOUNDED_JOBS` on each item, in-thread (math-verify's own timeouts)
-    or through the worker process; an item that fails, overruns ``timeout_s`` or is not reached
-    by ``deadline`` gets ``default``."""
+    """Job ``kind`` of :data:`_BOUNDED_JOBS` on each item through the worker process; an item
+    that fails, overruns ``timeout_s`` or is not reached by ``deadline`` gets ``default``."""
     if not items:
         return []
-    # Off the main thread math-verify's signal timeouts cannot run; and its free-text extraction
-    # can sit in one long call that a signal does not interrupt, so it always goes to the worker,
-    # which is killed when it overruns.
-    if kind == "extract" or threading.current_thread() is not threading.main_thread():
-        with _shared_worker_lock:
-            return _shared_worker.run([(kind, *args) for args in items], timeout_s, deadline,
-                                      default)
-    results = [default] * len(items)
-    for i, args in enumerate(items):
-        if _out_of_time(deadline, len(items) - i):
-            break
-        # signal.alarm counts whole seconds; 0 would switch the timeout off.
-        timeout = max(1, math.ceil(min(timeout_s, deadline - time.monotonic())))
-        try:
-            result, problem = _BOUNDED_JOBS[kind](*args, timeout)
-        except Exception as exc:  # noqa: BLE001 - bounded work never raises: the item is default
-            result, problem = None, f"{type(exc).__name__}: {exc}"
-        if problem is not None:
-            logger.warning("math-verify on %s: %s", _describe((kind, *args)), problem)
-        if result is not None:
-            results[i] = result
-    return results
+    # Always the worker, from any thread: math-verify's own signal timeouts only work on the
+    # main thread, and even there one long call (a free-text extraction, a huge expression) can
+    # sit past its alarm; the worker process is killed when an item overruns.
+    with _shared_worker_lock:
+        return _shared_worker.run([(kind, *args) for args in items], timeout_s, deadline, default)
 
 
 def _short(text: str, chars: int = 200) -> str:
