@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -394,7 +394,14 @@ class TrainerConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    num_workers: int = Field(2, ge=1, description="rollout workers generating completions")
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        2,
+        description=(
+            "rollout workers generating completions: a target the pool keeps up as nodes come "
+            "and go; auto: as many as the usable nodes hold after the learners and memory "
+            "(grows and shrinks with the cluster)"
+        ),
+    )
     engine: Literal["auto", "hf", "vllm"] = Field(
         "auto",
         description="auto: vLLM when a GPU and vLLM are present, else transformers (hf)",

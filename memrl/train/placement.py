@@ -61,9 +61,16 @@ def memory_demands(cfg: Config) -> list[Demand]:
             for i in range(m.num_shards if cfg.uses_memory else 0)]
 
 
+def initial_workers(cfg: Config) -> int:
+    """Rollout workers the start-up check counts: ``rollout.num_workers``, or 1 for ``auto``
+    (which takes what the cluster holds beyond that)."""
+    n = cfg.rollout.num_workers
+    return 1 if n == "auto" else n
+
+
 def run_demands(cfg: Config) -> list[Demand]:
     """Every actor a run of ``cfg`` creates at start-up, with its resources."""
-    return ([rollout_demand(cfg, f"rollout worker {i}") for i in range(cfg.rollout.num_workers)]
+    return ([rollout_demand(cfg, f"rollout worker {i}") for i in range(initial_workers(cfg))]
             + learner_demands(cfg) + memory_demands(cfg))
 
 
