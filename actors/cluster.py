@@ -84,9 +84,10 @@ class ClusterWatch:
         self._read = read
         self._last: tuple[float, ClusterState] | None = None
 
-    def state(self) -> ClusterState:
+    def state(self, *, fresh: bool = False) -> ClusterState:
+        """The cluster now (``fresh``) or as seen at most ``every_s`` seconds ago."""
         now = time.monotonic()
-        if self._last is None or now - self._last[0] >= self.every_s:
+        if fresh or self._last is None or now - self._last[0] >= self.every_s:
             self._last = (now, self._read())
         return self._last[1]
 

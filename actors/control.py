@@ -50,12 +50,16 @@ class RunControl:
 
 
 def start_control(output_dir: str) -> Any:
-    """Create the run's named control actor (no CPU: it only holds a few values); an error
-    names the run when another driver on this cluster already writes to ``output_dir``."""
+    """Create the run's named control actor on the driver's node (no CPU: it only holds a few
+    values; anywhere else it would die with a spot node); an error names the run when another
+    driver on this cluster already writes to ``output_dir``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     name = control_name(output_dir)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     try:
         return ray.remote(RunControl).options(name=name, namespace=NAMESPACE, num_cpus=0,
-                                              max_restarts=0).remote()
+                                              max_restarts=0, scheduling_strategy=here).remote()
     except ValueError as exc:  # Ray: the name is taken
         raise RuntimeError(f"another run on this Ray cluster already has output_dir "
                            f"{output_dir!r} (control actor {name!r} exists): give this run "

@@ -351,6 +351,7 @@ class MemoryClient:
         settings: the memory settings.
         num_shards: actors holding the questions (hash of question text); 1 for most runs.
         num_cpus, num_gpus: resources of each actor (a GPU fraction is fine).
+        resources: custom Ray resources of each actor (e.g. the on-demand nodes' marker).
         snapshot_root: keys the restart pointer (in the GCS) and holds the staging folders of
             cloud snapshots; snapshots written under it must be readable from any node the
             actors may restart on (shared storage), or go to a cloud URI.
@@ -368,6 +369,7 @@ class MemoryClient:
         snapshot_root: str | None = None,
         initial_snapshot: str | None = None,
         name: str | None = None,
+        resources: dict[str, float] | None = None,
         max_concurrency: int = 1000,
         timeout_s: float = 600.0,
     ):
@@ -378,7 +380,8 @@ class MemoryClient:
         self.settings = settings
         self.num_shards = num_shards
         self.timeout_s = timeout_s
-        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus)
+        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus,
+                       resources=dict(resources or {}))
         peers = []
         for i in range(1, num_shards):
             peers.append(

@@ -65,6 +65,7 @@ class PoolEvents:
     failures: int = 0
     redispatched: int = 0
     preempted_workers: int = 0  # workers lost to a node that went or began draining
+    draining_nodes_seen: int = 0  # nodes seen draining (preemption notices)
     resent_groups: int = 0  # prompt groups sent again after a failure or ahead of a deadline
     lost_work_s: float = 0.0  # generation seconds of failed or abandoned requests
 
@@ -130,6 +131,7 @@ class RolloutPool:
         # it answers (a worker the cluster cannot place yet must not hold requests hostage).
         self._joining: dict[str, _Probe] = {}
         self._preempted: set[str] = set()  # workers already counted in events.preempted_workers
+        self._drains_seen: set[str] = set()  # nodes already counted in events.draining_nodes_seen
         self._durations: deque[float] = deque(maxlen=_DURATIONS_KEPT)
         self.events = PoolEvents()
         self.refresh()
@@ -137,9 +139,9 @@ class RolloutPool:
     def __len__(self) -> int:
         return len(self.workers)
 
-    def cluster(self) -> ClusterState:
-        """The cluster as the pool last saw it (at most a second old)."""
-        return self._watch.state()
+    def cluster(self, *, fresh: bool = False) -> ClusterState:
+        """The cluster now (``fresh``) or as the pool last saw it (at most a second old)."""
+        return self._watch.state(fresh=fresh)
 
     def num_running(self) -> int:
         """Workers that have answered since they were created or restarted: the ones really
@@ -156,7 +158,8 @@ class RolloutPool:
         """The pool size that ``requested`` means for the cluster as it is now."""
         if isinstance(self.requested, int):
             return self.requested
-        return target_worker_count(self.requested, self.cluster(), self._worker_demand, self._others)
+        return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
+                                   self._others)
 
     def refresh(self) -> None:
         """Bring the pool to :meth:`target` (called at the start of every step)."""
@@ -191,6 +194,10 @@ class RolloutPool:
         self._joining.pop(worker_id, None)
         self._nodes.pop(worker_id, None)
         ray.kill(self.workers.pop(worker_id), no_restart=True)
+
+    def worker_nodes(self) -> dict[str, str | None]:
+        """Each worker's node as it last answered (None: it has not answered yet)."""
+        return dict(self._nodes)
 
     def joining(self) -> list[str]:
         """Workers created or restarting but not answering yet (the cluster has not placed them)."""
@@ -266,6 +273,8 @@ class RolloutPool:
     def _plan(self, p: PendingGeneration) -> DrainPlan:
         """What the cluster's drains and losses mean for ``p`` now (and count the preempted)."""
         state = self.cluster()
+        self._drains_seen.update(state.draining)
+        self.events.draining_nodes_seen = len(self._drains_seen)
         inflight = [InFlight(ref, w, t) for ref, (_, w, _, t) in p.inflight.items()]
         plan = drain_plan(self._nodes, inflight, state, now=time.monotonic(), wall_now=time.time(),
                           expected_s=self._expected_request_s())
@@ -358,7 +367,10 @@ class RolloutPool:
                     "cannot place them (check rollout.num_cpus_per_worker / num_gpus_per_worker)")
             oldest = min(t for *_, t in p.inflight.values())
             wait_s = max(0.0, self._timeout_s - (time.monotonic() - oldest))
-            ready, _ = ray.wait(list(p.inflight), num_returns=1, timeout=wait_s)
+            # Wake at least once a second: a drain notice is acted on while requests run.
+            ready, _ = ray.wait(list(p.inflight), num_returns=1, timeout=min(wait_s, PROBE_EVERY_S))
+            if not ready and wait_s > PROBE_EVERY_S:
+                continue
             if not ready:  # the oldest request ran past the timeout
                 ready = [min(p.inflight, key=lambda ref: p.inflight[ref][3])]
             for info_ref in ready:

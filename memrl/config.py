@@ -525,6 +525,13 @@ class MemoryConfig(_Section):
         0.0, ge=0,
         description="GPUs of each memory actor (a fraction puts FAISS on the GPU)",
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "custom Ray resources per memory actor, e.g. {memory_node: 0.01} to keep it on the "
+            "on-demand nodes cluster/ labels with it"
+        ),
+    )
     num_shards: int = Field(
         1, ge=1,
         description="memory actors, each holding the questions whose text hashes to it",

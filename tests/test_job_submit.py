@@ -93,6 +93,7 @@ class RayHead:
 
     address: str  # http://127.0.0.1:PORT (dashboard and job API)
     env: dict[str, str]  # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=<this head's token>
+    gcs: str = ""  # 127.0.0.1:PORT, what `ray start --address` joins
 
     def cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess:
@@ -127,7 +128,10 @@ def ray_head():
         "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
         "--runtime-env-agent-port", str(runtime_env_agent),
         "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-        "--num-cpus", "8", "--temp-dir", str(base / "ray"), "--disable-usage-stats",
+        # rollout_node: one rollout worker may run here, the other on the spot node of
+        # test_job_survives_a_drained_and_stopped_node.
+        "--num-cpus", "8", "--resources", '{"rollout_node": 1}', "--temp-dir", str(base / "ray"),
+        "--disable-usage-stats",
         "--log-style", "record",
     ]
     log_path = base / "head.log"
@@ -140,7 +144,7 @@ def ray_head():
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not come up:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
-        yield RayHead(address=f"http://127.0.0.1:{dashboard}", env=env)
+        yield RayHead(address=f"http://127.0.0.1:{dashboard}", env=env, gcs=f"127.0.0.1:{gcs}")
     finally:
         head.send_signal(signal.SIGTERM)  # drains the node, then stops all it started
         try:
@@ -240,3 +244,74 @@ def test_job_submit_trains_then_resumes(ray_head: RayHead, tmp_path: Path):
     last_line = (run / "metrics.jsonl").read_text().splitlines()[-1]
     assert json.loads(last_line)["step"] == 4
     assert _latest_checkpoint_step(run) == 4
+
+
+def _start_worker_node(head: RayHead, log_path: Path) -> subprocess.Popen:
+    """A second node (`ray start --address`) with one CPU and the spot resource."""
+    node_manager, object_manager, metrics, agent_http, agent_grpc, runtime_env_agent = _free_ports(6)
+    command = [_ray_cli(), "start", "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1",
+               "--num-cpus", "1", "--resources", '{"rollout_node": 1}',
+               "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+               "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
+               "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--runtime-env-agent-port", str(runtime_env_agent), "--disable-usage-stats",
+               "--log-style", "record"]
+    with log_path.open("w") as log:
+        node = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while "Ray runtime started" not in log_path.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"ray start --address did not come up:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.5)
+    return node
+
+
+STEPS = 14  # long enough for the node to drain and stop, and `memrl scale` to arrive, mid-run
+
+
+def test_job_survives_a_drained_and_stopped_node(ray_head: RayHead, tmp_path: Path):
+    """Two rollout workers, one on a second node; SIGTERM to that node's `ray start --block`
+    makes its raylet drain (preemption, with a deadline) and stop, mid-run. The job finishes
+    every step on the head's worker, and `memrl scale` (through the Jobs API, with the token)
+    then sets the count the lost worker left behind."""
+    run, cache = tmp_path / "run", tmp_path / "tiny-cache"
+    node = _start_worker_node(ray_head, tmp_path / "node.log")
+    job_id = f"memrl-spot-{uuid.uuid4().hex[:8]}"
+    command = _train_command(run, cache, STEPS)
+    command[command.index("trainer.save_every_steps=2")] = "trainer.save_every_steps=5"
+    command[-2:-2] = ["rollout.num_workers=2", "rollout.resources={rollout_node: 1}"]
+    try:
+        submitted = ray_head.cli("job", "submit", "--address", ray_head.address, "--no-wait",
+                                 "--runtime-env", RUNTIME_ENV, "--submission-id", job_id,
+                                 "--log-style", "record", "--", *command)
+        assert submitted.returncode == 0, submitted.stdout[-4000:]
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (run / "metrics.jsonl").is_file() or len(_train_steps(run)) < 2:
+            assert time.monotonic() < deadline and _job_status(ray_head, job_id) in ("PENDING", "RUNNING"), \
+                ray_head.cli("job", "logs", "--address", ray_head.address, job_id).stdout[-6000:]
+            time.sleep(1)
+        node.send_signal(signal.SIGTERM)  # what a spot notice does to the node's `ray start`
+        node.wait(timeout=120)
+        scaled = subprocess.run([sys.executable, "-m", "memrl.cli", "scale", "1", "--address",
+                                 ray_head.address], cwd=REPO, env={**ray_head.env, "PYTHONPATH": str(REPO)},
+                                capture_output=True, text=True, timeout=240)
+        follow = ray_head.cli("job", "logs", "--address", ray_head.address, "--follow",
+                              "--log-style", "record", job_id, timeout=JOB_TIMEOUT_S)
+    finally:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+    status = _job_status(ray_head, job_id)
+    assert status == "SUCCEEDED", f"{status}:\n{follow.stdout[-6000:]}"
+    assert scaled.returncode == 0 and f"run {run}: rollout.num_workers -> 1" in scaled.stdout, \
+        scaled.stdout + scaled.stderr
+    steps = _train_steps(run)
+    assert [m["step"] for m in steps] == list(range(1, STEPS + 1))
+    assert [m["data/consumed_prompts"] for m in steps] == [PROMPTS_PER_STEP * k for k in range(1, STEPS + 1)]
+    assert steps[0]["rollout/num_workers"] == 2 and steps[-1]["rollout/num_workers"] == 1
+    assert steps[-1]["rollout/num_workers_requested"] == 1
+    # The node was seen draining or gone, and its worker left the dispatch for good: at most
+    # the request in flight failed over.
+    assert steps[-1]["rollout/preempted_workers"] >= 1, steps[-1]
+    assert steps[-1]["rollout/failures"] <= 1 and steps[-1]["weights/staleness"] == 0, steps[-1]

@@ -43,14 +43,16 @@ import ray
 import torch
 import yaml
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from memrl.actors.cluster import StartupReporter, init_ray, node_totals
 from memrl.actors.control import start_control
+from memrl.actors.memory import SnapshotUnreachable
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
 from memrl.actors.scoring import score_step_task
 from memrl.checkpoint import CheckpointManager
 from memrl.config import Config, config_to_yaml
-from memrl.errors import InputError, error_log, phase
+from memrl.errors import InputError, RuntimeFault, error_log, phase
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
@@ -205,6 +207,7 @@ class Trainer:
                 self.memory = MemoryClient(
                     memory_settings(cfg), num_shards=cfg.memory.num_shards,
                     num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
+                    resources=cfg.memory.resources,
                     snapshot_root=str((self.run_dir / "memory").absolute()),
                     initial_snapshot=f"{resume_from}/memory" if resume_from else None,
                     timeout_s=timeout_s,
@@ -271,9 +274,12 @@ class Trainer:
         its snapshot and this step's entries are inserted by the retry)."""
         memory_call = self.memory.score_and_insert if self.memory is not None else None
         by_id = {r.id: r for r in records}
+        # On the driver's node: a spot node taking the task with it would fail the step.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         for attempt in range(1, MEMORY_RETRIES + 1):
-            ref = score_step_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
-                                     by_id, memory_call, self.step, *batch_refs)
+            ref = score_step_task.options(scheduling_strategy=here).remote(
+                self.plan, self.composer, self.cfg.grpo.max_completion_length, by_id, memory_call,
+                self.step, *batch_refs)
             try:
                 with phase(f"scoring (rewards {', '.join(s.label for s in self.plan.specs)}"
                            + (" and the memory service)" if self.memory is not None else ")"),
@@ -292,13 +298,20 @@ class Trainer:
         raise AssertionError("unreachable")
 
     def _wait_for_memory(self) -> None:
-        """Block until the restarted memory service answers (calls fail fast while it restarts)."""
+        """Block until the restarted memory service answers (calls fail fast while it restarts);
+        a restart that cannot read its snapshot ends the run with the memory's own message."""
         deadline = time.monotonic() + self.cfg.trainer.timeout_s
         while True:
             try:
                 self.memory.wait_ready()
                 return
-            except RayActorError:
+            except RayActorError as exc:
+                if SnapshotUnreachable.__name__ in str(exc):  # its __init__ refused to start empty
+                    reason = str(exc).split(f"{SnapshotUnreachable.__name__}: ", 1)[-1].strip()
+                    raise RuntimeFault(f"the memory service cannot restart: {reason}",
+                                       where=f"step {self.step + 1}",
+                                       hint="resume with --resume auto once the snapshot is "
+                                       "reachable from every node") from exc
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
@@ -378,7 +391,8 @@ class Trainer:
         metrics["rollout/num_workers_requested"] = len(self.pool)  # config or control.yaml
         metrics["rollout/failures"] = self.pool.events.failures
         metrics["rollout/redispatched"] = self.pool.events.redispatched
-        metrics["rollout/draining_nodes"] = len(self.pool.cluster().draining)
+        metrics["rollout/draining_nodes"] = len(self.pool.cluster().draining)  # now
+        metrics["rollout/draining_nodes_seen"] = self.pool.events.draining_nodes_seen
         metrics["rollout/preempted_workers"] = self.pool.events.preempted_workers
         metrics["rollout/resent_groups"] = self.pool.events.resent_groups
         metrics["rollout/lost_work_s"] = round(self.pool.events.lost_work_s, 3)
@@ -480,7 +494,7 @@ class Trainer:
     def _watch_critical_drains(self) -> None:
         """A draining node under the driver, a learner or the memory service: checkpoint after
         this step and exit for a restart, as on SIGTERM, within the node's deadline."""
-        state = self.pool.cluster()
+        state = self.pool.cluster(fresh=True)
         if self._preempt_at is not None or not state.draining:
             return
         hits = critical_drains(self._critical_roles(), state)
@@ -501,7 +515,7 @@ class Trainer:
         self._preempt_at = time.monotonic()
         deadline = max(0.0, min(deadline_s, self.cfg.trainer.preemption_deadline_s))
         log.warning("%s: finishing step %d, then checkpointing (deadline %.0f s); restart the "
-                    "job with --resume auto", why, self.step, deadline)
+                    "job with --resume auto", why, self.step + 1, deadline)
 
         def watchdog() -> None:
             # Past the deadline the node may vanish at any moment: leave now; `latest` still

@@ -56,8 +56,8 @@ def learner_demands(cfg: Config) -> list[Demand]:
 def memory_demands(cfg: Config) -> list[Demand]:
     """The memory shards' resources (none for a method without memory)."""
     m = cfg.memory
-    return [Demand(f"memory shard {i}", _resources(m.num_cpus, m.num_gpus),
-                   "memory.num_shards / num_cpus / num_gpus")
+    return [Demand(f"memory shard {i}", _resources(m.num_cpus, m.num_gpus, m.resources),
+                   "memory.num_shards / num_cpus / num_gpus / resources")
             for i in range(m.num_shards if cfg.uses_memory else 0)]
 
 
