@@ -227,7 +227,8 @@ class RolloutPool:
             except RayActorError:  # restarting; calls fail at once until it is back
                 continue
             del self._joining[worker_id]
-            self._preempted.discard(worker_id)
+            if ping.get("node_id") != self._nodes.get(worker_id):  # restarted elsewhere
+                self._preempted.discard(worker_id)
             self._nodes[worker_id] = ping.get("node_id")
             log.info("rollout worker %s runs %s (%s thread(s)) on node %s", worker_id,
                      ping.get("engine_info", ping.get("engine")), ping.get("threads"),
@@ -273,6 +274,8 @@ class RolloutPool:
     def _plan(self, p: PendingGeneration) -> DrainPlan:
         """What the cluster's drains and losses mean for ``p`` now (and count the preempted)."""
         state = self.cluster()
+        if any(n is not None and n not in state.totals for n in self._nodes.values()):
+            state = self.cluster(fresh=True)  # gone, or a node newer than the last look
         self._drains_seen.update(state.draining)
         self.events.draining_nodes_seen = len(self._drains_seen)
         inflight = [InFlight(ref, w, t) for ref, (_, w, _, t) in p.inflight.items()]

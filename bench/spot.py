@@ -1,6 +1,6 @@
 """Spot-instance faults on a multi-node Ray cluster simulated on this machine.
 
-``python bench/spot.py`` starts a ``ray.cluster_utils.Cluster`` (a head for the driver, one
+``python -m bench.spot`` starts a ``ray.cluster_utils.Cluster`` (a head for the driver, one
 on-demand node for the learner, one for the memory service, and one-CPU "spot" nodes for the
 rollout workers, each kind marked by the custom resource the cluster files use), trains the
 tiny default in each scenario and injects one fault at the launch of a chosen step (the step's
@@ -25,35 +25,29 @@ memory); authentication is off because everything listens on this machine only.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-# A private temp dir: the cluster's address file must not reach other Ray users of this machine.
-os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="memrl-spot-"))
-os.environ["RAY_AUTH_MODE"] = "disabled"  # loopback only, in this script only
+import ray
+from ray.cluster_utils import Cluster
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from bench import _common  # noqa: E402,F401  (one thread per process, offline hubs)
-from memrl.actors.control import NAMESPACE, control_name  # noqa: E402
-from memrl.checkpoint import CheckpointManager  # noqa: E402
-from memrl.config import load_config  # noqa: E402
-from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer  # noqa: E402
-from memrl.train.metrics import read_metrics  # noqa: E402
+from bench import _common  # noqa: F401  (before torch: one thread per process, offline hubs)
+from memrl.actors.control import NAMESPACE, control_name
+from memrl.checkpoint import CheckpointManager
+from memrl.config import load_config
+from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
+from memrl.train.metrics import read_metrics
 
 SPOT, LEARNER, MEMORY = "rollout_node", "learner_node", "memory_node"
 # The default made tiny and fast (tests/trainer_configs.py's TINY and FAST), placed on the
@@ -445,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    # A private temp dir: the cluster's address file must not reach other Ray users of this
+    # machine. Authentication off: everything listens on this machine only.
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="memrl-spot-"))
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     work = Path(ns.work_dir or tempfile.mkdtemp(prefix="memrl-spot-runs-"))
     (work / "cache").mkdir(parents=True, exist_ok=True)
     outcomes = run_scenarios(names, work)

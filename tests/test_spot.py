@@ -1,7 +1,7 @@
 """Spot-instance faults on a multi-node Ray cluster (``ray.cluster_utils.Cluster``).
 
-One module fixture runs ``bench/spot.py`` once, in a subprocess (its own Ray cluster and temp
-dir, so it never meets the session cluster of ``tests/conftest.py``), with every scenario:
+One module fixture runs ``python -m bench.spot`` once, in a subprocess (its own Ray cluster and
+temp dir, so it never meets the session cluster of ``tests/conftest.py``), with every scenario:
 a rollout node removed mid-step and capacity returning, a rollout node drained with a
 deadline and then gone, ``rollout.num_workers=auto`` while nodes come and go plus a scale
 request, the memory service's node removed (snapshot reachable, then not), and the learner's
@@ -33,7 +33,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
     out = work / "outcomes.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(REPO)  # the workers import this checkout, as the driver does
-    done = subprocess.run([sys.executable, "bench/spot.py", "--json", str(out), "--work-dir", str(work)],
+    done = subprocess.run([sys.executable, "-m", "bench.spot", "--json", str(out), "--work-dir", str(work)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0 and out.is_file(), done.stderr[-6000:]
     print(done.stdout)  # the scenario table, shown with pytest -s
