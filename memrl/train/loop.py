@@ -492,8 +492,8 @@ class Trainer:
         return roles
 
     def _watch_critical_drains(self) -> None:
-        """A draining node under the driver, a learner or the memory service: checkpoint after
-        this step and exit for a restart, as on SIGTERM, within the node's deadline."""
+        """After each step: a draining node under the driver, a learner or the memory service
+        means checkpoint now and exit for a restart, as on SIGTERM, within the node's deadline."""
         state = self.pool.cluster(fresh=True)
         if self._preempt_at is not None or not state.draining:
             return
@@ -558,7 +558,6 @@ class Trainer:
                 self._apply_control()
                 batch = self._launch(self.step, self._inflight or None)
             while batch is not None:
-                self._watch_critical_drains()
                 following = batch.step + 1
                 last = following >= cfg.trainer.max_steps
                 metrics, upcoming = self.run_step(
@@ -567,6 +566,7 @@ class Trainer:
                 writer.log(self.step, metrics)
                 self._report_status()
                 _show(bar, metrics)
+                self._watch_critical_drains()
                 if self._preempt_at is not None:
                     self.save_checkpoint(upcoming)
                     raise Preempted(PREEMPTED_EXIT_CODE)
