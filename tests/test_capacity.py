@@ -84,3 +84,10 @@ def test_critical_drains_name_the_role_soonest_first():
     roles = {"the driver": "head", "learner rank 0": "gpu", "the memory service": None}
     assert critical_drains(roles, state) == [("learner rank 0", "gpu", 50.0), ("the driver", "head", 90.0)]
     assert critical_drains({"learner rank 0": "other"}, state) == []
+
+
+def test_memrl_scale_refuses_a_bad_count_before_reaching_any_cluster(capsys):
+    from memrl.cli import main
+
+    assert main(["scale", "0"]) == 2
+    assert "memrl scale NUM_WORKERS = 0: a run needs a worker" in capsys.readouterr().err

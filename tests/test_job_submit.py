@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,35 +268,56 @@ def _start_worker_node(head: RayHead, log_path: Path) -> subprocess.Popen:
     return node
 
 
-STEPS = 14  # long enough for the node to drain and stop, and `memrl scale` to arrive, mid-run
+STEPS = 200  # the job must outlast the drain, `memrl scale` and the node stopping (0.15-1 s a step)
+
+
+def _metrics_so_far(run: Path) -> list[dict]:
+    return _train_steps(run) if (run / "metrics.jsonl").is_file() else []
+
+
+def _wait_for_step(head: RayHead, job_id: str, run: Path, done: Callable[[list[dict]], bool]) -> list[dict]:
+    """The run's steps once ``done(steps)``; fails if the job ends or time runs out first."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not done(steps := _metrics_so_far(run)):
+        status = _job_status(head, job_id)
+        assert time.monotonic() < deadline and status in ("PENDING", "RUNNING"), \
+            head.cli("job", "logs", "--address", head.address, job_id).stdout[-6000:]
+        time.sleep(0.5)
+    return steps
 
 
 def test_job_survives_a_drained_and_stopped_node(ray_head: RayHead, tmp_path: Path):
-    """Two rollout workers, one on a second node; SIGTERM to that node's `ray start --block`
-    makes its raylet drain (preemption, with a deadline) and stop, mid-run. The job finishes
-    every step on the head's worker, and `memrl scale` (through the Jobs API, with the token)
-    then sets the count the lost worker left behind."""
+    """Two rollout workers, one on a second node (`ray start --address`). Mid-run the node is
+    drained as a preemption notice does (`ray drain-node`, 30 s deadline): no more work goes
+    there; `memrl scale 1` (through the Jobs API, with the token) then drops the worker whose
+    replacement has nowhere to go, and the node is stopped (SIGTERM to its `ray start`). The job
+    finishes every step."""
     run, cache = tmp_path / "run", tmp_path / "tiny-cache"
     node = _start_worker_node(ray_head, tmp_path / "node.log")
     job_id = f"memrl-spot-{uuid.uuid4().hex[:8]}"
     command = _train_command(run, cache, STEPS)
-    command[command.index("trainer.save_every_steps=2")] = "trainer.save_every_steps=5"
+    command[command.index("trainer.save_every_steps=2")] = "trainer.save_every_steps=100"
     command[-2:-2] = ["rollout.num_workers=2", "rollout.resources={rollout_node: 1}"]
     try:
         submitted = ray_head.cli("job", "submit", "--address", ray_head.address, "--no-wait",
                                  "--runtime-env", RUNTIME_ENV, "--submission-id", job_id,
                                  "--log-style", "record", "--", *command)
         assert submitted.returncode == 0, submitted.stdout[-4000:]
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while not (run / "metrics.jsonl").is_file() or len(_train_steps(run)) < 2:
-            assert time.monotonic() < deadline and _job_status(ray_head, job_id) in ("PENDING", "RUNNING"), \
-                ray_head.cli("job", "logs", "--address", ray_head.address, job_id).stdout[-6000:]
-            time.sleep(1)
-        node.send_signal(signal.SIGTERM)  # what a spot notice does to the node's `ray start`
-        node.wait(timeout=120)
+        _wait_for_step(ray_head, job_id, run, lambda steps: len(steps) >= 2)
+        nodes = json.loads(ray_head.cli("list", "nodes", "--address", ray_head.address,
+                                        "--format", "json").stdout)
+        (spot,) = [n["node_id"] for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"]]
+        drained = ray_head.cli("drain-node", "--address", ray_head.gcs, "--node-id", spot,
+                               "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message",
+                               "spot notice", "--deadline-remaining-seconds", "30")
+        assert drained.returncode == 0, drained.stdout
+        seen = _wait_for_step(ray_head, job_id, run,
+                              lambda steps: bool(steps) and steps[-1]["rollout/draining_nodes_seen"] >= 1)
         scaled = subprocess.run([sys.executable, "-m", "memrl.cli", "scale", "1", "--address",
-                                 ray_head.address], cwd=REPO, env={**ray_head.env, "PYTHONPATH": str(REPO)},
+                                 ray_head.address], cwd=REPO, env=ray_head.env,
                                 capture_output=True, text=True, timeout=240)
+        node.send_signal(signal.SIGTERM)  # the node goes
+        node.wait(timeout=120)
         follow = ray_head.cli("job", "logs", "--address", ray_head.address, "--follow",
                               "--log-style", "record", job_id, timeout=JOB_TIMEOUT_S)
     finally:
@@ -309,9 +331,9 @@ def test_job_survives_a_drained_and_stopped_node(ray_head: RayHead, tmp_path: Pa
     steps = _train_steps(run)
     assert [m["step"] for m in steps] == list(range(1, STEPS + 1))
     assert [m["data/consumed_prompts"] for m in steps] == [PROMPTS_PER_STEP * k for k in range(1, STEPS + 1)]
-    assert steps[0]["rollout/num_workers"] == 2 and steps[-1]["rollout/num_workers"] == 1
-    assert steps[-1]["rollout/num_workers_requested"] == 1
-    # The node was seen draining or gone, and its worker left the dispatch for good: at most
-    # the request in flight failed over.
-    assert steps[-1]["rollout/preempted_workers"] >= 1, steps[-1]
-    assert steps[-1]["rollout/failures"] <= 1 and steps[-1]["weights/staleness"] == 0, steps[-1]
+    assert steps[0]["rollout/num_workers"] == 2 and seen[-1]["rollout/preempted_workers"] == 1
+    # After the notice no request went to the drained node: nothing failed over.
+    last = steps[-1]
+    assert (last["rollout/failures"], last["rollout/num_workers"], last["rollout/num_workers_requested"]) \
+        == (0, 1, 1), last
+    assert max(m["weights/staleness"] for m in steps) == 0

@@ -81,3 +81,28 @@ def test_draining_node_gets_no_new_work_late_requests_move_and_its_worker_is_rep
         assert pool.events.preempted_workers == 2 and len(pool) == 2
     finally:
         pool.resize(0, allow_empty=True)
+
+
+def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster, tmp_path):
+    import pytest
+    from trainer_configs import make_config
+
+    from memrl.checkpoint import CheckpointManager
+    from memrl.train.loop import PREEMPTED_EXIT_CODE, Preempted, Trainer
+
+    cfg = make_config(tmp_path, "trainer.max_steps=4", "trainer.save_every_steps=0",
+                      "memory.embedder=hash", "trainer.eval_before_after=false")
+    trainer = Trainer(cfg)
+    try:
+        node = trainer.learners.node_ids[0]
+        real = trainer.pool.cluster()
+        # The learner's node gets a 60 s notice once the first step is under way.
+        noticed = ClusterState(totals=real.totals, draining={node: time.time() + 60})
+        trainer.pool._watch = ClusterWatch(every_s=0.0, read=lambda: noticed if trainer.step >= 1 else real)
+        with pytest.raises(Preempted) as stopped:
+            trainer.run()
+    finally:
+        trainer.close()
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    manager = CheckpointManager(str(cfg.output_dir))
+    assert manager.verify(manager.latest())["step"] == 1  # written right after step 1
