@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
 import ray
 
 from memrl.actors.cluster import ClusterWatch
@@ -83,8 +84,8 @@ def test_draining_node_gets_no_new_work_late_requests_move_and_its_worker_is_rep
         pool.resize(0, allow_empty=True)
 
 
+@pytest.mark.slow
 def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster, tmp_path):
-    import pytest
     from trainer_configs import make_config
 
     from memrl.checkpoint import CheckpointManager
