@@ -1,5 +1,6 @@
-"""The run's connection to its Ray cluster: joining or starting it, the nodes' resources, and
-the start-up line that names the actors not ready yet (pending placement or starting)."""
+"""The run's connection to its Ray cluster: joining or starting it, the nodes' resources and
+drains (:class:`ClusterWatch`), and the start-up line that names the actors not ready yet
+(pending placement or starting)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Self
 import ray
 
 from memrl.config import Config
+from memrl.train.capacity import ClusterState, draining_deadlines
 from memrl.train.placement import Demand, waiting_report
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,34 @@ def _local_cluster_address() -> str | None:
 def node_totals() -> list[dict[str, float]]:
     """Each live node's resource totals (for :func:`memrl.train.placement.check_fits`)."""
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def cluster_state() -> ClusterState:
+    """The live nodes' resource totals and the draining nodes' deadlines, from the GCS (a node
+    being drained, e.g. on a preemption notice, is still alive until it goes)."""
+    totals = {n["NodeID"]: dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")}
+    # Ray's own accessor for the GCS's list of draining nodes (what `ray drain-node` and a
+    # raylet's SIGTERM handler create); there is no public API for it in Ray 2.60.
+    raw = ray._private.state.state.get_draining_nodes()
+    return ClusterState(totals=totals, draining={n: d for n, d in draining_deadlines(raw).items()
+                                                 if n in totals})
+
+
+class ClusterWatch:
+    """:func:`cluster_state`, asked of the GCS at most once every ``every_s`` seconds (the pool
+    looks before every dispatch; a preemption notice gives tens of seconds)."""
+
+    def __init__(self, every_s: float = 1.0, read: Callable[[], ClusterState] = cluster_state):
+        self.every_s = every_s
+        self._read = read
+        self._last: tuple[float, ClusterState] | None = None
+
+    def state(self, *, fresh: bool = False) -> ClusterState:
+        """The cluster now (``fresh``) or as seen at most ``every_s`` seconds ago."""
+        now = time.monotonic()
+        if fresh or self._last is None or now - self._last[0] >= self.every_s:
+            self._last = (now, self._read())
+        return self._last[1]
 
 
 class StartupReporter:

@@ -62,6 +62,7 @@ class LearnerWorker:
         return {
             "rank": self.rank,
             "node": node_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "device": self.trainer.device,
             "steps": self.trainer.steps,
@@ -204,10 +205,14 @@ class LearnerGroup:
             ).remote(rank, num_learners, master_addr, master_port, settings)
             for rank in range(num_learners)
         ]
-        # Nodes are known once the actors answer; until then errors name rank 0's only.
+        # Nodes are known once the actors answer; until then errors name rank 0's only. Errors
+        # name a node by address and Ray node id (nodes of one machine share an address).
         self.nodes = [master_addr] + ["(not yet known)"] * (num_learners - 1)
+        self.node_ids: list[str | None] = [None] * num_learners
         try:
-            self.nodes = [info["node"] for info in self.ping()]
+            answers = self.ping()
+            self.node_ids = [info["node_id"] for info in answers]
+            self.nodes = [f"{info['node']} (id {info['node_id'][:12]})" for info in answers]
         except LearnerError:
             self.shutdown()  # the caller gets no handle to clean up after a failed start
             raise

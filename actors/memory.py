@@ -15,11 +15,12 @@
   can receive it.
 
 Restarts: actors run with ``max_restarts=-1``. ``snapshot(dir)`` writes a verified snapshot
-and records it in ``<snapshot_root>/LATEST.json``; a restarted actor (Ray re-runs
-``__init__``) loads the snapshot named there, so it resumes with the contents of its last
-snapshot. On a first start it loads ``initial_snapshot`` when given (resuming a run).
-``snapshot_root`` must be reachable from wherever Ray may restart the actor (shared storage on
-multi-node clusters).
+and records where it is in the GCS (keyed by ``snapshot_root``); a restarted actor (Ray re-runs
+``__init__``, possibly on another node) loads the snapshot named there, so it resumes with the
+contents of its last snapshot. On a first start it loads ``initial_snapshot`` when given
+(resuming a run). The snapshot itself must be readable from wherever Ray may restart the
+actor: shared storage, or a cloud URI (a checkpoint on object storage); a restart that cannot
+read it fails with :class:`SnapshotUnreachable` instead of starting empty.
 
 Placement: ``num_gpus`` (a fraction is fine) puts the encoder and the key index on the GPU;
 with 0 GPUs Ray hides all devices and everything runs on CPU.
@@ -28,7 +29,6 @@ with 0 GPUs Ray hides all devices and everything runs on CPU.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections import deque
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.experimental import internal_kv
 
 from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
 from memrl.memory.index import resolve_device
@@ -48,41 +49,62 @@ from memrl.memory.shard import EncodedStep, MemoryShard, PartialLookup
 from memrl.memory.snapshot import shard_dir, write_shard_index
 from memrl.memory.store import load_into, read_shard, save_shard
 
-LATEST = "LATEST.json"
 _LATENCY_WINDOW = 1000
 
 
+class SnapshotUnreachable(RuntimeError):
+    """A restarted memory actor cannot read the snapshot it must resume from."""
+
+
 class _LatestPointer:
-    """``<root>/LATEST.json`` naming the snapshot to load after a restart."""
+    """The snapshot a restarted actor loads, kept in the GCS (Ray's internal key-value store)
+    under the actor's snapshot root: every node reads it, whichever node the actor restarts
+    on, and it outlives the node that wrote it (the GCS runs on the head)."""
+
+    NAMESPACE = "memrl-memory"
 
     def __init__(self, root: str | None):
         self.root = Path(root) if root else None
 
-    def record(self, snapshot: Path) -> None:
+    def _key(self) -> bytes:
+        return str(self.root.absolute()).encode()
+
+    def record(self, snapshot: str | Path) -> None:
+        """Name ``snapshot`` (a local path, absolute, or a cloud URI) as the one to restart from."""
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{LATEST}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"path": str(Path(snapshot).absolute())}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / LATEST)
+        where = str(snapshot) if not is_local(str(snapshot)) else str(local_path(str(snapshot)).absolute())
+        internal_kv._internal_kv_put(self._key(), where.encode(), overwrite=True,
+                                     namespace=self.NAMESPACE)
 
-    def read(self) -> Path | None:
-        if self.root is None or not (self.root / LATEST).is_file():
+    def clear(self) -> None:
+        """Forget the pointer (a first start: an earlier run in this root left one)."""
+        if self.root is not None:
+            internal_kv._internal_kv_del(self._key(), namespace=self.NAMESPACE)
+
+    def read(self) -> str | None:
+        if self.root is None:
             return None
-        return Path(json.loads((self.root / LATEST).read_text(encoding="utf-8"))["path"])
+        value = internal_kv._internal_kv_get(self._key(), namespace=self.NAMESPACE)
+        return value.decode() if value else None
 
 
 def _startup_snapshot(pointer: _LatestPointer, initial_snapshot: str | None) -> str | None:
     """After a restart: the latest recorded snapshot; on a first start: ``initial_snapshot``
-    (a path or a cloud URI)."""
-    if ray.get_runtime_context().was_current_actor_reconstructed:
-        latest = pointer.read()
-        if latest is not None:
-            return str(latest)
-    return initial_snapshot or None
+    (a path or a cloud URI). A restart whose snapshot this node cannot read raises
+    :class:`SnapshotUnreachable` instead of starting empty."""
+    if not ray.get_runtime_context().was_current_actor_reconstructed:
+        pointer.clear()
+        return initial_snapshot or None
+    latest = pointer.read() or initial_snapshot
+    if latest is not None and is_local(latest) and not local_path(latest).exists():
+        node = ray.get_runtime_context().get_node_id()
+        raise SnapshotUnreachable(
+            f"the memory service restarted on node {node[:12]}, but its last snapshot {latest} "
+            "is not there (written on another node's disk): put output_dir on storage every "
+            "node mounts, or trainer.checkpoint_uri on object storage (s3://, gs://), so that a "
+            "restarted memory finds its snapshot; it does not start empty")
+    return latest
 
 
 @dataclass
@@ -195,8 +217,8 @@ class MemoryActor:
         load after a restart. Waits for the batch in progress; returns the directory.
 
         ``directory`` may be a cloud URI (``s3://``, ``gs://``; one shard only): the snapshot is
-        then written to a local folder under the snapshot root (which the actor reloads after a
-        restart) and uploaded to the URI."""
+        then staged in a local folder under the snapshot root, uploaded to the URI, and a
+        restart (on any node) downloads it from there."""
         if not is_local(directory):
             if self.peers:
                 raise ValueError("sharded memories snapshot to a local or shared path only")
@@ -205,6 +227,7 @@ class MemoryActor:
             local = self.pointer.root / ("upload-" + directory.rstrip("/").rsplit("/", 1)[-1])
             await self.snapshot(str(local))
             await asyncio.to_thread(upload_dir, local, directory)
+            self.pointer.record(directory)  # a restart on any node downloads it from there
             return directory
         directory = local_path(directory).absolute()
         async with self._lock:
@@ -220,10 +243,9 @@ class MemoryActor:
         return str(directory)
 
     async def remember_snapshot(self, directory: str) -> None:
-        """Record ``directory`` (a snapshot that moved, e.g. a checkpoint renamed into place)
-        as the one to load after a restart."""
-        if is_local(directory):
-            self.pointer.record(local_path(directory).absolute())
+        """Record ``directory`` (a snapshot that moved, e.g. a checkpoint renamed into place;
+        a path or a cloud URI) as the one to load after a restart."""
+        self.pointer.record(directory)
 
     async def load(self, directory: str) -> None:
         """Replace the contents by a snapshot's (verified; unchanged on error)."""
@@ -261,6 +283,10 @@ class MemoryActor:
     def loaded_snapshot(self) -> str | None:
         """The snapshot this actor started from or last loaded (None: started empty)."""
         return self.loaded_from
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (it moves when restarted elsewhere)."""
+        return ray.get_runtime_context().get_node_id()
 
     def device(self) -> str:
         """``cpu`` or ``cuda``: where the key index lives."""
@@ -325,8 +351,10 @@ class MemoryClient:
         settings: the memory settings.
         num_shards: actors holding the questions (hash of question text); 1 for most runs.
         num_cpus, num_gpus: resources of each actor (a GPU fraction is fine).
-        snapshot_root: where restart pointers (and default snapshots) live; must be reachable
-            from any node the actors may restart on.
+        resources: custom Ray resources of each actor (e.g. the on-demand nodes' marker).
+        snapshot_root: keys the restart pointer (in the GCS) and holds the staging folders of
+            cloud snapshots; snapshots written under it must be readable from any node the
+            actors may restart on (shared storage), or go to a cloud URI.
         initial_snapshot: snapshot to start from (resuming a run), or None for empty memories.
         name: Ray name of the primary actor (lets other drivers look it up).
         timeout_s: limit on each blocking call.
@@ -341,6 +369,7 @@ class MemoryClient:
         snapshot_root: str | None = None,
         initial_snapshot: str | None = None,
         name: str | None = None,
+        resources: dict[str, float] | None = None,
         max_concurrency: int = 1000,
         timeout_s: float = 600.0,
     ):
@@ -351,7 +380,8 @@ class MemoryClient:
         self.settings = settings
         self.num_shards = num_shards
         self.timeout_s = timeout_s
-        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus)
+        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus,
+                       resources=dict(resources or {}))
         peers = []
         for i in range(1, num_shards):
             peers.append(
@@ -414,6 +444,10 @@ class MemoryClient:
         """Stop the service's actors (no restart)."""
         for actor in [self.actor, *self.peers]:
             ray.kill(actor, no_restart=True)
+
+    def node_id(self) -> str:
+        """The node the primary actor runs on now."""
+        return ray.get(self.actor.node_id.remote(), timeout=self.timeout_s)
 
     def wait_ready(self) -> str | None:
         """Block until the service is up; returns the snapshot it started from."""

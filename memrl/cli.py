@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from memrl.config import ConfigError, config_to_yaml, load_config
-from memrl.errors import EXIT_INPUT, debug_enabled, error_log, explain, write_traceback
+from memrl.errors import EXIT_INPUT, InputError, debug_enabled, error_log, explain, write_traceback
 
 EXIT_CONFIG_ERROR = EXIT_INPUT
 
@@ -79,6 +79,25 @@ def _cmd_build_base(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale(ns: argparse.Namespace) -> int:
+    from memrl.actors.control import scale_via_job
+    from memrl.train.capacity import parse_worker_count
+
+    try:
+        parse_worker_count(ns.num_workers, key="memrl scale NUM_WORKERS")
+    except ValueError as exc:
+        raise InputError(str(exc), where="the command line",
+                         hint="give a whole number >= 1 or auto") from exc
+    answer = scale_via_job(ns.address, ns.run, ns.num_workers)
+    if "error" in answer:
+        print(f"memrl scale: {answer['error']}", file=sys.stderr)
+        return 1
+    running = f"; {answer['running']} running, step {answer['step']}" if "step" in answer else ""
+    print(f"run {answer['run']}: rollout.num_workers -> {answer['requested']} from its next "
+          f"step{running}")
+    return 0
+
+
 def _cmd_memory_inspect(ns: argparse.Namespace) -> int:
     from memrl.memory.inspection import inspect_snapshot
 
@@ -140,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dry-run", action="store_true",
                        help="check the job instead of running it (memrl plan)")
     train.set_defaults(func=_cmd_train)
+
+    scale = sub.add_parser(
+        "scale",
+        help="change a running job's rollout.num_workers (a number or auto)",
+        description="memrl scale NUM_WORKERS [--run OUTPUT_DIR] [--address URL]: reaches the "
+        "running driver through the Ray Jobs API, with the address and token that `ray job "
+        "submit` uses (RAY_ADDRESS, RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).",
+    )
+    scale.add_argument("num_workers", metavar="NUM_WORKERS", help="a whole number >= 1, or auto")
+    scale.add_argument("--run", default=None, metavar="OUTPUT_DIR",
+                       help="the run's output_dir as configured (default: the only memrl run)")
+    scale.add_argument("--address", default=None,
+                       help="the Jobs API address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    scale.set_defaults(func=_cmd_scale)
 
     plan = sub.add_parser(
         "plan", help="dry run: can this job be placed and loaded? (exit 2 naming the problem)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -411,7 +411,14 @@ class TrainerConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    num_workers: int = Field(2, ge=1, description="rollout workers generating completions")
+    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        2,
+        description=(
+            "rollout workers generating completions: a target the pool keeps up as nodes come "
+            "and go; auto: as many as the usable nodes hold after the learners and memory "
+            "(grows and shrinks with the cluster)"
+        ),
+    )
     engine: Literal["auto", "hf", "vllm"] = Field(
         "auto",
         description="auto: vLLM when a GPU and vLLM are present, else transformers (hf)",
@@ -534,6 +541,13 @@ class MemoryConfig(_Section):
     num_gpus: float = Field(
         0.0, ge=0,
         description="GPUs of each memory actor (a fraction puts FAISS on the GPU)",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "custom Ray resources per memory actor, e.g. {memory_node: 0.01} to keep it on the "
+            "on-demand nodes cluster/ labels with it"
+        ),
     )
     num_shards: int = Field(
         1, ge=1,

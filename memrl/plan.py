@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from memrl.config import Config
-from memrl.train.placement import Node, fit_problem, learner_demands, memory_demands, rollout_demand, take
+from memrl.train.placement import (
+    Node,
+    fit_problem,
+    initial_workers,
+    learner_demands,
+    memory_demands,
+    rollout_demand,
+    take,
+)
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_GIB = 80.0  # when no GPU is visible here and the cluster does not say
@@ -95,7 +103,7 @@ class Plan:
 def actor_groups(cfg: Config) -> list[ActorGroup]:
     """The Ray actors ``memrl train`` starts for ``cfg`` and what each asks for (the demands
     its start-up check packs, :mod:`memrl.train.placement`)."""
-    groups = [ActorGroup("rollout", cfg.rollout.num_workers, rollout_demand(cfg, "rollout").resources),
+    groups = [ActorGroup("rollout", initial_workers(cfg), rollout_demand(cfg, "rollout").resources),
               ActorGroup("learner", cfg.learner.num_learners, learner_demands(cfg)[0].resources)]
     memory = memory_demands(cfg)
     if memory:

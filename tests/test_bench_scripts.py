@@ -269,3 +269,16 @@ def test_step_clock_stamps_training_steps_only(tmp_path):
     assert len(clock.end_times) == 2 and clock.end_times[0] <= clock.end_times[1]
     assert loop.MetricsWriter is original
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_spot_table_has_one_row_per_fault_and_says_how_each_ended():
+    from bench.spot import Outcome, table
+
+    lines = table([Outcome("rollout_lost", "", hit_step=3, steps_completed=10, max_steps=10, work_lost_s=1.94),
+                   Outcome("learner_drain", "", hit_step=3, steps_completed=6, max_steps=6,
+                           error="Preempted(143)", exit_code=143)]).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+    assert cells[0] == ["scenario", "fault hit step", "steps done", "groups lost", "duplicated",
+                        "work lost s", "ended"]
+    assert cells[2] == ["rollout_lost", "3", "10/10", "0", "0", "1.9", "ok"]
+    assert cells[3][-1] == "exit 143, resumed" and len(lines) == 4

@@ -167,6 +167,8 @@ LAUNCHER_KEYS = {
     "head_start_ray_commands", "worker_start_ray_commands", "docker",
 }
 WORKER_RESOURCE = {"rollout": "rollout_node", "learner": "learner_node"}
+# docs/spot.md: only what a run can replace goes on spot capacity.
+ON_SPOT = {"rollout": True, "learner": False}
 
 
 def is_spot(provider: str, node_config: dict) -> bool:
@@ -208,7 +210,8 @@ def test_launcher_layout(name: str) -> None:
     assert node_types[head]["max_workers"] == 0
     for type_name, resource in WORKER_RESOURCE.items():
         node_type = node_types[type_name]
-        assert is_spot(provider, node_type["node_config"]), f"{name}: {type_name} not on spot"
+        assert is_spot(provider, node_type["node_config"]) == ON_SPOT[type_name], \
+            f"{name}: {type_name} {'not ' if ON_SPOT[type_name] else ''}on spot"
         assert node_type["resources"].get(resource) == 1, f"{name}: {type_name} lacks {resource}"
         assert node_type["min_workers"] == 0 < node_type["max_workers"]
     assert config["max_workers"] == sum(node_types[t]["max_workers"] for t in WORKER_RESOURCE)
@@ -296,10 +299,66 @@ def test_rayjob_cluster_layout(rayjob: dict) -> None:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["resources"] == {WORKER_RESOURCE[name]: "1"}
         pod = group["template"]["spec"]
-        assert pod["nodeSelector"]["eks.amazonaws.com/capacityType"] == "SPOT", name
+        assert pod["nodeSelector"]["eks.amazonaws.com/capacityType"] == \
+            ("SPOT" if ON_SPOT[name] else "ON_DEMAND"), name
         for container in pod["containers"]:
             assert_pinned_image(container["image"], name)
             assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1, name
+
+
+# --- placement: the files and the config agree ----------------------------------------------
+
+def _rayjob_config(rayjob: dict):
+    """The config the RayJob's entrypoint runs (the placement overrides of docs/spot.md)."""
+    words = shlex.split(rayjob["spec"]["entrypoint"])
+    config_path, *overrides = build_parser().parse_args(words[1:]).args
+    return load_config(REPO / "configs" / Path(config_path).name, overrides)
+
+
+def _placement_kinds(rayjob: dict) -> dict[str, tuple[str, ...]]:
+    """Each actor kind's custom resources in the RayJob's config (none may be missing)."""
+    cfg = _rayjob_config(rayjob)
+    kinds = {"rollout": tuple(cfg.rollout.resources), "learner": tuple(cfg.learner.resources),
+             "memory": tuple(cfg.memory.resources)}
+    assert all(kinds.values()), f"every actor kind must ask for a node-type resource: {kinds}"
+    return kinds
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_places_each_actor_kind_on_the_right_market(name: str, rayjob: dict) -> None:
+    config = load_yaml(CLUSTER / name)
+    provider = config["provider"]["type"]
+    node_types = config["available_node_types"]
+    for kind, resources in _placement_kinds(rayjob).items():
+        hosts = [t for t, node_type in node_types.items()
+                 if all(node_type["resources"].get(r, 0) > 0 for r in resources)]
+        assert hosts, f"{name}: no node type offers {resources} for the {kind} actors"
+        spot = {is_spot(provider, node_types[t]["node_config"]) for t in hosts}
+        assert spot == {kind == "rollout"}, f"{name}: {kind} actors land on {hosts} (spot: {spot})"
+    # The container's SIGTERM gives Ray time to drain within the cloud's notice (120 s / 30 s).
+    stop = [o for o in config["docker"]["run_options"] if o.startswith("--stop-timeout")]
+    assert stop and 20 <= int(stop[0].split()[1]) < {"aws": 120, "gcp": 30}[provider], stop
+    # The header shows the same overrides the RayJob uses.
+    cfg = _rayjob_config(rayjob)
+    for kind in ("rollout", "learner", "memory"):
+        (resource, amount), = getattr(cfg, kind).resources.items()
+        assert f"{kind}.resources={{{resource}: {amount:g}}}" in (CLUSTER / name).read_text(), kind
+
+
+def test_rayjob_places_each_actor_kind_on_the_right_market(rayjob: dict) -> None:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    groups = {"head": (head, False)} | {
+        g["groupName"]: (g, g["template"]["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"] == "SPOT")
+        for g in cluster["workerGroupSpecs"]}
+    for kind, resources in _placement_kinds(rayjob).items():
+        hosts = [n for n, (g, _) in groups.items() if all(r in g.get("resources", {}) for r in resources)]
+        assert hosts, f"no group offers {resources} for the {kind} actors"
+        assert {groups[n][1] for n in hosts} == {kind == "rollout"}, (kind, hosts)
+    cfg = _rayjob_config(rayjob)
+    assert cfg.memory.num_gpus == 0  # the head has no GPU
+    rollout_pod = groups["rollout"][0]["template"]["spec"]
+    assert 20 <= rollout_pod["terminationGracePeriodSeconds"] < 120
 
 
 # --- images ---------------------------------------------------------------------------------

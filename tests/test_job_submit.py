@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,7 @@ class RayHead:
 
     address: str  # http://127.0.0.1:PORT (dashboard and job API)
     env: dict[str, str]  # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=<this head's token>
+    gcs: str = ""  # 127.0.0.1:PORT, what `ray start --address` joins
 
     def cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess:
@@ -127,7 +129,10 @@ def ray_head():
         "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
         "--runtime-env-agent-port", str(runtime_env_agent),
         "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-        "--num-cpus", "8", "--temp-dir", str(base / "ray"), "--disable-usage-stats",
+        # rollout_node: one rollout worker may run here, the other on the spot node of
+        # test_job_survives_a_drained_and_stopped_node.
+        "--num-cpus", "8", "--resources", '{"rollout_node": 1}', "--temp-dir", str(base / "ray"),
+        "--disable-usage-stats",
         "--log-style", "record",
     ]
     log_path = base / "head.log"
@@ -140,7 +145,7 @@ def ray_head():
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not come up:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
-        yield RayHead(address=f"http://127.0.0.1:{dashboard}", env=env)
+        yield RayHead(address=f"http://127.0.0.1:{dashboard}", env=env, gcs=f"127.0.0.1:{gcs}")
     finally:
         head.send_signal(signal.SIGTERM)  # drains the node, then stops all it started
         try:
@@ -240,3 +245,95 @@ def test_job_submit_trains_then_resumes(ray_head: RayHead, tmp_path: Path):
     last_line = (run / "metrics.jsonl").read_text().splitlines()[-1]
     assert json.loads(last_line)["step"] == 4
     assert _latest_checkpoint_step(run) == 4
+
+
+def _start_worker_node(head: RayHead, log_path: Path) -> subprocess.Popen:
+    """A second node (`ray start --address`) with one CPU and the spot resource."""
+    node_manager, object_manager, metrics, agent_http, agent_grpc, runtime_env_agent = _free_ports(6)
+    command = [_ray_cli(), "start", "--address", head.gcs, "--block", "--node-ip-address", "127.0.0.1",
+               "--num-cpus", "1", "--resources", '{"rollout_node": 1}',
+               "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+               "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
+               "--dashboard-agent-grpc-port", str(agent_grpc),
+               "--runtime-env-agent-port", str(runtime_env_agent), "--disable-usage-stats",
+               "--log-style", "record"]
+    with log_path.open("w") as log:
+        node = subprocess.Popen(command, env=head.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while "Ray runtime started" not in log_path.read_text():
+        if node.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"ray start --address did not come up:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.5)
+    return node
+
+
+STEPS = 200  # the job must outlast the drain, `memrl scale` and the node stopping (0.15-1 s a step)
+
+
+def _metrics_so_far(run: Path) -> list[dict]:
+    return _train_steps(run) if (run / "metrics.jsonl").is_file() else []
+
+
+def _wait_for_step(head: RayHead, job_id: str, run: Path, done: Callable[[list[dict]], bool]) -> list[dict]:
+    """The run's steps once ``done(steps)``; fails if the job ends or time runs out first."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not done(steps := _metrics_so_far(run)):
+        status = _job_status(head, job_id)
+        assert time.monotonic() < deadline and status in ("PENDING", "RUNNING"), \
+            head.cli("job", "logs", "--address", head.address, job_id).stdout[-6000:]
+        time.sleep(0.5)
+    return steps
+
+
+def test_job_survives_a_drained_and_stopped_node(ray_head: RayHead, tmp_path: Path):
+    """Two rollout workers, one on a second node (`ray start --address`). Mid-run the node is
+    drained as a preemption notice does (`ray drain-node`, 30 s deadline): no more work goes
+    there; `memrl scale 1` (through the Jobs API, with the token) then drops the worker whose
+    replacement has nowhere to go, and the node is stopped (SIGTERM to its `ray start`). The job
+    finishes every step."""
+    run, cache = tmp_path / "run", tmp_path / "tiny-cache"
+    node = _start_worker_node(ray_head, tmp_path / "node.log")
+    job_id = f"memrl-spot-{uuid.uuid4().hex[:8]}"
+    command = _train_command(run, cache, STEPS)
+    command[command.index("trainer.save_every_steps=2")] = "trainer.save_every_steps=100"
+    command[-2:-2] = ["rollout.num_workers=2", "rollout.resources={rollout_node: 1}"]
+    try:
+        submitted = ray_head.cli("job", "submit", "--address", ray_head.address, "--no-wait",
+                                 "--runtime-env", RUNTIME_ENV, "--submission-id", job_id,
+                                 "--log-style", "record", "--", *command)
+        assert submitted.returncode == 0, submitted.stdout[-4000:]
+        _wait_for_step(ray_head, job_id, run, lambda steps: len(steps) >= 2)
+        nodes = json.loads(ray_head.cli("list", "nodes", "--address", ray_head.address,
+                                        "--format", "json").stdout)
+        (spot,) = [n["node_id"] for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"]]
+        drained = ray_head.cli("drain-node", "--address", ray_head.gcs, "--node-id", spot,
+                               "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message",
+                               "spot notice", "--deadline-remaining-seconds", "30")
+        assert drained.returncode == 0, drained.stdout
+        seen = _wait_for_step(ray_head, job_id, run,
+                              lambda steps: bool(steps) and steps[-1]["rollout/draining_nodes_seen"] >= 1)
+        scaled = subprocess.run([sys.executable, "-m", "memrl.cli", "scale", "1", "--address",
+                                 ray_head.address], cwd=REPO, env=ray_head.env,
+                                capture_output=True, text=True, timeout=240)
+        node.send_signal(signal.SIGTERM)  # the node goes
+        node.wait(timeout=120)
+        follow = ray_head.cli("job", "logs", "--address", ray_head.address, "--follow",
+                              "--log-style", "record", job_id, timeout=JOB_TIMEOUT_S)
+    finally:
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+    status = _job_status(ray_head, job_id)
+    assert status == "SUCCEEDED", f"{status}:\n{follow.stdout[-6000:]}"
+    assert scaled.returncode == 0 and f"run {run}: rollout.num_workers -> 1" in scaled.stdout, \
+        scaled.stdout + scaled.stderr
+    steps = _train_steps(run)
+    assert [m["step"] for m in steps] == list(range(1, STEPS + 1))
+    assert [m["data/consumed_prompts"] for m in steps] == [PROMPTS_PER_STEP * k for k in range(1, STEPS + 1)]
+    assert steps[0]["rollout/num_workers"] == 2 and seen[-1]["rollout/preempted_workers"] == 1
+    # After the notice no request went to the drained node: nothing failed over.
+    last = steps[-1]
+    assert (last["rollout/failures"], last["rollout/num_workers"], last["rollout/num_workers_requested"]) \
+        == (0, 1, 1), last
+    assert max(m["weights/staleness"] for m in steps) == 0

@@ -11,7 +11,11 @@ position and weight version. Then per step:
    batches from the object store, the driver never does;
 3. group-relative advantages from the rewards (a few floats per completion);
 4. one optimizer step on the learners; rank 0 publishes the new weights once;
-5. log every metric; checkpoint on cadence (steps, minutes, or a SIGTERM preemption notice).
+5. log every metric; checkpoint on cadence (steps, minutes, or a preemption notice: SIGTERM
+   to the driver, or the node of the driver, a learner or the memory service draining).
+
+Between steps the pool follows the cluster (``rollout.num_workers`` is a target, a number or
+``auto``; ``control.yaml`` and ``memrl scale`` change it while the job runs).
 
 The driver holds metadata only: records, object refs, rewards and metrics. With
 ``rollout.mode: async`` the next step's generation starts before this step trains (one step
@@ -39,18 +43,22 @@ import ray
 import torch
 import yaml
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from memrl.actors.cluster import StartupReporter, init_ray, node_totals
+from memrl.actors.control import start_control
+from memrl.actors.memory import SnapshotUnreachable
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
 from memrl.actors.scoring import score_step_task
 from memrl.checkpoint import CheckpointManager
 from memrl.config import Config, config_to_yaml
-from memrl.errors import InputError, error_log, phase
+from memrl.errors import InputError, RuntimeFault, error_log, phase
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
 from memrl.run_lock import RunLock
+from memrl.train.capacity import WorkerCount, critical_drains, parse_worker_count
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import greedy_sampling, score_greedy
 from memrl.train.metrics import MetricsWriter
@@ -79,9 +87,9 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and re
 MEMORY_RETRIES = 3
 
 
-def read_control(text: str) -> tuple[int | None, str | None]:
+def read_control(text: str) -> tuple[WorkerCount | None, str | None]:
     """``(num_workers, None)`` from a control file's text, or ``(None, reason)`` when invalid."""
-    expected = "expected 'rollout: {num_workers: N}' with a whole number N >= 1"
+    expected = "expected 'rollout: {num_workers: N}' with a whole number N >= 1 or auto"
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -90,11 +98,12 @@ def read_control(text: str) -> tuple[int | None, str | None]:
         isinstance(tree.get("rollout"), dict) else None
     if value is None:
         return None, f"no rollout.num_workers; {expected}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None, f"rollout.num_workers = {value!r} is not a whole number; {expected}"
-    if value < 1:
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
         return None, f"rollout.num_workers = {value} is below 1 (a run needs a worker); {expected}"
-    return value, None
+    try:
+        return parse_worker_count(value), None
+    except ValueError:
+        return None, f"rollout.num_workers = {value!r} is not a whole number; {expected}"
 
 
 class Preempted(SystemExit):
@@ -120,7 +129,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str = "none"):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
-        self.memory = self.learners = self.pool = None
+        self.memory = self.learners = self.pool = self.control = None
         # Before anything is written: one run per output directory.
         self.lock = RunLock(self.run_dir).acquire()
         try:
@@ -174,6 +183,7 @@ class Trainer:
         self.memory_restarts = 0
         self._last_save = time.monotonic()
         self._control_seen: tuple[float, str] | None = None
+        self._scale_seen = 0  # version of the last `memrl scale` request applied
         self._writer: MetricsWriter | None = None
         if state:
             with phase("resume: loading the learner state", timeout_s=cfg.trainer.timeout_s):
@@ -197,6 +207,7 @@ class Trainer:
                 self.memory = MemoryClient(
                     memory_settings(cfg), num_shards=cfg.memory.num_shards,
                     num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
+                    resources=cfg.memory.resources,
                     snapshot_root=str((self.run_dir / "memory").absolute()),
                     initial_snapshot=f"{resume_from}/memory" if resume_from else None,
                     timeout_s=timeout_s,
@@ -209,9 +220,13 @@ class Trainer:
                 num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
                 resources_per_learner=cfg.learner.resources, timeout_s=timeout_s,
             )
+        # Named in the cluster so that `memrl scale` finds this run; read at every step.
+        self.control = start_control(cfg.output_dir)
         with phase("start-up of the rollout workers", timeout_s=timeout_s):
-            self.pool = pool = RolloutPool(rollout_worker_factory(cfg, self.model_path),
-                                           cfg.rollout.num_workers, timeout_s=timeout_s)
+            self.pool = pool = RolloutPool(
+                rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
+                timeout_s=timeout_s, worker_demand=rollout_demand(cfg, "rollout worker").resources,
+                others=learner_demands(cfg) + memory_demands(cfg))
             reporter.waiting_for("start-up of the rollout workers",
                                  lambda: [rollout_demand(cfg, w) for w in pool.joining()])
             pool.wait_until_ready()
@@ -261,9 +276,12 @@ class Trainer:
         its snapshot and this step's entries are inserted by the retry)."""
         memory_call = self.memory.score_and_insert if self.memory is not None else None
         by_id = {r.id: r for r in records}
+        # On the driver's node: a spot node taking the task with it would fail the step.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         for attempt in range(1, MEMORY_RETRIES + 1):
-            ref = score_step_task.remote(self.plan, self.composer, self.cfg.grpo.max_completion_length,
-                                     by_id, memory_call, self.step, *batch_refs)
+            ref = score_step_task.options(scheduling_strategy=here).remote(
+                self.plan, self.composer, self.cfg.grpo.max_completion_length, by_id, memory_call,
+                self.step, *batch_refs)
             try:
                 with phase(f"scoring (rewards {', '.join(s.label for s in self.plan.specs)}"
                            + (" and the memory service)" if self.memory is not None else ")"),
@@ -282,13 +300,20 @@ class Trainer:
         raise AssertionError("unreachable")
 
     def _wait_for_memory(self) -> None:
-        """Block until the restarted memory service answers (calls fail fast while it restarts)."""
+        """Block until the restarted memory service answers (calls fail fast while it restarts);
+        a restart that cannot read its snapshot ends the run with the memory's own message."""
         deadline = time.monotonic() + self.cfg.trainer.timeout_s
         while True:
             try:
                 self.memory.wait_ready()
                 return
-            except RayActorError:
+            except RayActorError as exc:
+                if SnapshotUnreachable.__name__ in str(exc):  # its __init__ refused to start empty
+                    reason = str(exc).split(f"{SnapshotUnreachable.__name__}: ", 1)[-1].strip()
+                    raise RuntimeFault(f"the memory service cannot restart: {reason}",
+                                       where=f"step {self.step + 1}",
+                                       hint="resume with --resume auto once the snapshot is "
+                                       "reachable from every node") from exc
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
@@ -368,6 +393,11 @@ class Trainer:
         metrics["rollout/num_workers_requested"] = len(self.pool)  # config or control.yaml
         metrics["rollout/failures"] = self.pool.events.failures
         metrics["rollout/redispatched"] = self.pool.events.redispatched
+        metrics["rollout/draining_nodes"] = len(self.pool.cluster().draining)  # now
+        metrics["rollout/draining_nodes_seen"] = self.pool.events.draining_nodes_seen
+        metrics["rollout/preempted_workers"] = self.pool.events.preempted_workers
+        metrics["rollout/resent_groups"] = self.pool.events.resent_groups
+        metrics["rollout/lost_work_s"] = round(self.pool.events.lost_work_s, 3)
         metrics["health/memory_restarts"] = self.memory_restarts
         if self.memory is not None:
             metrics.update({f"memory/{k}": v for k, v in self.memory.metrics().items()})
@@ -411,35 +441,83 @@ class Trainer:
         return by_steps or by_time
 
     def _apply_control(self) -> None:
-        """Resize the rollout pool when ``OUTPUT_DIR/control.yaml`` asks for another count; an
-        invalid file is reported (once per change) with the reason, and ignored."""
+        """Before each step: take a new ``rollout.num_workers`` from ``OUTPUT_DIR/control.yaml``
+        or ``memrl scale`` (whichever changed last), then bring the pool to its target for the
+        cluster as it is now. An invalid file is reported (once per change) with the reason, and
+        ignored."""
+        asked = self._asked_by_file()
+        version, scaled = ray.get(self.control.requested.remote(), timeout=self.cfg.trainer.timeout_s)
+        if version != self._scale_seen:
+            self._scale_seen, asked = version, (scaled, "memrl scale")
+        if asked is not None and asked[0] != self.pool.requested:
+            log.info("rollout.num_workers: %s -> %s (from %s)", self.pool.requested, asked[0], asked[1])
+            self.pool.set_target(asked[0])
+        before = self.pool.num_running()
+        self.pool.refresh()
+        if asked is not None and before < len(self.pool):
+            log.warning("rollout workers: %d asked for (%s), %d running; the others wait for the "
+                        "cluster to place them (%s)", len(self.pool), asked[1], before,
+                        f"{self.cfg.rollout.num_cpus_per_worker:g} CPU, "
+                        f"{self.cfg.rollout.num_gpus_per_worker:g} GPU each")
+
+    def _asked_by_file(self) -> tuple[WorkerCount, str] | None:
+        """A changed, valid ``control.yaml``'s count (None: none, unchanged or invalid)."""
         path = self.run_dir / CONTROL_FILE
         try:
             seen = (path.stat().st_mtime, path.read_text(encoding="utf-8", errors="replace"))
         except FileNotFoundError:
-            return
+            return None
         changed = seen != self._control_seen
         self._control_seen = seen
         wanted, problem = read_control(seen[1])
         if problem is not None:
             if changed:
                 log.warning("ignoring %s: %s", path, problem)
+            return None
+        return (wanted, str(path)) if changed else None
+
+    def _report_status(self) -> None:
+        """Tell the control actor where the run is (``memrl scale`` prints it)."""
+        self.control.report.remote({"step": self.step, "running": self.pool.num_running(),
+                                    "target": len(self.pool)})
+
+    def _critical_roles(self) -> dict[str, str | None]:
+        """The node of each actor whose loss stops the run: the driver, each learner rank and
+        the memory service (it moves when restarted, so it is asked each time)."""
+        roles: dict[str, str | None] = {"the driver": ray.get_runtime_context().get_node_id()}
+        roles.update({f"learner rank {r}": n for r, n in enumerate(self.learners.node_ids)})
+        if self.memory is not None:
+            try:
+                roles["the memory service"] = self.memory.node_id()
+            except RayActorError:  # restarting: its new node is not draining
+                pass
+        return roles
+
+    def _watch_critical_drains(self) -> None:
+        """After each step: a draining node under the driver, a learner or the memory service
+        means checkpoint now and exit for a restart, as on SIGTERM, within the node's deadline."""
+        state = self.pool.cluster(fresh=True)
+        if self._preempt_at is not None or not state.draining:
             return
-        if wanted != len(self.pool):
-            log.info("rollout workers: %d -> %d (from %s)", len(self.pool), wanted, path)
-            self.pool.resize(wanted)
-        if changed and self.pool.num_running() < wanted:
-            log.warning("rollout workers: %d asked for in %s, %d running; the others wait for "
-                        "the cluster to place them (%s)", wanted, path, self.pool.num_running(),
-                        f"{self.cfg.rollout.num_cpus_per_worker:g} CPU, "
-                        f"{self.cfg.rollout.num_gpus_per_worker:g} GPU each")
+        hits = critical_drains(self._critical_roles(), state)
+        if hits:
+            role, node, deadline = hits[0]
+            left = deadline - time.time()
+            self._begin_preemption(f"the node of {role} ({node[:12]}) is draining, "
+                                   f"{left:.0f} s before its deadline", left)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._begin_preemption("SIGTERM", self.cfg.trainer.preemption_deadline_s)
+
+    def _begin_preemption(self, why: str, deadline_s: float) -> None:
+        """Finish the step in flight, checkpoint and exit with ``PREEMPTED_EXIT_CODE``; past
+        ``deadline_s`` (at most ``trainer.preemption_deadline_s``) exit anyway."""
         if self._preempt_at is not None:
             return
         self._preempt_at = time.monotonic()
-        deadline = self.cfg.trainer.preemption_deadline_s
-        log.warning("SIGTERM: finishing step %d, then checkpointing (deadline %.0f s)", self.step, deadline)
+        deadline = max(0.0, min(deadline_s, self.cfg.trainer.preemption_deadline_s))
+        log.warning("%s: finishing step %d, then checkpointing (deadline %.0f s); restart the "
+                    "job with --resume auto", why, self.step + 1, deadline)
 
         def watchdog() -> None:
             # Past the deadline the node may vanish at any moment: leave now; `latest` still
@@ -481,16 +559,18 @@ class Trainer:
         try:
             batch: StepGeneration | None = None
             if self.step < cfg.trainer.max_steps:
+                self._apply_control()
                 batch = self._launch(self.step, self._inflight or None)
             while batch is not None:
-                self._apply_control()
                 following = batch.step + 1
                 last = following >= cfg.trainer.max_steps
                 metrics, upcoming = self.run_step(
                     batch, lambda following=following, last=last: None if last else self._launch(following))
                 self.step += 1
                 writer.log(self.step, metrics)
+                self._report_status()
                 _show(bar, metrics)
+                self._watch_critical_drains()
                 if self._preempt_at is not None:
                     self.save_checkpoint(upcoming)
                     raise Preempted(PREEMPTED_EXIT_CODE)
@@ -499,6 +579,8 @@ class Trainer:
                     self._periodic_eval(writer, summary)
                 if self._checkpoint_due() or last:
                     self.save_checkpoint(upcoming)
+                if not last:  # the pool follows the cluster and the requests before the launch
+                    self._apply_control()
                 batch = None if last else (upcoming or self._launch(self.step))
             if bar is not None:
                 bar.close()
@@ -544,8 +626,10 @@ class Trainer:
                 self.learners.shutdown()
             if self.memory is not None:
                 self.memory.shutdown()
+            if self.control is not None:
+                ray.kill(self.control, no_restart=True)
         finally:
-            self.pool = self.learners = self.memory = None
+            self.pool = self.learners = self.memory = self.control = None
             self.lock.release()
 
 

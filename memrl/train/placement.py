@@ -56,14 +56,21 @@ def learner_demands(cfg: Config) -> list[Demand]:
 def memory_demands(cfg: Config) -> list[Demand]:
     """The memory shards' resources (none for a method without memory)."""
     m = cfg.memory
-    return [Demand(f"memory shard {i}", _resources(m.num_cpus, m.num_gpus),
-                   "memory.num_shards / num_cpus / num_gpus")
+    return [Demand(f"memory shard {i}", _resources(m.num_cpus, m.num_gpus, m.resources),
+                   "memory.num_shards / num_cpus / num_gpus / resources")
             for i in range(m.num_shards if cfg.uses_memory else 0)]
+
+
+def initial_workers(cfg: Config) -> int:
+    """Rollout workers the start-up check counts: ``rollout.num_workers``, or 1 for ``auto``
+    (which takes what the cluster holds beyond that)."""
+    n = cfg.rollout.num_workers
+    return 1 if n == "auto" else n
 
 
 def run_demands(cfg: Config) -> list[Demand]:
     """Every actor a run of ``cfg`` creates at start-up, with its resources."""
-    return ([rollout_demand(cfg, f"rollout worker {i}") for i in range(cfg.rollout.num_workers)]
+    return ([rollout_demand(cfg, f"rollout worker {i}") for i in range(initial_workers(cfg))]
             + learner_demands(cfg) + memory_demands(cfg))
 
 

@@ -1,0 +1,456 @@
+"""Spot-instance faults on a multi-node Ray cluster simulated on this machine.
+
+``python -m bench.spot`` starts a ``ray.cluster_utils.Cluster`` (a head for the driver, one
+on-demand node for the learner, one for the memory service, and one-CPU "spot" nodes for the
+rollout workers, each kind marked by the custom resource the cluster files use), trains the
+tiny default in each scenario and injects one fault at the launch of a chosen step (the step's
+requests are in flight):
+
+- ``rollout_lost``: a rollout node disappears; later a node joins again (pool refills).
+- ``rollout_drain``: a rollout node is drained (preemption, 1 s deadline), then goes; a node joins.
+- ``auto``: ``rollout.num_workers=auto`` while a node joins and leaves, then ``memrl scale``'s
+  control actor asks for 1 worker.
+- ``memory_lost``: the memory service's node disappears; it restarts on a new node from its
+  last snapshot. ``memory_unreachable``: the same with the snapshot gone: the run fails saying so.
+- ``learner_lost``: the learner's node disappears: the run stops naming rank and node, and
+  ``--resume auto`` continues on a new node. ``learner_drain``: the learner's node is drained:
+  the driver checkpoints and exits with 143, and the resumed run finishes.
+
+For each it prints the step the fault hit, steps completed, prompt groups lost and duplicated
+(counted in the batches the learners received), and seconds of work lost (generation thrown
+away, or time since the checkpoint the run resumed from). ``--json PATH`` writes every number.
+Only CPU and custom resources mean anything on such a cluster (each fake node claims all the
+memory); authentication is off because everything listens on this machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.cluster_utils import Cluster
+
+from bench import _common  # noqa: F401  (before torch: one thread per process, offline hubs)
+from memrl.actors.control import NAMESPACE, control_name
+from memrl.checkpoint import CheckpointManager
+from memrl.config import load_config
+from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
+from memrl.train.metrics import read_metrics
+
+SPOT, LEARNER, MEMORY = "rollout_node", "learner_node", "memory_node"
+# The default made tiny and fast (tests/trainer_configs.py's TINY and FAST), placed on the
+# node kinds by the cluster files' custom resources.
+OVERRIDES = [
+    "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+    "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.tiny.warmstart_steps=5",
+    "model.tiny.warmstart_examples=64", "model.tiny.warmstart_batch_size=8",
+    "task.eval_size=8", "grpo.num_generations=4", "grpo.batch_size=16",
+    "grpo.max_completion_length=24", "learner.micro_batch_size=16", "logging.progress_bar=false",
+    "logging.tensorboard=false", "memory.warmup=1", "trainer.warmup_ratio=0.0", "trainer.lr=1e-3",
+    "trainer.timeout_s=120", "rollout.engine=hf", "memory.embedder=hash",
+    "trainer.eval_before_after=false", "trainer.save_every_steps=1",
+    f"rollout.resources={{{SPOT}: 1}}", f"learner.resources={{{LEARNER}: 1}}",
+    f"memory.resources={{{MEMORY}: 1}}",
+]
+Fault = Callable[[Trainer], None]
+SCENARIOS = ("rollout_lost", "rollout_drain", "auto", "memory_lost", "memory_unreachable",
+             "learner_lost", "learner_drain")
+
+
+@dataclass
+class Outcome:
+    """What one scenario measured."""
+
+    scenario: str
+    fault: str
+    hit_step: int = 0
+    steps_completed: int = 0
+    max_steps: int = 0
+    groups_expected: int = 0
+    groups_lost: int = 0
+    groups_duplicated: int = 0
+    work_lost_s: float = 0.0
+    error: str = ""  # what the run said when it stopped (expected for some faults)
+    exit_code: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # scenario-specific numbers
+
+
+class SpotCluster:
+    """The simulated cluster: nodes by name, added and removed as the scenarios need."""
+
+    def __init__(self) -> None:
+        self.cluster = Cluster(initialize_head=True, connect=True,
+                               head_node_args={"num_cpus": 2, "include_dashboard": False})
+        self.nodes: dict[str, Any] = {}
+
+    def add(self, name: str, resource: str, cpus: int = 1) -> str:
+        node = self.cluster.add_node(num_cpus=cpus, resources={resource: 1.0})
+        self.nodes[name] = node
+        self.cluster.wait_for_nodes()
+        return node.node_id
+
+    def spot_nodes(self, count: int) -> list[str]:
+        """Exactly ``count`` rollout nodes alive (earlier scenarios removed or added some)."""
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        for name in [n for n, node in self.nodes.items() if n.startswith("spot") and node.node_id not in alive]:
+            self.remove(name)  # a drained node that Ray stopped by itself
+        spots = [n for n in self.nodes if n.startswith("spot")]
+        for name in spots[count:]:
+            self.remove(name)
+        for _ in range(count - len(spots)):
+            self.add(self.new_spot_name(), SPOT)
+        return [n for n in self.nodes if n.startswith("spot")]
+
+    def new_spot_name(self) -> str:
+        self._spots = getattr(self, "_spots", 0) + 1
+        return f"spot-{self._spots}"
+
+    def remove(self, name: str) -> None:
+        """Kill the node's processes (a drained node may have stopped by itself already)."""
+        self.cluster.remove_node(self.nodes.pop(name))
+
+    def drain(self, name: str, deadline_s: float) -> None:
+        """What a preemption notice does: the GCS marks the node draining with a deadline."""
+        from ray._raylet import GcsClient
+        from ray.core.generated import autoscaler_pb2
+
+        accepted, why = GcsClient(address=self.cluster.address).drain_node(
+            self.nodes[name].node_id,
+            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+            "bench/spot.py", int((time.time() + deadline_s) * 1000))
+        if not accepted:
+            raise RuntimeError(f"drain of {name} refused: {why}")
+
+    def node_of(self, node_id: str) -> str:
+        return next((name for name, n in self.nodes.items() if n.node_id == node_id), node_id[:8])
+
+
+class Counted:
+    """Wraps a trainer's pool: counts every prompt group the learners receive, per step, and
+    runs ``faults[step](trainer)`` right after that step's requests are sent."""
+
+    def __init__(self, trainer: Trainer, faults: dict[int, Fault], num_generations: int):
+        self.trainer, self.faults, self.g = trainer, faults, num_generations
+        self.learner_nodes = list(trainer.learners.node_ids)
+        self.expected = self.lost = self.duplicated = 0
+        self.stopped_at = 0.0  # when the run stopped on an error (epoch s)
+        self.hit_step = 0
+        self.nodes_by_step: list[list[str | None]] = []  # node of each result's worker
+        pool = trainer.pool
+        start, finish = pool.start, pool.finish
+        sent: dict[int, list[str]] = {}
+
+        def counted_start(requests, submit, **kwargs):
+            pending = start(requests, submit, **kwargs)
+            sent[id(pending)] = [i for r in requests for i in r.record_ids]
+            step = trainer.step + 1
+            if step in self.faults:
+                self.hit_step = self.hit_step or step  # the first fault is the one reported
+                self.faults.pop(step)(trainer)
+            return pending
+
+        def counted_finish(pending):
+            results = finish(pending)
+            batches = ray.get([r.batch_ref for r in results], timeout=120)
+            got = Counter(i for b in batches for i in b.record_ids)
+            want = sent.pop(id(pending))
+            self.expected += len(want)
+            self.lost += sum(1 for i in want if got[i] == 0)
+            self.duplicated += sum(1 for i in want if got[i] > self.g)
+            nodes = trainer.pool.worker_nodes()
+            self.nodes_by_step.append([nodes.get(b.worker_id) for b in batches])
+            return results
+
+        pool.start, pool.finish = counted_start, counted_finish
+
+
+def _config(work: Path, *extra: str):
+    """The scenario's config: its run under ``work``, the tiny model cached beside it."""
+    return load_config(None, [f"output_dir={work / 'run'}", f"model.tiny.cache_dir={work.parent / 'cache'}",
+                              *OVERRIDES, *extra])
+
+
+def _steps(run: Path) -> list[dict]:
+    return [m for m in read_metrics(run) if "reward/total/mean" in m] if (run / "metrics.jsonl").is_file() else []
+
+
+def _train(cfg, faults: dict[int, Fault], resume: str = "none") -> tuple[Trainer, Counted, BaseException | None]:
+    trainer = Trainer(cfg, resume=resume)
+    counted = Counted(trainer, faults, cfg.grpo.num_generations)
+    error = None
+    try:
+        trainer.run()
+    except BaseException as exc:  # noqa: BLE001 - some faults end the run on purpose
+        error = exc
+        counted.stopped_at = time.time()
+        print(f"run {cfg.output_dir} stopped: " + "".join(traceback.format_exception(exc))[-3000:],
+              file=sys.stderr, flush=True)
+    finally:
+        trainer.close()
+    return trainer, counted, error
+
+
+def _fill(out: Outcome, counted: Counted, cfg) -> None:
+    out.max_steps = cfg.trainer.max_steps
+    out.hit_step = out.hit_step or counted.hit_step
+    out.groups_expected += counted.expected
+    out.groups_lost += counted.lost
+    out.groups_duplicated += counted.duplicated
+
+
+def rollout_lost(c: SpotCluster, work: Path) -> Outcome:
+    victim, _ = c.spot_nodes(2)
+    refill: dict[str, float] = {}
+    cfg = _config(work, "trainer.max_steps=10")
+    out = Outcome("rollout_lost", "rollout node removed mid-step; a node joins a step later")
+    trainer, counted, error = _train(cfg, {3: lambda t: c.remove(victim),
+                                           4: lambda t: c.add(c.new_spot_name(), SPOT),
+                                           8: lambda t: refill.update(seconds=_wait_for_workers(t, 2))})
+    _fill(out, counted, cfg)
+    steps = _steps(Path(cfg.output_dir))
+    out.steps_completed, out.error = len(steps), repr(error) if error else ""
+    out.work_lost_s = _last(steps, "rollout/lost_work_s")
+    out.facts = {"num_workers": [m["rollout/num_workers"] for m in steps],
+                 "failures": [m["rollout/failures"] for m in steps],
+                 "preempted_workers": steps[-1]["rollout/preempted_workers"] if steps else 0,
+                 "refill_wait_s": refill.get("seconds"),
+                 "staleness": [m["weights/staleness"] for m in steps]}
+    return out
+
+
+def _wait_for_workers(trainer: Trainer, count: int, timeout_s: float = 120.0) -> float:
+    """Seconds until ``count`` workers answer (a restarted worker loads its model first)."""
+    started = time.monotonic()
+    while trainer.pool.num_running() < count:
+        if time.monotonic() - started > timeout_s:
+            return float("inf")
+        time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
+
+
+def _last(steps: list[dict], key: str) -> float:
+    """The last logged value of a cumulative metric (0 before any step)."""
+    return float(steps[-1][key]) if steps else 0.0
+
+
+def rollout_drain(c: SpotCluster, work: Path) -> Outcome:
+    _, victim = c.spot_nodes(2)
+    cfg = _config(work, "trainer.max_steps=7")
+    out = Outcome("rollout_drain", "rollout node drained (1 s deadline) mid-step; gone and a node joins 2 steps later")
+    drained: dict[str, Any] = {}
+
+    def drain(trainer: Trainer) -> None:
+        drained["node"] = c.nodes[victim].node_id
+        drained["workers"] = {w for w, n in trainer.pool.worker_nodes().items() if n == drained["node"]}
+        c.drain(victim, 1.0)
+
+    def gone_then_join(trainer: Trainer) -> None:
+        c.remove(victim)
+        c.add(c.new_spot_name(), SPOT)
+
+    refill: dict[str, float] = {}
+    trainer, counted, error = _train(cfg, {2: drain, 4: gone_then_join,
+                                           5: lambda t: refill.update(seconds=_wait_for_workers(t, 2))})
+    _fill(out, counted, cfg)
+    steps = _steps(Path(cfg.output_dir))
+    out.steps_completed, out.error = len(steps), repr(error) if error else ""
+    out.work_lost_s = _last(steps, "rollout/lost_work_s")
+    after = counted.nodes_by_step[out.hit_step:]  # the steps after the one the drain hit
+    out.facts = {"num_workers": [m["rollout/num_workers"] for m in steps],
+                 "draining_nodes_seen": [m["rollout/draining_nodes_seen"] for m in steps],
+                 "refill_wait_s": refill.get("seconds"),
+                 "resent_groups": _last(steps, "rollout/resent_groups"),
+                 "preempted_workers": _last(steps, "rollout/preempted_workers"),
+                 "requests_on_drained_node_after": sum(n == drained["node"] for ns in after for n in ns),
+                 "drained_workers": sorted(drained["workers"])}
+    return out
+
+
+def auto(c: SpotCluster, work: Path) -> Outcome:
+    c.spot_nodes(2)
+    extra = c.new_spot_name()
+    cfg = _config(work, "trainer.max_steps=8", "rollout.num_workers=auto")
+    out = Outcome("auto", "num_workers=auto: a node joins, one leaves, then memrl scale asks for 1")
+
+    def scale_to_one(trainer: Trainer) -> None:
+        actor = ray.get_actor(control_name(cfg.output_dir), namespace=NAMESPACE)
+        ray.get(actor.set_num_workers.remote("1"), timeout=30)
+
+    trainer, counted, error = _train(cfg, {2: lambda t: c.add(extra, SPOT),
+                                           3: lambda t: _wait_for_workers(t, 3),
+                                           5: lambda t: c.remove(extra), 7: scale_to_one})
+    _fill(out, counted, cfg)
+    steps = _steps(Path(cfg.output_dir))
+    out.steps_completed, out.error = len(steps), repr(error) if error else ""
+    out.work_lost_s = _last(steps, "rollout/lost_work_s")
+    out.facts = {"num_workers": [m["rollout/num_workers"] for m in steps],
+                 "num_workers_requested": [m["rollout/num_workers_requested"] for m in steps]}
+    return out
+
+
+def _since_checkpoint(run: Path, at: float) -> float:
+    """Seconds between the newest complete checkpoint and ``at`` (work a resume redoes)."""
+    latest = CheckpointManager(str(run)).latest()
+    return max(0.0, at - Path(latest, "manifest.json").stat().st_mtime) if latest else 0.0
+
+
+def memory_lost(c: SpotCluster, work: Path, *, reachable: bool = True) -> Outcome:
+    name = "memory_lost" if reachable else "memory_unreachable"
+    c.spot_nodes(2)
+    cfg = _config(work, "trainer.max_steps=6")
+    out = Outcome(name, "memory's node removed mid-step, a new one joins" +
+                  ("" if reachable else "; its snapshot moved away first"))
+    lost_at: dict[str, float] = {}
+
+    def fault(trainer: Trainer) -> None:
+        run = Path(cfg.output_dir)
+        lost_at["t"] = time.time()
+        out.work_lost_s = _since_checkpoint(run, lost_at["t"])
+        if not reachable:  # as if it had been written on the lost node's own disk
+            latest = CheckpointManager(str(run)).latest()
+            shutil.move(f"{latest}/memory", work / "moved-memory")
+        lost_at["node"] = c.nodes["mem-a"].node_id
+        c.remove("mem-a")
+        c.add("mem-b", MEMORY)
+
+    trainer, counted, error = _train(cfg, {4: fault})
+    _fill(out, counted, cfg)
+    steps = _steps(Path(cfg.output_dir))
+    out.steps_completed, out.error = len(steps), (repr(error)[:600] if error else "")
+    out.exit_code = None if error is None else 1
+    out.facts = {"memory_restarted": [m.get("memory/restarted") for m in steps],
+                 "memory_steps_done": [m.get("memory/steps_done") for m in steps],
+                 "health_memory_restarts": _last(steps, "health/memory_restarts")}
+    return out
+
+
+def learner_lost(c: SpotCluster, work: Path, *, drained: bool = False) -> Outcome:
+    name = "learner_drain" if drained else "learner_lost"
+    c.spot_nodes(2)
+    cfg = _config(work, "trainer.max_steps=6")
+    out = Outcome(name, "learner's node drained (60 s deadline)" if drained else
+                  "learner's node removed mid-step; resume on a new node")
+    first_node = c.nodes["learner-a"].node_id
+
+    def fault(trainer: Trainer) -> None:
+        if drained:
+            c.drain("learner-a", 60.0)
+        else:
+            c.remove("learner-a")
+
+    trainer, counted, error = _train(cfg, {3: fault})
+    out.work_lost_s = _since_checkpoint(Path(cfg.output_dir), counted.stopped_at) if error else 0.0
+    _fill(out, counted, cfg)
+    out.error = repr(error)[:600] if error else ""
+    out.exit_code = getattr(error, "code", None) if isinstance(error, SystemExit) else (1 if error else 0)
+    run = Path(cfg.output_dir)
+    stopped_at = len(_steps(run))
+    checkpoint_step = CheckpointManager(str(run)).verify(CheckpointManager(str(run)).latest())["step"]
+    if drained:
+        c.remove("learner-a")
+    c.add("learner-b", LEARNER)
+    resumed, counted2, error2 = _train(cfg, {}, resume="auto")
+    _fill(out, counted2, cfg)
+    steps = _steps(run)
+    out.steps_completed = len(steps)
+    out.facts = {"stopped_after_step": stopped_at, "checkpoint_step": checkpoint_step,
+                 "resumed_error": repr(error2) if error2 else "",
+                 "first_learner_node": first_node[:12],
+                 "resumed_learner_node": (counted2.learner_nodes or [""])[0][:12],
+                 "logged_steps": [m["step"] for m in steps]}
+    return out
+
+
+def run_scenarios(names: list[str], work: Path) -> list[Outcome]:
+    """Start the cluster, run each scenario on it (runs under ``work/NAME``), tear it down."""
+    c = SpotCluster()
+    outcomes = []
+    try:
+        c.add("learner-a", LEARNER), c.add("mem-a", MEMORY)
+        for name in names:
+            folder = work / name
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            try:
+                outcome = _run_one(name, c, folder)
+            except Exception:  # noqa: BLE001 - report it and go on with the next scenario
+                outcome = Outcome(name, "scenario crashed", error=traceback.format_exc()[-1500:])
+            outcome.facts["seconds"] = round(time.monotonic() - started, 1)
+            outcomes.append(outcome)
+            print(f"[{name}] {json.dumps(asdict(outcome))}", file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+        c.cluster.shutdown()
+    return outcomes
+
+
+def _run_one(name: str, c: SpotCluster, folder: Path) -> Outcome:
+    if name == "rollout_lost":
+        return rollout_lost(c, folder)
+    if name == "rollout_drain":
+        return rollout_drain(c, folder)
+    if name == "auto":
+        return auto(c, folder)
+    if name in ("memory_lost", "memory_unreachable"):
+        if "mem-a" not in c.nodes:  # the previous scenario moved the memory to mem-b
+            c.nodes["mem-a"] = c.nodes.pop("mem-b")
+        return memory_lost(c, folder, reachable=name == "memory_lost")
+    if "learner-a" not in c.nodes:
+        c.nodes["learner-a"] = c.nodes.pop("learner-b")
+    return learner_lost(c, folder, drained=name == "learner_drain")
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """The summary table: one row per fault."""
+    rows = [("scenario", "fault hit step", "steps done", "groups lost", "duplicated", "work lost s",
+             "ended")]
+    for o in outcomes:
+        ended = "ok" if not o.error else ("exit 143, resumed" if o.exit_code == PREEMPTED_EXIT_CODE
+                                          else "error, resumed" if o.scenario == "learner_lost"
+                                          else "error (expected)" if o.scenario == "memory_unreachable"
+                                          else "FAILED")
+        rows.append((o.scenario, str(o.hit_step), f"{o.steps_completed}/{o.max_steps}",
+                     str(o.groups_lost), str(o.groups_duplicated), f"{o.work_lost_s:.1f}", ended))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
+                     for r in rows[:1] + [tuple("-" * w for w in widths)] + rows[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    parser.add_argument("--json", default=None, help="write every outcome here")
+    parser.add_argument("--work-dir", default=None, help="run directories (default: a temp dir)")
+    ns = parser.parse_args(argv)
+    names = [n for n in ns.scenarios.split(",") if n]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    # A private temp dir: the cluster's address file must not reach other Ray users of this
+    # machine. Authentication off: everything listens on this machine only.
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="memrl-spot-"))
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    work = Path(ns.work_dir or tempfile.mkdtemp(prefix="memrl-spot-runs-"))
+    (work / "cache").mkdir(parents=True, exist_ok=True)
+    outcomes = run_scenarios(names, work)
+    print(table(outcomes))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

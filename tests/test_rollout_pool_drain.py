@@ -1,0 +1,109 @@
+"""The rollout pool against a cluster view it is given: a draining node's worker gets no new
+requests, its request that would miss the deadline is re-sent, and once idle it is replaced;
+a worker whose node is gone leaves the dispatch. Real actors on the session cluster, fake
+nodes (the workers report them), so it runs in seconds."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+import ray
+
+from memrl.actors.cluster import ClusterWatch
+from memrl.actors.rollout_pool import RolloutPool
+from memrl.train.capacity import ClusterState
+from memrl.train.requests import chunk_requests
+
+
+@ray.remote(num_cpus=0.1, max_restarts=-1, max_task_retries=0, max_concurrency=2)
+class FakeWorker:
+    """Reports a fake node and returns its prompts after ``seconds``."""
+
+    def __init__(self, worker_id: str, node: str):
+        self.worker_id, self.node = worker_id, node
+
+    def ping(self) -> dict:
+        return {"node_id": self.node}
+
+    @ray.method(num_returns=2)
+    def generate(self, prompts: list[str], seconds: float):
+        time.sleep(seconds)
+        return list(prompts), {"worker_id": self.worker_id}
+
+
+def _pool(view: dict[str, ClusterState], nodes: dict[str, str]) -> RolloutPool:
+    return RolloutPool(lambda w: FakeWorker.remote(w, nodes.get(w, "spot-c")), 2, timeout_s=60,
+                       watch=ClusterWatch(every_s=0.0, read=lambda: view["now"]))
+
+
+def _run(pool: RolloutPool, step: int, slow: dict[str, float], fault=None) -> Counter:
+    prompts = [f"s{step}-p{i}" for i in range(4)]
+    pending = pool.start(chunk_requests(prompts, prompts, 4),
+                         lambda actor, r: actor.generate.remote(r.prompts, slow.get(r.record_ids[0], 0.2)))
+    if fault is not None:
+        fault()
+    results = pool.finish(pending)
+    got = Counter(p for batch in ray.get([r.batch_ref for r in results]) for p in batch)
+    assert got == Counter(prompts), got  # every prompt group exactly once
+    return Counter(r.info["worker_id"] for r in results)
+
+
+def test_draining_node_gets_no_new_work_late_requests_move_and_its_worker_is_replaced(ray_cluster):
+    nodes = {"rollout-0": "spot-a", "rollout-1": "spot-b"}
+    alive = {"spot-a": {}, "spot-b": {}, "spot-c": {}}
+    view = {"now": ClusterState(totals=alive)}
+    pool = _pool(view, nodes)
+    try:
+        pool.wait_until_ready()
+        assert _run(pool, 0, {}) == Counter({"rollout-0": 2, "rollout-1": 2})
+
+        # spot-a gets a 1 s notice while its worker runs a 3 s request: re-sent elsewhere.
+        def notice():
+            time.sleep(0.3)
+            view["now"] = ClusterState(totals=alive, draining={"spot-a": time.time() + 1.0})
+
+        used = _run(pool, 1, {"s1-p0": 3.0}, fault=notice)
+        assert pool.events.resent_groups == 1 and pool.events.preempted_workers == 1
+        assert pool.events.lost_work_s > 0 and pool.events.draining_nodes_seen == 1
+        assert "rollout-0" not in pool.workers and "rollout-2" in pool.workers  # replaced
+        assert used["rollout-0"] <= 1  # at most the request it finished before the notice
+
+        pool.wait_until_ready()
+        assert set(_run(pool, 2, {})) == {"rollout-1", "rollout-2"}  # the replacement works
+
+        # spot-b vanishes between steps: its worker leaves the dispatch before anything is
+        # sent to it (no failure, no re-send), and the target stays 2.
+        view["now"] = ClusterState(totals={"spot-c": {}})
+        failures, resent = pool.events.failures, pool.events.resent_groups
+        assert _run(pool, 3, {}) == Counter({"rollout-2": 4})
+        assert (pool.events.failures, pool.events.resent_groups) == (failures, resent)
+        assert pool.events.preempted_workers == 2 and len(pool) == 2
+    finally:
+        pool.resize(0, allow_empty=True)
+
+
+@pytest.mark.slow
+def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster, tmp_path):
+    from trainer_configs import make_config
+
+    from memrl.checkpoint import CheckpointManager
+    from memrl.train.loop import PREEMPTED_EXIT_CODE, Preempted, Trainer
+
+    cfg = make_config(tmp_path, "trainer.max_steps=4", "trainer.save_every_steps=0",
+                      "memory.embedder=hash", "trainer.eval_before_after=false")
+    trainer = Trainer(cfg)
+    try:
+        node = trainer.learners.node_ids[0]
+        real = trainer.pool.cluster()
+        # The learner's node gets a 60 s notice once the first step is under way.
+        noticed = ClusterState(totals=real.totals, draining={node: time.time() + 60})
+        trainer.pool._watch = ClusterWatch(every_s=0.0, read=lambda: noticed if trainer.step >= 1 else real)
+        with pytest.raises(Preempted) as stopped:
+            trainer.run()
+    finally:
+        trainer.close()
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    manager = CheckpointManager(str(cfg.output_dir))
+    assert manager.verify(manager.latest())["step"] == 1  # written right after step 1
