@@ -14,9 +14,9 @@ Checking has two modes:
 
 math-verify bounds its own run time with ``signal.alarm``, which only works in the main thread
 and even there does not interrupt every long call. So from every thread the work goes to one
-long-lived worker process with math-verify's timeouts off; the caller waits at most ``timeout_s`` per item and kills and restarts the worker
-when an item overruns. A timed-out or unparseable item counts as "no match" and is logged; it
-never raises.
+long-lived worker process with math-verify's timeouts off; the caller waits at most
+``timeout_s`` per item and kills and restarts the worker when an item overruns. A timed-out or
+unparseable item counts as "no match" and is logged; it never raises.
 
 Checking is bounded per answer *and* per batch, whatever the text: answers longer than
 ``MAX_ANSWER_CHARS`` are compared as stripped strings only (no number or LaTeX parsing, whose
