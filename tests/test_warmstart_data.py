@@ -86,5 +86,10 @@ def test_habit_stage_demonstrations_follow_the_direct_share(tmp_path):
     shared = {m[-1]["content"] for m, _ in first} & {m[-1]["content"] for m, _ in habit}
     assert len(shared) < 15
     assert recipe.spec["habit"]["steps"] == 10 and recipe.spec["data"]["habit_direct_fraction"] == 0.8
-    plain = tiny_base_recipe(load_config(None, ["model.tiny.warmstart_examples=300"]), build_task(cfg))
+    # The tokenizer's text is the same whatever share answers directly (so is the first stage).
+    other = load_config(None, ["model.tiny.warmstart_examples=300", "model.tiny.habit_steps=10",
+                               "model.tiny.habit_direct_fraction=0.3"])
+    assert tiny_base_recipe(other, build_task(other)).texts() == recipe.texts()
+    plain_cfg = load_config(None, ["model.tiny.warmstart_examples=300", "model.tiny.habit_steps=0"])
+    plain = tiny_base_recipe(plain_cfg, build_task(plain_cfg))
     assert plain.habit_examples is None and "habit" not in plain.spec

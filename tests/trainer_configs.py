@@ -8,7 +8,7 @@ from memrl.config import Config, load_config
 TINY = [
     "model.tiny.vocab_size=300", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
     "model.tiny.num_heads=2", "model.tiny.intermediate_size=64", "model.tiny.warmstart_steps=5",
-    "model.tiny.warmstart_examples=64", "model.tiny.warmstart_batch_size=8",
+    "model.tiny.warmstart_examples=64", "model.tiny.warmstart_batch_size=8", "model.tiny.habit_steps=0",
 ]
 FAST = [
     "task.eval_size=8", "grpo.num_generations=4", "grpo.batch_size=16",

@@ -91,8 +91,12 @@ def tiny_base_recipe(cfg: Config, task: Task) -> TinyBaseRecipe:
 
     def texts() -> list[str]:
         corpus = [task.system_prompt] + [q for q, _ in task.exemplars] + [a for _, a in task.exemplars]
-        for r, completion in [*zip(records, completions), *habit]:
+        for r, completion in zip(records, completions):
             corpus += [r.question, completion]
+        # Both answer styles of every second-stage record, whichever its draw picked: the
+        # tokenizer (and so the first stage) does not change with habit_direct_fraction.
+        for r, _ in habit:
+            corpus += [r.question, task.demonstration(r), task.demonstration(r, direct=True)]
         return corpus
 
     def demonstrations(pairs: list[tuple[Record, str]]) -> list[Example]:
