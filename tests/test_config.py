@@ -16,9 +16,12 @@ def test_default_config_is_the_embedded_cpu_default():
     assert cfg.method == "memoryr+"
     assert cfg.model.name_or_path == "tiny"
     assert cfg.task.name == "arith"
-    # The base model follows the answer format half the time; answers are checked exactly.
-    assert cfg.model.tiny.warmstart_free_text_fraction == 0.5 and cfg.task.verifier == "exact"
-    assert TinyModelConfig().warmstart_free_text_fraction == 0.0  # built-in: all tagged
+    # The base learns to reason, then mostly to answer at once; answers are checked exactly.
+    tiny = cfg.model.tiny
+    assert tiny.warmstart_free_text_fraction == 0.0 and cfg.task.verifier == "exact"
+    assert tiny.habit_steps == 200 and tiny.habit_direct_fraction == 0.6
+    assert cfg.task.arith.min_steps == cfg.task.arith.max_steps == 2
+    assert TinyModelConfig().habit_steps == 0  # built-in: no second stage
     assert cfg.rollout.num_workers == 2
     assert cfg.learner.num_learners == 1
     assert cfg.grpo.prompts_per_step * cfg.grpo.num_generations == cfg.grpo.batch_size

@@ -59,6 +59,10 @@ def test_wheel_holds_actors_and_configs_under_memrl(wheel):
     assert {n.removeprefix("memrl/configs/") for n in names if n.startswith("memrl/configs/")} == shipped
     for package in _package_folders() - {"memrl.configs"}:
         assert package.replace(".", "/") + "/__init__.py" in names, package
+    # The shipped default base travels with the wheel, every file of it.
+    base_files = {str(p.relative_to(REPO)) for p in (REPO / "memrl" / "model" / "bases").glob("*/*")
+                  if p.is_file()}
+    assert base_files and base_files <= names
 
 
 def test_installed_wheel_trains_from_any_directory_with_its_default_config(wheel, tmp_path):
