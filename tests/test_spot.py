@@ -34,7 +34,10 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PYTHONPATH"] = str(REPO)  # the workers import this checkout, as the driver does
     done = subprocess.run([sys.executable, "-m", "bench.spot", "--json", str(out), "--work-dir", str(work)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+                          # Its own session: signals among the fake nodes' processes (a drained
+                          # raylet stopping) must not reach pytest's process group.
+                          start_new_session=True)
     assert done.returncode == 0 and out.is_file(), done.stderr[-6000:]
     print(done.stdout)  # the scenario table, shown with pytest -s
     return {o["scenario"]: o for o in json.loads(out.read_text())}

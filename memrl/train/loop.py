@@ -130,6 +130,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         self.memory = self.learners = self.pool = self.control = None
+        # The process's SIGTERM handler before run() installed its own; close() puts it back, so
+        # a finished trainer never turns a later SIGTERM into its preemption exit.
+        self._previous_sigterm: Any = None
         # Before anything is written: one run per output directory.
         self.lock = RunLock(self.run_dir).acquire()
         try:
@@ -547,7 +550,7 @@ class Trainer:
             keep_lines=self.metrics_lines if self.resumed_from else 0,
             resume_step=self.step if self.resumed_from else None)
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         if cfg.trainer.eval_before_after and "accuracy_before" not in summary:
             before = self.evaluate()
             summary["accuracy_before"] = before["accuracy"]
@@ -619,6 +622,9 @@ class Trainer:
     def close(self) -> None:
         """Stop the run's actors (the Ray cluster itself is left running) and release the run
         directory; safe after a failed start-up and when called twice."""
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         try:
             if self.pool is not None:
                 self.pool.resize(0, allow_empty=True)
