@@ -83,6 +83,7 @@ from memrl.types import Record
 log = logging.getLogger(__name__)
 
 CONTROL_FILE = "control.yaml"  # OUTPUT_DIR/control.yaml: {rollout: {num_workers: N}}
+CONTROL_TIMEOUT_S = 30.0  # for the driver's own control actor (memrl scale requests)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and restarts it
 MEMORY_RETRIES = 3
 
@@ -449,7 +450,9 @@ class Trainer:
         cluster as it is now. An invalid file is reported (once per change) with the reason, and
         ignored."""
         asked = self._asked_by_file()
-        version, scaled = ray.get(self.control.requested.remote(), timeout=self.cfg.trainer.timeout_s)
+        # Its own short limit, not trainer.timeout_s: the control actor answers at once, and a
+        # phase's limit must time out the phase it names.
+        version, scaled = ray.get(self.control.requested.remote(), timeout=CONTROL_TIMEOUT_S)
         if version != self._scale_seen:
             self._scale_seen, asked = version, (scaled, "memrl scale")
         if asked is not None and asked[0] != self.pool.requested:
