@@ -255,6 +255,9 @@ def rollout_drain(c: SpotCluster, work: Path) -> Outcome:
         drained["node"] = c.nodes[victim].node_id
         drained["workers"] = {w for w, n in trainer.pool.worker_nodes().items() if n == drained["node"]}
         c.drain(victim, 1.0)
+        # The pool's next look at the GCS sees the notice while this step's requests run (its
+        # 1 s cache could otherwise outlast a fast request, and then nothing is left to re-send).
+        trainer.pool.cluster(fresh=True)
 
     def gone_then_join(trainer: Trainer) -> None:
         c.remove(victim)

@@ -5,6 +5,7 @@ nodes (the workers report them), so it runs in seconds."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -89,7 +90,7 @@ def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster
     from trainer_configs import make_config
 
     from memrl.checkpoint import CheckpointManager
-    from memrl.train.loop import PREEMPTED_EXIT_CODE, Preempted, Trainer
+    from memrl.train.loop import PREEMPTED_EXIT_CODE, PREEMPTION_WATCHDOG, Preempted, Trainer
 
     cfg = make_config(tmp_path, "trainer.max_steps=4", "trainer.save_every_steps=0",
                       "memory.embedder=hash", "trainer.eval_before_after=false")
@@ -107,3 +108,9 @@ def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster
     assert stopped.value.code == PREEMPTED_EXIT_CODE
     manager = CheckpointManager(str(cfg.output_dir))
     assert manager.verify(manager.latest())["step"] == 1  # written right after step 1
+    # The deadline watchdog (60 s here) is disarmed by close(): it used to outlive the run and
+    # end this pytest process with os._exit(143) a minute later, in whatever test ran then.
+    watchdogs = [t for t in threading.enumerate() if t.name == PREEMPTION_WATCHDOG]
+    for t in watchdogs:
+        t.join(timeout=5)
+    assert not any(t.is_alive() for t in watchdogs), watchdogs

@@ -22,14 +22,7 @@ import pytest
 
 from memrl.train.loop import PREEMPTED_EXIT_CODE
 
-# In a fresh clone's .ci/run (bash -> pytest, the session Ray cluster of tests/conftest.py
-# already up) pytest was killed by SIGTERM during this module, twice, also with bench.spot in its
-# own session; run alone (`python -m pytest tests/test_spot.py` or `python -m bench.spot`) it
-# passes. Skipped in the suite until the cause is found, so that one module cannot end the run.
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    os.environ.get("MEMRL_SPOT_TESTS") != "1" and len(sys.argv) > 0 and "test_spot" not in " ".join(sys.argv),
-    reason="kills the whole pytest run when run inside the full suite (issue #16, open); run "
-           "`python -m pytest tests/test_spot.py` or set MEMRL_SPOT_TESTS=1")]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 

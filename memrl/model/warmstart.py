@@ -250,9 +250,11 @@ def cached_tiny_model(
     """
     model_options = _section(spec, "model", build_tiny_model)
     warmstart_options = _section(spec, "warmstart", warm_start)
-    habit_options = _section(spec, "habit", warm_start) if "habit" in spec else None
-    if habit_options is not None and make_habit_examples is None:
-        raise ValueError("spec['habit'] is set but no make_habit_examples was given")
+    habit: tuple[dict[str, Any], Callable[[], list[Example]]] | None = None
+    if "habit" in spec:
+        if make_habit_examples is None:
+            raise ValueError("spec['habit'] is set but no make_habit_examples was given")
+        habit = (_section(spec, "habit", warm_start), make_habit_examples)
     if use_shipped and (shipped := shipped_base(spec)) is not None:
         return shipped
     key = spec_key(spec)
@@ -269,16 +271,15 @@ def cached_tiny_model(
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
-            steps = warmstart_options.get("steps", default_warmstart_steps())
-            if habit_options is not None:
-                steps += habit_options.get("steps", default_warmstart_steps())
+            steps = _steps(warmstart_options) + (_steps(habit[0]) if habit else 0)
             print(f"memrl: building the tiny base model {key} (tokenizer, then {steps} supervised "
                   f"steps; minutes on a CPU) in {final}; later runs reuse it", file=sys.stderr,
                   flush=True)
             build_tiny_model(staging, make_texts(), **model_options)
             warm_start(staging, make_examples(), **warmstart_options)
-            if habit_options is not None and make_habit_examples is not None:
-                warm_start(staging, make_habit_examples(), HABIT_STATS_FILE, **habit_options)
+            if habit is not None:
+                habit_options, make_habit = habit
+                warm_start(staging, make_habit(), HABIT_STATS_FILE, **habit_options)
             (staging / SPEC_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True))
             os.chmod(staging, 0o755)
             os.rename(staging, final)
@@ -294,9 +295,9 @@ def cached_tiny_model(
     return final
 
 
-def default_warmstart_steps() -> int:
-    """``warm_start``'s own default number of steps (a spec may leave ``steps`` out)."""
-    return inspect.signature(warm_start).parameters["steps"].default
+def _steps(options: dict[str, Any]) -> int:
+    """The steps a ``warm_start`` with ``options`` runs (its own default where they say none)."""
+    return options.get("steps", inspect.signature(warm_start).parameters["steps"].default)
 
 
 @contextmanager

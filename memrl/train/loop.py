@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 CONTROL_FILE = "control.yaml"  # OUTPUT_DIR/control.yaml: {rollout: {num_workers: N}}
 CONTROL_TIMEOUT_S = 30.0  # for the driver's own control actor (memrl scale requests)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and restarts it
+PREEMPTION_WATCHDOG = "memrl-preemption-watchdog"  # the thread that exits past the deadline
 MEMORY_RETRIES = 3
 
 
@@ -184,6 +185,9 @@ class Trainer:
         self.resumed_from = resume_from
         self._inflight: list[Record] = []
         self._preempt_at: float | None = None
+        # Set by close(): a preempted run that ended in time must not be killed later by its
+        # deadline watchdog (in a long-lived process, e.g. a test session or a notebook).
+        self._preemption_over = threading.Event()
         self.memory_restarts = 0
         self._last_save = time.monotonic()
         self._control_seen: tuple[float, str] | None = None
@@ -517,7 +521,8 @@ class Trainer:
 
     def _begin_preemption(self, why: str, deadline_s: float) -> None:
         """Finish the step in flight, checkpoint and exit with ``PREEMPTED_EXIT_CODE``; past
-        ``deadline_s`` (at most ``trainer.preemption_deadline_s``) exit anyway."""
+        ``deadline_s`` (at most ``trainer.preemption_deadline_s``) exit anyway, unless
+        :meth:`close` has run by then."""
         if self._preempt_at is not None:
             return
         self._preempt_at = time.monotonic()
@@ -528,12 +533,13 @@ class Trainer:
         def watchdog() -> None:
             # Past the deadline the node may vanish at any moment: leave now; `latest` still
             # names the last complete checkpoint.
-            time.sleep(deadline)
+            if self._preemption_over.wait(deadline):
+                return
             print(f"preemption deadline of {deadline:.0f} s passed before the checkpoint "
                   "completed; exiting", file=sys.stderr, flush=True)
             os._exit(PREEMPTED_EXIT_CODE)
 
-        threading.Thread(target=watchdog, daemon=True).start()
+        threading.Thread(target=watchdog, name=PREEMPTION_WATCHDOG, daemon=True).start()
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -640,6 +646,7 @@ class Trainer:
         finally:
             self.pool = self.learners = self.memory = self.control = None
             self.lock.release()
+            self._preemption_over.set()
 
 
 def _progress(cfg: Config, initial: int):
