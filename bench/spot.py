@@ -11,7 +11,10 @@ requests are in flight):
 - ``auto``: ``rollout.num_workers=auto`` while a node joins and leaves, then ``memrl scale``'s
   control actor asks for 1 worker.
 - ``memory_lost``: the memory service's node disappears; it restarts on a new node from its
-  last snapshot. ``memory_unreachable``: the same with the snapshot gone: the run fails saying so.
+  last snapshot. ``memory_uri``: the same with the checkpoints (the memory's snapshot in them)
+  on a remote filesystem, ``trainer.checkpoint_uri=ftp://...`` served from this process (a
+  stand-in for ``s3://``: nothing here reaches object storage); the memory restarts from the
+  URI. ``memory_unreachable``: the snapshot gone: the run fails saying so.
 - ``learner_lost``: the learner's node disappears: the run stops naming rank and node, and
   ``--resume auto`` continues on a new node. ``learner_drain``: the learner's node is drained:
   the driver checkpoints and exits with 143, and the resumed run finishes.
@@ -27,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -65,8 +70,9 @@ OVERRIDES = [
     f"memory.resources={{{MEMORY}: 1}}",
 ]
 Fault = Callable[[Trainer], None]
-SCENARIOS = ("rollout_lost", "rollout_drain", "auto", "memory_lost", "memory_unreachable",
-             "learner_lost", "learner_drain")
+SCENARIOS = ("rollout_lost", "rollout_drain", "auto", "memory_lost", "memory_uri",
+             "memory_unreachable", "learner_lost", "learner_drain")
+STORE_USER = "memrl"  # of the FTP server that stands in for object storage (this machine only)
 
 
 @dataclass
@@ -135,6 +141,36 @@ class SpotCluster:
 
     def node_of(self, node_id: str) -> str:
         return next((name for name, n in self.nodes.items() if n.node_id == node_id), node_id[:8])
+
+
+class RemoteStore:
+    """An FTP server on this machine serving ``root``: a filesystem that fsspec reaches only by
+    its URI (``ftp:///PATH``), as it reaches ``s3://``, from every node's processes. fsspec's
+    configuration names the server: set here for this process and through ``FSSPEC_FTP`` for the
+    nodes started afterwards (their workers inherit the environment)."""
+
+    def __init__(self, root: Path):
+        import fsspec
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        password = os.urandom(8).hex()
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(STORE_USER, password, str(root), perm="elradfmwMT")
+        handler = type("StoreHandler", (FTPHandler,), {"authorizer": authorizer})
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+        self.server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+        options = {"host": "127.0.0.1", "port": self.server.socket.getsockname()[1],
+                   "username": STORE_USER, "password": password}
+        fsspec.config.conf["ftp"] = options
+        os.environ["FSSPEC_FTP"] = json.dumps(options)
+        threading.Thread(target=self.server.serve_forever, name="bench-remote-store", daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close_all()
 
 
 class Counted:
@@ -304,38 +340,57 @@ def auto(c: SpotCluster, work: Path) -> Outcome:
 
 
 def _since_checkpoint(run: Path, at: float) -> float:
-    """Seconds between the newest complete checkpoint and ``at`` (work a resume redoes)."""
+    """Seconds between the newest complete checkpoint under the local folder ``run`` and
+    ``at`` (work a resume redoes)."""
     latest = CheckpointManager(str(run)).latest()
     return max(0.0, at - Path(latest, "manifest.json").stat().st_mtime) if latest else 0.0
 
 
-def memory_lost(c: SpotCluster, work: Path, *, reachable: bool = True) -> Outcome:
-    name = "memory_lost" if reachable else "memory_unreachable"
+# Where each memory scenario's last snapshot is: the run directory, which every node here sees;
+# checkpoints on the remote store; moved away, as if written on the lost node's own disk.
+MEMORY_SNAPSHOTS = {"memory_lost": "shared", "memory_uri": "uri", "memory_unreachable": "unreachable"}
+
+
+def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None = None) -> Outcome:
+    """The memory's node goes mid-step; its snapshot is where ``MEMORY_SNAPSHOTS[name]`` says."""
+    snapshot = MEMORY_SNAPSHOTS[name]
     c.spot_nodes(2)
-    cfg = _config(work, "trainer.max_steps=6")
+    extra = []
+    checkpoints = work / "run"  # the local folder that holds checkpoints/
+    if snapshot == "uri":
+        assert store is not None
+        checkpoints = store.root / name / "run"
+        extra = [f"trainer.checkpoint_uri=ftp:///{name}/run"]
+    cfg = _config(work, "trainer.max_steps=6", *extra)
     out = Outcome(name, "memory's node removed mid-step, a new one joins" +
-                  ("" if reachable else "; its snapshot moved away first"))
-    lost_at: dict[str, float] = {}
+                  {"shared": "", "uri": "; checkpoints on a remote filesystem (ftp://)",
+                   "unreachable": "; its snapshot moved away first"}[snapshot])
+    seen: dict[str, Any] = {}
 
     def fault(trainer: Trainer) -> None:
-        run = Path(cfg.output_dir)
-        lost_at["t"] = time.time()
-        out.work_lost_s = _since_checkpoint(run, lost_at["t"])
-        if not reachable:  # as if it had been written on the lost node's own disk
-            latest = CheckpointManager(str(run)).latest()
+        seen["t"] = time.time()
+        out.work_lost_s = _since_checkpoint(checkpoints, seen["t"])
+        if snapshot == "unreachable":
+            latest = CheckpointManager(str(checkpoints)).latest()
             shutil.move(f"{latest}/memory", work / "moved-memory")
-        lost_at["node"] = c.nodes["mem-a"].node_id
+        seen["first_node"] = c.nodes["mem-a"].node_id
         c.remove("mem-a")
         c.add("mem-b", MEMORY)
 
-    trainer, counted, error = _train(cfg, {4: fault})
+    def after_restart(trainer: Trainer) -> None:
+        seen["loaded"] = trainer.memory.wait_ready()
+        seen["node"] = trainer.memory.node_id()
+
+    trainer, counted, error = _train(cfg, {4: fault, 6: after_restart})
     _fill(out, counted, cfg)
     steps = _steps(Path(cfg.output_dir))
     out.steps_completed, out.error = len(steps), (repr(error)[:600] if error else "")
     out.exit_code = None if error is None else 1
     out.facts = {"memory_restarted": [m.get("memory/restarted") for m in steps],
                  "memory_steps_done": [m.get("memory/steps_done") for m in steps],
-                 "health_memory_restarts": _last(steps, "health/memory_restarts")}
+                 "health_memory_restarts": _last(steps, "health/memory_restarts"),
+                 "loaded_snapshot": seen.get("loaded"),
+                 "moved_node": seen.get("node") not in (None, seen.get("first_node"))}
     return out
 
 
@@ -378,6 +433,7 @@ def learner_lost(c: SpotCluster, work: Path, *, drained: bool = False) -> Outcom
 
 def run_scenarios(names: list[str], work: Path) -> list[Outcome]:
     """Start the cluster, run each scenario on it (runs under ``work/NAME``), tear it down."""
+    store = RemoteStore(work / "store") if "memory_uri" in names else None  # before any node
     c = SpotCluster()
     outcomes = []
     try:
@@ -387,7 +443,7 @@ def run_scenarios(names: list[str], work: Path) -> list[Outcome]:
             folder.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
             try:
-                outcome = _run_one(name, c, folder)
+                outcome = _run_one(name, c, folder, store)
             except Exception:  # noqa: BLE001 - report it and go on with the next scenario
                 outcome = Outcome(name, "scenario crashed", error=traceback.format_exc()[-1500:])
             outcome.facts["seconds"] = round(time.monotonic() - started, 1)
@@ -396,20 +452,22 @@ def run_scenarios(names: list[str], work: Path) -> list[Outcome]:
     finally:
         ray.shutdown()
         c.cluster.shutdown()
+        if store is not None:
+            store.close()
     return outcomes
 
 
-def _run_one(name: str, c: SpotCluster, folder: Path) -> Outcome:
+def _run_one(name: str, c: SpotCluster, folder: Path, store: RemoteStore | None) -> Outcome:
     if name == "rollout_lost":
         return rollout_lost(c, folder)
     if name == "rollout_drain":
         return rollout_drain(c, folder)
     if name == "auto":
         return auto(c, folder)
-    if name in ("memory_lost", "memory_unreachable"):
+    if name in MEMORY_SNAPSHOTS:
         if "mem-a" not in c.nodes:  # the previous scenario moved the memory to mem-b
             c.nodes["mem-a"] = c.nodes.pop("mem-b")
-        return memory_lost(c, folder, reachable=name == "memory_lost")
+        return memory_lost(c, folder, name, store)
     if "learner-a" not in c.nodes:
         c.nodes["learner-a"] = c.nodes.pop("learner-b")
     return learner_lost(c, folder, drained=name == "learner_drain")

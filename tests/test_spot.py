@@ -4,7 +4,8 @@ One module fixture runs ``python -m bench.spot`` once, in a subprocess (its own 
 temp dir, so it never meets the session cluster of ``tests/conftest.py``), with every scenario:
 a rollout node removed mid-step and capacity returning, a rollout node drained with a
 deadline and then gone, ``rollout.num_workers=auto`` while nodes come and go plus a scale
-request, the memory service's node removed (snapshot reachable, then not), and the learner's
+request, the memory service's node removed (snapshot on shared storage, on a remote
+filesystem, then unreachable), and the learner's
 node removed or drained, then resumed. Each test checks one scenario's numbers; every
 scenario counts the prompt groups the learners received, each of which must arrive exactly
 once.
@@ -91,6 +92,18 @@ def test_memory_node_lost_restarts_from_its_snapshot(outcomes):
     f = o["facts"]
     assert f["memory_restarted"][-1] == 1.0 and f["health_memory_restarts"] == 1.0, f
     # Not started empty: the snapshot of step 3 was loaded and steps 4-6 added to it.
+    assert f["memory_steps_done"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], f
+    assert f["loaded_snapshot"].endswith("memory_lost/run/checkpoints/step_3/memory") and f["moved_node"], f
+
+
+def test_memory_restarts_from_its_snapshot_on_a_remote_filesystem(outcomes):
+    # trainer.checkpoint_uri=ftp:///... (served on this machine, reached through fsspec by its
+    # URI only, as s3:// is): the memory on its new node downloads the step-3 snapshot.
+    o = outcomes["memory_uri"]
+    assert (o["error"], o["steps_completed"]) == ("", 6), o
+    _exactly_once(o)
+    f = o["facts"]
+    assert f["loaded_snapshot"] == "ftp:///memory_uri/run/checkpoints/step_3/memory" and f["moved_node"], f
     assert f["memory_steps_done"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], f
 
 
