@@ -135,6 +135,9 @@ class Trainer:
         # The process's SIGTERM handler before run() installed its own; close() puts it back, so
         # a finished trainer never turns a later SIGTERM into its preemption exit.
         self._previous_sigterm: Any = None
+        # Set by close(): a preempted run that ended in time must not be killed later by its
+        # deadline watchdog (in a long-lived process, e.g. a test session or a notebook).
+        self._preemption_over = threading.Event()
         # Before anything is written: one run per output directory.
         self.lock = RunLock(self.run_dir).acquire()
         try:
@@ -185,9 +188,6 @@ class Trainer:
         self.resumed_from = resume_from
         self._inflight: list[Record] = []
         self._preempt_at: float | None = None
-        # Set by close(): a preempted run that ended in time must not be killed later by its
-        # deadline watchdog (in a long-lived process, e.g. a test session or a notebook).
-        self._preemption_over = threading.Event()
         self.memory_restarts = 0
         self._last_save = time.monotonic()
         self._control_seen: tuple[float, str] | None = None
