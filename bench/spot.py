@@ -161,7 +161,11 @@ class RemoteStore:
         authorizer = DummyAuthorizer()
         authorizer.add_user(STORE_USER, password, str(root), perm="elradfmwMT")
         handler = type("StoreHandler", (FTPHandler,), {"authorizer": authorizer})
-        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+        # Not a line per FTP command: pyftpdlib sets its own INFO logging up unless its logger
+        # already has a handler.
+        ftp_log = logging.getLogger("pyftpdlib")
+        ftp_log.addHandler(logging.NullHandler())
+        ftp_log.setLevel(logging.WARNING)
         self.server = ThreadedFTPServer(("127.0.0.1", 0), handler)
         options = {"host": "127.0.0.1", "port": self.server.socket.getsockname()[1],
                    "username": STORE_USER, "password": password}
@@ -346,14 +350,17 @@ def _since_checkpoint(run: Path, at: float) -> float:
     return max(0.0, at - Path(latest, "manifest.json").stat().st_mtime) if latest else 0.0
 
 
-# Where each memory scenario's last snapshot is: the run directory, which every node here sees;
-# checkpoints on the remote store; moved away, as if written on the lost node's own disk.
-MEMORY_SNAPSHOTS = {"memory_lost": "shared", "memory_uri": "uri", "memory_unreachable": "unreachable"}
+# Where each memory scenario's last snapshot is, and how its fault reads: the run directory,
+# which every node here sees; checkpoints on the remote store; moved away, as if written on
+# the lost node's own disk.
+MEMORY_SNAPSHOTS = {"memory_lost": ("shared", ""),
+                    "memory_uri": ("uri", "; checkpoints on a remote filesystem (ftp://)"),
+                    "memory_unreachable": ("unreachable", "; its snapshot moved away first")}
 
 
 def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None = None) -> Outcome:
     """The memory's node goes mid-step; its snapshot is where ``MEMORY_SNAPSHOTS[name]`` says."""
-    snapshot = MEMORY_SNAPSHOTS[name]
+    snapshot, fault_detail = MEMORY_SNAPSHOTS[name]
     c.spot_nodes(2)
     extra = []
     checkpoints = work / "run"  # the local folder that holds checkpoints/
@@ -362,9 +369,7 @@ def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None
         checkpoints = store.root / name / "run"
         extra = [f"trainer.checkpoint_uri=ftp:///{name}/run"]
     cfg = _config(work, "trainer.max_steps=6", *extra)
-    out = Outcome(name, "memory's node removed mid-step, a new one joins" +
-                  {"shared": "", "uri": "; checkpoints on a remote filesystem (ftp://)",
-                   "unreachable": "; its snapshot moved away first"}[snapshot])
+    out = Outcome(name, "memory's node removed mid-step, a new one joins" + fault_detail)
     seen: dict[str, Any] = {}
 
     def fault(trainer: Trainer) -> None:
