@@ -259,32 +259,37 @@ class LearnerGroup:
 
     def begin_step(self, batch_refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         """Start the step on every rank: each takes its shard of the rollout chunks
-        ``batch_refs`` (read from the object store, never through the driver) and computes old
-        and reference log-probs. Returns at once; :meth:`finish_step` waits for it."""
+        ``batch_refs`` (read from the object store, never through the driver) and computes the
+        reference log-probs. Returns at once; :meth:`wait_reference` waits for it."""
         return [w.begin_step.remote(*batch_refs) for w in self.workers]
 
-    def finish_step(self, prepared: list[ray.ObjectRef], advantages: torch.Tensor,
+    def wait_reference(self, started: list[ray.ObjectRef]) -> list[dict[str, Any]]:
+        """Wait for :meth:`begin_step` on every rank (the reference pass); returns each rank's
+        summary, which :meth:`finish_step` takes."""
+        return self._wait_all("begin_step", started)
+
+    def finish_step(self, prepared: list[dict[str, Any]], advantages: torch.Tensor,
                     keep: torch.Tensor | None = None) -> dict[str, float]:
-        """Wait for :meth:`begin_step`, then take one optimiser step on all ranks.
+        """One optimiser step on all ranks, on the shards that :meth:`wait_reference` reported.
 
         ``advantages`` [N] and ``keep`` [N] (rows to train on) cover the whole step in chunk
         order. Returns the merged statistics plus the slowest rank's ``reference_seconds``
         and ``old_logprob_seconds``.
         """
-        infos = self._wait_all("begin_step", prepared)
-        n = infos[0]["rows"]
+        n = prepared[0]["rows"]
         if advantages.shape != (n,):
             raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({n},)")
         refs = [w.finish_step.remote(advantages, keep) for w in self.workers]
         stats = merge_rank_stats(self._wait_all("finish_step", refs))
         for key in ("reference_seconds", "old_logprob_seconds"):
-            stats[key] = max(info[key] for info in infos)
+            stats[key] = max(info[key] for info in prepared)
         return stats
 
     def train_on_batch(self, batch: RolloutBatch, advantages: torch.Tensor,
                        keep: torch.Tensor | None = None) -> dict[str, float]:
-        """:meth:`begin_step` and :meth:`finish_step` on one batch held by the caller."""
-        return self.finish_step(self.begin_step([ray.put(batch)]), advantages, keep)
+        """:meth:`begin_step`, :meth:`wait_reference` and :meth:`finish_step` on one batch held
+        by the caller."""
+        return self.finish_step(self.wait_reference(self.begin_step([ray.put(batch)])), advantages, keep)
 
     def publish_weights(self, version: int) -> tuple[ray.ObjectRef, dict[str, Any]]:
         """Publish the weights as ``version``: an ObjectRef of rank 0's ``PackedWeights``

@@ -51,7 +51,8 @@ from bench import _common  # noqa: F401  (before torch: one thread per process, 
 from memrl.actors.control import NAMESPACE, control_name
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
-from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
+from memrl.train.loop import Trainer
+from memrl.train.run_control import PREEMPTED_EXIT_CODE
 from memrl.train.metrics import read_metrics
 
 SPOT, LEARNER, MEMORY = "rollout_node", "learner_node", "memory_node"

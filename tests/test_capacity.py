@@ -17,7 +17,7 @@ from memrl.train.capacity import (
     parse_worker_count,
     target_worker_count,
 )
-from memrl.train.loop import read_control
+from memrl.train.run_control import read_control
 from memrl.train.placement import Demand
 
 SPOT = {"CPU": 1.0, "rollout_node": 0.01}

@@ -18,7 +18,7 @@ from trainer_configs import TINY
 
 from memrl.cli import main
 from memrl.errors import PhaseTimeout, explain
-from memrl.train.loop import read_control
+from memrl.train.run_control import read_control
 from memrl.verify import MAX_ANSWER_CHARS, check_answers
 
 

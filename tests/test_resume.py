@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from trainer_configs import FAST, TINY, make_config
 
 from memrl.checkpoint import CheckpointManager
-from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
+from memrl.train.loop import Trainer
+from memrl.train.run_control import PREEMPTED_EXIT_CODE
 from memrl.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow

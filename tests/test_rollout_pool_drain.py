@@ -90,7 +90,8 @@ def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster
     from trainer_configs import make_config
 
     from memrl.checkpoint import CheckpointManager
-    from memrl.train.loop import PREEMPTED_EXIT_CODE, PREEMPTION_WATCHDOG, Preempted, Trainer
+    from memrl.train.loop import Trainer
+    from memrl.train.run_control import PREEMPTED_EXIT_CODE, PREEMPTION_WATCHDOG, Preempted
 
     cfg = make_config(tmp_path, "trainer.max_steps=4", "trainer.save_every_steps=0",
                       "memory.embedder=hash", "trainer.eval_before_after=false")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from memrl.train.loop import PREEMPTED_EXIT_CODE
+from memrl.train.run_control import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 

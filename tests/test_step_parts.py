@@ -1,0 +1,126 @@
+"""The driver's step parts without Ray: phase timing, step metrics, the run summary."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from memrl.config import load_config
+from memrl.errors import PhaseTimeout
+from memrl.train.run_summary import RunSummary
+from memrl.train.scoring import StepScores
+from memrl.train.step_clock import StepClock
+from memrl.train.step_metrics import StepWork, prompts_digest, step_metrics, weight_staleness
+from memrl.types import Record
+
+
+def test_clock_adds_up_phases_under_their_key_and_names_the_failing_one():
+    clock = StepClock(step=4, timeout_s=7.0)
+    with clock.phase("train", "reference log-probs", actor="the learners"):
+        time.sleep(0.02)
+    with clock.phase("train", "optimizer step", actor="the learners"):
+        time.sleep(0.03)
+    with clock.timed("score"):
+        pass
+    assert clock.durations["train"] >= 0.05 and set(clock.durations) == {"train", "score"}
+    assert clock.elapsed() >= clock.durations["train"]
+
+    from ray.exceptions import GetTimeoutError
+
+    with pytest.raises(PhaseTimeout) as stuck, clock.phase("sync", "weight publish", actor="learner rank 0"):
+        raise GetTimeoutError("no answer")
+    text = str(stuck.value)
+    assert "weight publish" in text and "step 4" in text and "learner rank 0" in text and "7 s" in text
+    assert "sync" in clock.durations  # a failed phase still counts its time
+
+    with pytest.raises(ValueError) as failed, clock.phase("generate", "generation"):
+        raise ValueError("bad batch")
+    assert "while phase 'generation', step 4" in failed.value.__notes__[0]
+
+
+def _work(**overrides) -> StepWork:
+    # Two groups of two completions: the first group's rewards differ, the second's do not.
+    scores = StepScores(total=np.array([1.0, 0.0, 0.5, 0.5]),
+                        components={"correctness": np.array([1.0, 0.0, 0.0, 0.0])},
+                        weights={"correctness": 1.0}, correct=np.array([True, False, False, False]),
+                        lengths=np.array([10, 64, 20, 30]), memory_seconds=0.25)
+    infos = [{"tokens": 60, "weight_version": 3, "generate_seconds": 2.0, "sync_seconds": 0.1},
+             {"tokens": 64, "weight_version": 3, "generate_seconds": 4.0, "sync_seconds": 0.3}]
+    values = dict(scores=scores, keep_groups=torch.tensor([True, False]),
+                  train_stats={"kl": 0.01, "reference_seconds": 0.5, "step_time_s": 1.5, "sequence_tokens": 400.0},
+                  rollout_infos=infos, durations={"generate": 4.5, "score": 1.0, "train": 2.0, "sync": 0.2},
+                  step_seconds=8.0, records=[Record("a", "q", "1"), Record("b", "q", "2")],
+                  max_completion_length=64)
+    values.update(overrides)
+    return StepWork(**values)
+
+
+def test_step_metrics_follow_their_definitions():
+    m = step_metrics(_work())
+    assert m["reward/total/mean"] == pytest.approx(0.5) and m["reward/total/std"] == pytest.approx(np.std([1, 0, .5, .5]))
+    assert m["reward/correctness/mean"] == pytest.approx(0.25) and m["accuracy"] == pytest.approx(0.25)
+    assert m["completion/length/mean"] == pytest.approx(31.0)
+    assert m["completion/clipped_frac"] == pytest.approx(0.25)  # one completion reached 64 tokens
+    assert m["grpo/zero_variance_groups_frac"] == pytest.approx(0.5)
+    assert m["train/kl"] == 0.01
+    # Phase times come from the clock; the workers' slowest weight load is part of the sync.
+    assert (m["time/generate"], m["time/score"], m["time/train"]) == (4.5, 1.0, 2.0)
+    assert m["time/sync"] == pytest.approx(0.2 + 0.3)
+    assert (m["time/memory"], m["time/reference"], m["time/step"]) == (0.25, 0.5, 8.0)
+    assert m["throughput/tokens_per_s"] == pytest.approx(124 / 8.0)
+    assert m["throughput/train_tokens_per_s"] == pytest.approx(400.0 / (0.5 + 1.5))
+    # Two workers generating in parallel, 3 s each on average: 124 tokens in 3 s of wall time.
+    assert m["throughput/generate_tokens_per_s"] == pytest.approx(124 / 3.0)
+    assert m["data/prompts_sha1"] == prompts_digest([Record("a", "q", "1"), Record("b", "q", "2")])
+    assert m["data/prompts_sha1"] != prompts_digest([Record("b", "q", "2"), Record("a", "q", "1")])
+
+
+def test_a_phase_that_did_not_run_logs_zero_time():
+    m = step_metrics(_work(durations={"generate": 1.0}))
+    assert (m["time/score"], m["time/train"]) == (0.0, 0.0)
+
+
+def test_staleness_counts_versions_behind_the_replaced_weights():
+    infos = [{"weight_version": 4}, {"weight_version": 3}]
+    assert weight_staleness(5, infos) == 1  # trained version 5 on a completion sampled with 3
+    assert weight_staleness(4, infos) == 0
+
+
+def _summary(tmp_path, resumed_at=None, exported=None):
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    return RunSummary(cfg, tmp_path, resumed_at=resumed_at,
+                      export_best=lambda folder: exported.append(folder) if exported is not None else None)
+
+
+def test_summary_keeps_the_best_model_and_survives_a_resume(tmp_path):
+    exported = []
+    summary = _summary(tmp_path, exported=exported)
+    assert not summary.has_before
+    summary.record_before({"accuracy": 0.2, "accuracy_lenient": 0.25})
+    summary.record_eval(10, {"accuracy": 0.5, "accuracy_lenient": 0.5})
+    summary.record_eval(20, {"accuracy": 0.4, "accuracy_lenient": 0.45})  # worse: best stays
+    assert exported == [tmp_path / "best_model"]
+    partial = json.loads((tmp_path / "summary_partial.json").read_text())
+    assert (partial["best_accuracy"], partial["best_step"]) == (0.5, 10)
+
+    resumed = _summary(tmp_path, resumed_at=20, exported=exported)
+    assert resumed.has_before and resumed.values["resumed_from_step"] == 20
+    assert resumed.values["accuracy_lenient_before"] == 0.25
+    result = resumed.finish(steps=30, wall_seconds=1.0, accuracy_after=0.45, starting_model="/base")
+    assert result["best_model_dir"] == str(tmp_path / "best_model") and result["accuracy_after"] == 0.45
+    assert json.loads((tmp_path / "summary.json").read_text()) == result
+
+
+def test_summary_names_the_starting_model_when_no_step_beat_it(tmp_path):
+    summary = _summary(tmp_path, exported=[])
+    summary.record_before({"accuracy": 0.6, "accuracy_lenient": 0.6})
+    summary.record_eval(5, {"accuracy": 0.6, "accuracy_lenient": 0.6})  # a tie is not better
+    result = summary.finish(steps=5, wall_seconds=1.0, accuracy_after=0.6, starting_model="/base")
+    assert result["best_step"] == 0 and result["best_model_dir"] == "/base"
+
+
+def test_summary_without_evaluation_has_no_accuracy(tmp_path):
+    result = _summary(tmp_path).finish(steps=3, wall_seconds=1.0, accuracy_after=None, starting_model="/base")
+    assert "accuracy_after" not in result and "best_model_dir" not in result
