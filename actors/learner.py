@@ -21,6 +21,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from memrl.checkpoint import digest_dir, local_copy, local_staging
+from memrl.errors import UnexplainedFault
 from memrl.learner.distributed import free_port, node_address, set_rank_env
 from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
@@ -29,7 +30,7 @@ from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, pack_state_dict
 
 
-class LearnerError(RuntimeError):
+class LearnerError(UnexplainedFault, RuntimeError):
     """A learner rank failed or did not answer in time; the message names rank, node, method."""
 
 

@@ -42,6 +42,7 @@ import ray
 from ray.experimental import internal_kv
 
 from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
+from memrl.errors import RuntimeFault
 from memrl.memory.index import resolve_device
 from memrl.memory.rewarder import MemoryRewarder
 from memrl.memory.settings import MemorySettings
@@ -52,8 +53,11 @@ from memrl.memory.store import load_into, read_shard, save_shard
 _LATENCY_WINDOW = 1000
 
 
-class SnapshotUnreachable(RuntimeError):
+class SnapshotUnreachable(RuntimeFault, RuntimeError):
     """A restarted memory actor cannot read the snapshot it must resume from."""
+
+    label = "the memory service cannot restart"
+    hint = "resume with --resume auto once the snapshot is reachable from every node"
 
 
 class _LatestPointer:

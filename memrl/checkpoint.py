@@ -33,14 +33,20 @@ from typing import Any
 
 import fsspec
 
+from memrl.errors import InputError
+
 FORMAT_VERSION = 1
 LATEST = "latest"
 MANIFEST = "manifest.json"
 DRIVER_STATE = "driver.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match its manifest."""
+
+    label = "checkpoint refused"
+    hint = ("resume from another checkpoint (--resume DIR), or start fresh with --resume none in a "
+            "new output_dir")
 
 
 def _sha256_file(path: Path) -> str:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from memrl.errors import InputError
 from memrl.official import OFFICIAL_EXPLICIT, apply_official, flat_keys
 
 # Rewards each method adds to the task's rule rewards (spec: R1 = rule rewards, Cosine = +
@@ -41,7 +42,7 @@ CONFIGS_DIR = _configs_folder()
 DEFAULT_CONFIG = CONFIGS_DIR / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration that cannot run. The message names the key path and the value."""
 
 

@@ -6,6 +6,9 @@ input (config, data, files, checkpoints, snapshots, a busy run directory), 1 for
 (timeouts, dead actors, a cluster that cannot hold the run, reward functions that raise, bugs).
 The full traceback goes to a log file (see :func:`write_traceback`), not the terminal.
 
+Each layer's own errors subclass :class:`InputError` or :class:`RuntimeFault` and carry their
+exit code, headline and hint, so this module, the lowest layer, imports nothing of memrl's.
+
 Code that knows the phase of a run wraps it in :func:`phase`: a Ray timeout inside becomes a
 :class:`PhaseTimeout` naming the phase, step, actor and the ``trainer.timeout_s`` key, and any
 other exception gets the phase and step attached as a note.
@@ -29,22 +32,33 @@ ERROR_LOG = "memrl-error.log"
 DEBUG_ENV = "MEMRL_DEBUG"
 
 
+TRACEBACK_HINT = ("this looks like a bug or an environment problem; the log file has the full "
+                  "traceback (rerun with --debug to see it here)")
+
+
 class MemrlError(Exception):
-    """A failure memrl explains itself: ``what`` failed, ``where``, and ``hint`` (what to do)."""
+    """A failure memrl explains itself: ``what`` failed, ``where``, and ``hint`` (what to do).
+
+    A subclass may set a default ``hint`` and a ``label`` that :func:`explain` puts before the
+    message ("checkpoint refused: ..."); a raise site may give its own ``where`` and ``hint``.
+    ``str()`` holds only what the raise site gave: callers quote it inside their own messages."""
 
     exit_code = EXIT_RUNTIME
+    label: str | None = None
+    hint: str | None = None
 
     def __init__(self, what: str, *, where: str | None = None, hint: str | None = None):
         super().__init__(what)
-        self.what, self.where, self.hint = what, where, hint
+        self.what, self.where = what, where
+        if hint is not None:  # else the class's default
+            self.hint = hint
 
     def __str__(self) -> str:
-        lines = [self.what]
-        if self.where:
-            lines.append(f"  where: {self.where}")
-        if self.hint:
-            lines.append(f"  what to do: {self.hint}")
-        return "\n".join(lines)
+        return _lines(self.what, self.where, vars(self).get("hint"))  # not the class's default
+
+    def headline(self) -> str:
+        """The first line of :func:`explain`'s message."""
+        return f"{self.label}: {self.what}" if self.label else self.what
 
 
 class InputError(MemrlError):
@@ -61,6 +75,16 @@ class RuntimeFault(MemrlError):
     """A fault while running: a timeout, a dead actor, a cluster that cannot hold the run."""
 
 
+class UnexplainedFault(RuntimeFault):
+    """A runtime fault memrl has no advice of its own for: :func:`explain` shows it like any
+    exception it does not know (its type and first line) and points at the traceback."""
+
+    hint = TRACEBACK_HINT
+
+    def headline(self) -> str:
+        return _type_and_first_line(type(self).__name__, self.what)
+
+
 class PhaseTimeout(RuntimeFault):
     """A remote call of a run's phase did not answer within ``trainer.timeout_s``."""
 
@@ -72,12 +96,13 @@ def phase(name: str, *, step: int | None = None, actor: str | None = None,
 
     A Ray ``GetTimeoutError`` becomes a :class:`PhaseTimeout` naming them and the key that sets
     the limit; other exceptions pass through with the phase attached as a note (once: an inner
-    phase wins)."""
+    phase wins), unless they are memrl errors that name their own ``where``."""
     try:
         yield
-    except MemrlError:
-        raise
     except Exception as exc:
+        inner = _cause(exc)
+        if isinstance(inner, MemrlError) and inner.where:
+            raise
         where = _phase_text(name, step, actor)
         if _is_ray_timeout(exc):
             limit = f"{timeout_s:g} s" if timeout_s is not None else "the limit"
@@ -126,10 +151,6 @@ def _cause(exc: BaseException) -> BaseException:
 
 def explain(exc: BaseException) -> tuple[str, int]:
     """memrl's message for ``exc`` (a few lines, no traceback) and the exit code to end with."""
-    from memrl.checkpoint import CheckpointError
-    from memrl.config import ConfigError
-    from memrl.memory.snapshot import SnapshotError
-
     notes = _notes(exc)
     inner = _cause(exc)
     notes += [n for n in _notes(inner) if n not in notes]
@@ -137,53 +158,33 @@ def explain(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
     if isinstance(inner, MemrlError):
-        text = str(inner)
-        if where and not inner.where:
-            text += f"\n  where: {where}"
-        return text, inner.exit_code
-    if isinstance(inner, ConfigError):
-        return str(inner), EXIT_INPUT
-    if isinstance(inner, CheckpointError):
-        return _lines(f"checkpoint refused: {inner}", where,
-                      "resume from another checkpoint (--resume DIR), or start fresh with "
-                      "--resume none in a new output_dir"), EXIT_INPUT
-    if isinstance(inner, SnapshotError):
-        return _lines(f"memory snapshot refused: {inner}", where,
-                      "use another snapshot (an older checkpoint's memory/)"), EXIT_INPUT
+        return _lines(inner.headline(), inner.where or where, inner.hint), inner.exit_code
     if isinstance(inner, UnicodeDecodeError):
         return _lines(f"a file is not UTF-8 text ({inner})", where,
                       "re-save the file as UTF-8"), EXIT_INPUT
     if isinstance(inner, FileNotFoundError):
         return _lines(str(inner), where, "check the path (relative paths start from the "
                       "current directory)"), EXIT_INPUT
-    unavailable = _unavailable_types()
-    if isinstance(inner, unavailable):
-        return _lines(str(inner), where, None), EXIT_INPUT
     if _is_ray_timeout(inner):
         return _lines(f"timed out: {inner}", where, "raise trainer.timeout_s if the work is "
                       "just slow"), EXIT_RUNTIME
-    from memrl.rewards.registry import RewardError
-
-    if isinstance(inner, RewardError):
-        return _lines(f"reward failed: {inner}", where,
-                      "fix the reward function (or its kwargs in the config's rewards list)"), \
-            EXIT_RUNTIME
-    kind = type(inner).__name__
-    first = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return _lines(f"{kind}: {first}" if first else kind, where,
-                  "this looks like a bug or an environment problem; the log file has the full "
-                  "traceback (rerun with --debug to see it here)"), EXIT_RUNTIME
+    return _lines(_type_and_first_line(type(inner).__name__, str(inner)), where, TRACEBACK_HINT), \
+        EXIT_RUNTIME
 
 
-def _unavailable_types() -> tuple[type[BaseException], ...]:
-    from memrl.model.loading import ModelUnavailableError
-    from memrl.tasks.hub import DatasetUnavailableError
+def _type_and_first_line(kind: str, message: str) -> str:
+    """``"Kind: first line"``: a long message (a remote traceback) stays in the log file."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{kind}: {first}" if first else kind
 
-    return (ModelUnavailableError, DatasetUnavailableError)
 
-
-def _lines(what: str, where: str, hint: str | None) -> str:
-    return str(MemrlError(what, where=where or None, hint=hint))
+def _lines(what: str, where: str | None, hint: str | None) -> str:
+    lines = [what]
+    if where:
+        lines.append(f"  where: {where}")
+    if hint:
+        lines.append(f"  what to do: {hint}")
+    return "\n".join(lines)
 
 
 class ErrorLog:

@@ -216,3 +216,80 @@ def test_unknown_exception_gets_phase_note_and_exit_1():
     assert code == 1 and "KeyError: 'boom'" in message
     assert "where: phase 'optimizer step', step 7" in message and "--debug" in message
 
+
+
+# Errors that never reach a user: always caught and re-raised as a memrl error, or turned into a
+# score, by the code beside them.
+INTERNAL_ERRORS = {
+    "memrl.tasks.files.RowError",  # rows_to_records re-raises it as DataError naming file and row
+    "memrl.rewards.countdown.EquationError",  # equation_score turns it into a 0.0 reward
+}
+
+
+def _error_classes() -> list[type[Exception]]:
+    """Every exception class defined in a module of memrl (memrl.actors included)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import memrl
+    import memrl.actors
+
+    found = []
+    for package in (memrl, memrl.actors):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            module = importlib.import_module(info.name)
+            found += [obj for obj in vars(module).values()
+                      if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == info.name]
+    return found
+
+
+def test_every_error_reaching_a_user_is_an_input_error_or_a_runtime_fault_with_its_hint():
+    from memrl.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, MemrlError, RuntimeFault
+
+    classes = [c for c in _error_classes() if c is not MemrlError]
+    names = {f"{c.__module__}.{c.__qualname__}" for c in classes}
+    assert INTERNAL_ERRORS <= names, "an internal error moved or was renamed: update INTERNAL_ERRORS"
+    assert {"memrl.checkpoint.CheckpointError", "memrl.actors.learner.LearnerError"} <= names
+    for cls in classes:
+        if f"{cls.__module__}.{cls.__qualname__}" in INTERNAL_ERRORS:
+            continue
+        assert issubclass(cls, (InputError, RuntimeFault)), f"{cls.__qualname__}: subclass InputError or RuntimeFault"
+        assert cls.exit_code == (EXIT_INPUT if issubclass(cls, InputError) else EXIT_RUNTIME)
+        error = cls("something happened")
+        assert str(error) == "something happened"  # callers quote it; the class's hint is explain()'s
+        message, code = explain(error)
+        assert code == cls.exit_code and "something happened" in message.splitlines()[0], cls
+        if cls.hint is not None:
+            assert message.endswith(f"  what to do: {cls.hint}"), cls
+        else:
+            assert "what to do" not in message, cls
+        message, _ = explain(cls("something happened", where="here", hint="do this"))
+        assert message.endswith("  where: here\n  what to do: do this"), cls
+
+
+def test_errors_module_imports_nothing_from_memrl():
+    """memrl.errors is the lowest layer: every other layer's errors build on it."""
+    import ast
+
+    import memrl.errors
+
+    tree = ast.parse(Path(memrl.errors.__file__).read_text(encoding="utf-8"))
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [("." * node.level) + (node.module or "") for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)]
+    assert imported and not [m for m in imported if m.startswith((".", "memrl"))], imported
+
+
+def test_an_error_that_does_not_say_where_gets_the_phase_and_keeps_its_hint():
+    from memrl.errors import phase
+    from memrl.rewards.registry import RewardError
+
+    with pytest.raises(RewardError) as info:
+        with phase("scoring (rewards accuracy)", step=2, actor="the reward task"):
+            raise RewardError("reward 'accuracy' raised ZeroDivisionError")
+    message, code = explain(info.value)
+    assert code == 1 and message == (
+        "reward failed: reward 'accuracy' raised ZeroDivisionError\n"
+        "  where: phase 'scoring (rewards accuracy)', step 2, actor the reward task\n"
+        f"  what to do: {RewardError.hint}")

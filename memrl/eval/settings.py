@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from memrl.errors import InputError
 from memrl.eval.graders import GRADERS, VERIFIERS
 
 if TYPE_CHECKING:
@@ -23,8 +24,9 @@ _OWN_OPTIONS = {
 }
 
 
-class EvalSettingsError(ValueError):
-    """An evaluation option is invalid; the message names the option and value."""
+class EvalSettingsError(InputError, ValueError):
+    """An evaluation option is invalid; the message names the option and value (``memrl eval``
+    prints it and exits with code 2)."""
 
 
 @dataclass

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from memrl.config import Config, GRPOConfig, LearnerConfig, TrainerConfig, default_of
+from memrl.errors import UnexplainedFault
 from memrl.grpo.loss import (
     LossSettings,
     grpo_loss,
@@ -171,7 +172,7 @@ def _check_batch(batch: RolloutBatch) -> None:
             )
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UnexplainedFault, ValueError):
     """A checkpoint file holds objects that a weights-only unpickler refuses."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from memrl.errors import InputError
+
 FORMAT = "memrl-memory-snapshot"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,8 +41,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _CHUNK = 1 << 22
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(InputError, RuntimeError):
     """A snapshot that cannot be trusted or read; the message names the file."""
+
+    label = "memory snapshot refused"
+    hint = "use another snapshot (an older checkpoint's memory/)"
 
 
 @dataclass

@@ -18,14 +18,17 @@ import torch
 from huggingface_hub import constants
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from memrl.errors import InputError
+
 HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(InputError, RuntimeError):
     """The requested model cannot be loaded here (missing folder, offline, unknown hub id).
 
-    The message names the model, says why, and what to do; the CLI exits with code 2."""
+    The message names the model, says why, and what to do (so no separate hint); the CLI exits
+    with code 2."""
 
 
 def _unavailable(name: str, why: str) -> ModelUnavailableError:

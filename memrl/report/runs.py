@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 
 from memrl.collapse import metric_series
+from memrl.errors import UnexplainedFault
 from memrl.train.metrics import read_metrics
 
 
-class RunDirError(ValueError):
+class RunDirError(UnexplainedFault, ValueError):
     """A run directory that cannot be reported; the message names the path and the problem."""
 
 

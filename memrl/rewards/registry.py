@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from memrl.errors import RuntimeFault
 from memrl.import_path import import_object
 from memrl.rewards.batch import RewardBatch, RewardFn
 from memrl.rewards.length import cosine_length_reward
@@ -38,8 +39,11 @@ from memrl.rewards.rule import (
 )
 
 
-class RewardError(RuntimeError):
+class RewardError(RuntimeFault, RuntimeError):
     """A reward function failed or returned values that are not one finite number per sample."""
+
+    label = "reward failed"
+    hint = "fix the reward function (or its kwargs in the config's rewards list)"
 
 
 def _import_path(path: str, spec: str) -> Any:

@@ -13,12 +13,14 @@ from typing import Literal
 import torch
 from packaging.version import Version
 
+from memrl.errors import UnexplainedFault
+
 # vLLM releases whose in-place reload (``Worker.reload_weights(weights_iterator=...)``) and
 # engine arguments memrl was tested against, on its CPU and CUDA builds: [low, high).
 VLLM_SUPPORTED = ("0.32.0", "0.33.0")
 
 
-class EngineUnavailableError(RuntimeError):
+class EngineUnavailableError(UnexplainedFault, RuntimeError):
     """The generation engine a run asked for cannot start here; the message says how to fix it."""
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from memrl.errors import UnexplainedFault
 from memrl.rollout.availability import VLLM_SUPPORTED, check_engine
 from memrl.rollout.engine import (
     GenerationEngine,
@@ -65,11 +66,11 @@ from memrl.weights import PackedWeights, unpack
 logger = logging.getLogger(__name__)
 
 
-class StaleWeightsError(RuntimeError):
+class StaleWeightsError(UnexplainedFault, RuntimeError):
     """A weight load left the engine computing with the weights it had before."""
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UnexplainedFault, ValueError):
     """A prompt does not leave room for the completion inside vLLM's ``max_model_len``."""
 
 

@@ -12,13 +12,15 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from memrl.errors import InputError
+
 if TYPE_CHECKING:
     import datasets
 
 
-class DatasetUnavailableError(RuntimeError):
-    """A hub dataset cannot be loaded; the message says how to use a local file instead.
-    The CLI exits with code 2."""
+class DatasetUnavailableError(InputError, RuntimeError):
+    """A hub dataset cannot be loaded; the message says how to use a local file instead (so no
+    separate hint). The CLI exits with code 2."""
 
 
 def locate_hub_dataset(
