@@ -70,17 +70,12 @@ class LearnerWorker:
             "weight_version": self.trainer.weight_version,
         }
 
-    def ref_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        """[N, L] log-probs of ``batch``'s completions under the frozen reference model."""
-        return self.trainer.ref_logprobs(batch)
-
     def begin_step(self, *batches: RolloutBatch) -> dict[str, Any]:
         """Take this rank's shard of a step (``memrl.learner.step.shard_step``) and compute its
         reference log-probs while the driver scores the rewards.
 
         ``batches`` are the step's rollout chunks (Ray resolves the refs the driver passed).
-        The old log-probs need no pass of their own (one update per batch: they are the
-        update pass's). The shard is kept for :meth:`finish_step`, which needs the advantages.
+        The shard is kept for :meth:`finish_step`, which needs the advantages.
         """
         shard = shard_step(list(batches), self.rank, self.world_size,
                            self.trainer.settings.micro_batch_size)
@@ -88,8 +83,7 @@ class LearnerWorker:
         ref_logp = (self.trainer.ref_logprobs(shard.batch)
                     if self.trainer.reference is not None else None)
         self._step = (shard, ref_logp)
-        return {"rows": shard.global_seqs, "old_logprob_seconds": 0.0,
-                "reference_seconds": time.perf_counter() - started}
+        return {"rows": shard.global_seqs, "reference_seconds": time.perf_counter() - started}
 
     def finish_step(self, advantages: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, float]:
         """One optimiser step on the shard prepared by :meth:`begin_step`.
@@ -260,7 +254,7 @@ class LearnerGroup:
 
     def begin_step(self, batch_refs: list[ray.ObjectRef]) -> list[ray.ObjectRef]:
         """Start the step on every rank: each takes its shard of the rollout chunks
-        ``batch_refs`` (read from the object store, never through the driver) and computes the
+        ``batch_refs`` (read from the object store, never through the driver) and computes its
         reference log-probs. Returns at once; :meth:`wait_reference` waits for it."""
         return [w.begin_step.remote(*batch_refs) for w in self.workers]
 
@@ -274,16 +268,14 @@ class LearnerGroup:
         """One optimiser step on all ranks, on the shards that :meth:`wait_reference` reported.
 
         ``advantages`` [N] and ``keep`` [N] (rows to train on) cover the whole step in chunk
-        order. Returns the merged statistics plus the slowest rank's ``reference_seconds``
-        and ``old_logprob_seconds``.
+        order. Returns the merged statistics plus the slowest rank's ``reference_seconds``.
         """
         n = prepared[0]["rows"]
         if advantages.shape != (n,):
             raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({n},)")
         refs = [w.finish_step.remote(advantages, keep) for w in self.workers]
         stats = merge_rank_stats(self._wait_all("finish_step", refs))
-        for key in ("reference_seconds", "old_logprob_seconds"):
-            stats[key] = max(info[key] for info in prepared)
+        stats["reference_seconds"] = max(info["reference_seconds"] for info in prepared)
         return stats
 
     def train_on_batch(self, batch: RolloutBatch, advantages: torch.Tensor,

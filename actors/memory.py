@@ -1,13 +1,9 @@
 """The episodic memory as one cluster-wide Ray service (optionally sharded by question).
 
-- :class:`MemoryActor`: an async actor (``max_concurrency`` high) over a
-  :class:`~memrl.memory.rewarder.MemoryRewarder`. Concurrent ``score_and_insert`` calls queue
-  up while a batch is being scored; the next round merges the queued requests that carry the
-  same explicit ``step`` into one batch (one encoder call, one FAISS search), so rollout
-  workers sending parts of one training step share a single lookup. Requests without a step
-  are scored alone, each counting as one step. Merged requests are scored as one batch in
-  arrival order, which is exactly what sequential calls would give in ``reference`` mode and
-  what the paper's "score the whole step before inserting it" means in ``paper`` mode.
+- :class:`MemoryActor`: an async actor over a :class:`~memrl.memory.rewarder.MemoryRewarder`.
+  The driver's reward task sends a whole step in one ``score_and_insert`` call; calls are
+  scored one at a time, in arrival order, and a snapshot waits for the call in progress, while
+  ``metrics`` and the health checks answer at any time.
 - :class:`MemoryShardActor`: holds the questions of one shard (hash of the question text) when
   ``num_shards > 1``; the primary :class:`MemoryActor` encodes, fans the lookup out to every
   shard, merges the top-K exactly and normalises.
@@ -33,7 +29,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +106,6 @@ def _startup_snapshot(pointer: _LatestPointer, initial_snapshot: str | None) -> 
     return latest
 
 
-@dataclass
-class _Request:
-    questions: list[str]
-    reasonings: list[str]
-    correct: list[float]
-    step: int | None
-    future: asyncio.Future
-    start: float = field(default_factory=time.perf_counter)
-
-
 class MemoryActor:
     """The memory service (primary shard). Use through :class:`MemoryClient`."""
 
@@ -147,12 +132,9 @@ class MemoryActor:
             with local_copy(startup) as local:
                 self.rewarder.load(shard_dir(local, 0) if num_shards > 1 else local)
             self.loaded_from = startup
-        self._queue: deque[_Request] = deque()
-        self._drainer: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one step scored at a time; snapshots wait for it
         self._latencies_ms: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._requests = 0
-        self._batches = 0
 
     async def score_and_insert(
         self,
@@ -162,52 +144,17 @@ class MemoryActor:
         step: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exploit and explore rewards ([n] float32 each) of one rollout batch, which is then
-        stored. See :meth:`MemoryRewarder.score_and_insert`; concurrent calls with the same
-        ``step`` are merged into one batch."""
-        request = _Request(list(questions), list(reasonings), [float(c) for c in correct], step,
-                           asyncio.get_running_loop().create_future())
-        n = len(request.questions)
-        if len(request.reasonings) != n or len(request.correct) != n:
-            raise ValueError(
-                f"questions ({n}), reasonings ({len(request.reasonings)}) and correct "
-                f"({len(request.correct)}) must have one entry per response"
-            )
-        self._queue.append(request)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await request.future
+        stored. See :meth:`MemoryRewarder.score_and_insert`."""
+        started = time.perf_counter()
+        async with self._lock:
+            exploit, explore = await self._score(list(questions), list(reasonings), list(correct), step)
+        self._latencies_ms.append(1000.0 * (time.perf_counter() - started))
+        self._requests += 1
+        return exploit, explore
 
-    async def _drain(self) -> None:
-        while self._queue:
-            group = [self._queue.popleft()]
-            while group[0].step is not None and self._queue and self._queue[0].step == group[0].step:
-                group.append(self._queue.popleft())
-            async with self._lock:
-                try:
-                    exploit, explore = await self._score(group)
-                except Exception as exc:  # every merged caller gets the error
-                    for request in group:
-                        if not request.future.done():
-                            request.future.set_exception(exc)
-                    continue
-            self._batches += 1
-            start = 0
-            now = time.perf_counter()
-            for request in group:
-                end = start + len(request.questions)
-                if not request.future.done():  # the caller may have given up
-                    request.future.set_result((exploit[start:end], explore[start:end]))
-                self._latencies_ms.append(1000.0 * (now - request.start))
-                self._requests += 1
-                start = end
-
-    async def _score(self, group: list[_Request]) -> tuple[np.ndarray, np.ndarray]:
-        questions = [q for r in group for q in r.questions]
-        reasonings = [t for r in group for t in r.reasonings]
-        correct = [c for r in group for c in r.correct]
-        batch = await asyncio.to_thread(
-            self.rewarder.prepare, questions, reasonings, correct, group[0].step
-        )
+    async def _score(self, questions: list[str], reasonings: list[str], correct: list[float | bool],
+                     step: int | None) -> tuple[np.ndarray, np.ndarray]:
+        batch = await asyncio.to_thread(self.rewarder.prepare, questions, reasonings, correct, step)
         peer_parts: list[PartialLookup] = []
         if self.peers:
             batch_ref = ray.put(batch)  # one copy in the object store for every shard
@@ -251,22 +198,9 @@ class MemoryActor:
         a path or a cloud URI) as the one to load after a restart."""
         self.pointer.record(directory)
 
-    async def load(self, directory: str) -> None:
-        """Replace the contents by a snapshot's (verified; unchanged on error)."""
-        directory = Path(directory)
-        async with self._lock:
-            if self.peers:
-                await asyncio.gather(
-                    *[p.load.remote(str(shard_dir(directory, i + 1))) for i, p in enumerate(self.peers)]
-                )
-                await asyncio.to_thread(self.rewarder.load, shard_dir(directory, 0))
-            else:
-                await asyncio.to_thread(self.rewarder.load, directory)
-            self.loaded_from = str(directory)
-
     async def metrics(self) -> dict[str, float]:
         """Flat dict of floats: sizes (all shards), last-step hit rates and reward means,
-        request latency p50/p99 in ms (last 1000 requests), requests per merged batch."""
+        request latency p50/p99 in ms (last 1000 requests, waiting included), requests."""
         out = self.rewarder.metrics()
         if self.peers:
             for sizes in await asyncio.gather(*[p.sizes.remote() for p in self.peers]):
@@ -277,15 +211,13 @@ class MemoryActor:
             latency_p50_ms=float(np.percentile(latencies, 50)),
             latency_p99_ms=float(np.percentile(latencies, 99)),
             requests=float(self._requests),
-            batches=float(self._batches),
-            requests_per_batch=float(self._requests / max(self._batches, 1)),
             restarted=float(self.restarted),
             num_shards=float(self.num_shards),
         )
         return out
 
     def loaded_snapshot(self) -> str | None:
-        """The snapshot this actor started from or last loaded (None: started empty)."""
+        """The snapshot this actor started from (None: started empty)."""
         return self.loaded_from
 
     def node_id(self) -> str:
@@ -433,9 +365,6 @@ class MemoryClient:
     def snapshot(self, directory: str | Path) -> str:
         """Write a verified snapshot of every shard; the actors reload it after a restart."""
         return ray.get(self.actor.snapshot.remote(str(directory)), timeout=self.timeout_s)
-
-    def load(self, directory: str | Path) -> None:
-        ray.get(self.actor.load.remote(str(directory)), timeout=self.timeout_s)
 
     def remember_snapshot(self, directory: str | Path) -> None:
         """Point restarts at ``directory`` (a snapshot moved after it was written)."""

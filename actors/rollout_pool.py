@@ -79,7 +79,6 @@ class PendingGeneration:
 
     queue: deque[GenerationRequest]
     submit: Submit
-    max_inflight_per_worker: int
     inflight: dict[ray.ObjectRef, tuple[GenerationRequest, str, ray.ObjectRef, float]] = field(default_factory=dict)
     results: dict[int, GenerationResult] = field(default_factory=dict)
     failed_workers: set[str] = field(default_factory=set)
@@ -298,13 +297,12 @@ class RolloutPool:
         except Exception:  # noqa: BLE001 - describing must never mask the original failure
             return f"{worker_id} (node unknown: not answering or removed)"
 
-    def generate(self, requests: list[GenerationRequest], submit: Submit,
-                 *, max_inflight_per_worker: int = 1) -> list[GenerationResult]:
+    def generate(self, requests: list[GenerationRequest], submit: Submit) -> list[GenerationResult]:
         """Run every request on some worker and return the results in request order.
 
         ``submit(actor, request)`` must start the call and return ``(batch_ref, info_ref)``.
         """
-        return self.finish(self.start(requests, submit, max_inflight_per_worker=max_inflight_per_worker))
+        return self.finish(self.start(requests, submit))
 
     def generate_batches(self, prompts: Sequence[str], record_ids: Sequence[str],
                          settings: SamplingSettings, weights: Any, *, greedy: bool = False,
@@ -320,10 +318,9 @@ class RolloutPool:
         results = self.generate(requests, submit)
         return ray.get([r.batch_ref for r in results], timeout=timeout_s)
 
-    def start(self, requests: list[GenerationRequest], submit: Submit,
-              *, max_inflight_per_worker: int = 1) -> PendingGeneration:
-        """Send as many requests as the workers take now; :meth:`finish` does the rest."""
-        pending = PendingGeneration(list(requests), submit, max_inflight_per_worker)
+    def start(self, requests: list[GenerationRequest], submit: Submit) -> PendingGeneration:
+        """Send as many requests as the workers take now (one each); :meth:`finish` does the rest."""
+        pending = PendingGeneration(list(requests), submit)
         self._dispatch(pending)
         return pending
 
@@ -347,18 +344,16 @@ class RolloutPool:
         for worker_id in plan.gone:  # out of the dispatch until Ray has restarted it elsewhere
             self._rejoin(worker_id)
         ready = self.ready_workers(exclude=plan.avoid, block=not p.inflight) if p.queue else []
-        load: dict[str, int] = {w: 0 for w in ready}
-        for _, worker_id, _, _ in p.inflight.values():
-            load[worker_id] = load.get(worker_id, 0) + 1
+        busy = {worker_id for _, worker_id, _, _ in p.inflight.values()}
         while p.queue:
-            worker_id = least_loaded(ready, load, p.failed_workers, p.max_inflight_per_worker)
+            worker_id = least_loaded(ready, busy, p.failed_workers)
             if worker_id is None:
                 return
             request = p.queue.popleft()
             request.attempts += 1
             batch_ref, info_ref = p.submit(self.workers[worker_id], request)
             p.inflight[info_ref] = (request, worker_id, batch_ref, time.monotonic())
-            load[worker_id] = load.get(worker_id, 0) + 1
+            busy.add(worker_id)
 
     def finish(self, p: PendingGeneration) -> list[GenerationResult]:
         """Wait for every request of ``p``, re-sending those whose worker failed or timed out."""

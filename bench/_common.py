@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from memrl.config import Config, load_config  # noqa: E402
 from memrl.prompts import record_prompt  # noqa: E402
+from memrl.report.table import text_table  # noqa: E402
 from memrl.rollout.engine import completion_mask, load_tokenizer, pad_rows  # noqa: E402
 from memrl.tasks.base import Task  # noqa: E402
 from memrl.train.data_stream import PromptStream  # noqa: E402
@@ -138,13 +139,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return str(value)
 
     cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = []
-    for row in [list(map(str, headers)), *cells]:
-        first = row[0].ljust(widths[0])
-        rest = [v.rjust(w) for v, w in zip(row[1:], widths[1:])]
-        lines.append("  ".join([first, *rest]))
-    return "\n".join(lines)
+    return text_table([list(map(str, headers)), *cells], align="<" + ">" * (len(headers) - 1))
 
 
 def write_json(path: Path | None, figures: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memrl.report.table import text_table
+
 ROOT = Path(__file__).resolve().parent.parent
 ONE_GPU_CONFIG = "configs/gsm8k_qwen2.5-0.5b_memoryr_plus_official_1gpu.yaml"
 GSM8K_ENV = "MEMRL_GSM8K_DIR"  # folder with train.jsonl / test.jsonl (no hub on a loan)
@@ -214,11 +216,9 @@ def run_parts(budget_s: float, only: list[str] | None = None) -> list[Part]:
 
 
 def table(parts: list[Part]) -> str:
-    rows = [("part", "status", "seconds", "result")] + [
+    return text_table([("part", "status", "seconds", "result")] + [
         (p.name, p.status, f"{p.seconds:.1f}", p.summary) for p in parts
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows)
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

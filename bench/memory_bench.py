@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.official_memory import OfficialMemory, official_step
+from bench.shared_data import gsm8k_file
 from memrl.memory import MemoryRewarder, MemorySettings, SentenceTransformerEmbedder
 from memrl.memory.embedder import EMBEDDER_BACKENDS
 from memrl.memory.episodic import MemoryArrays
 from memrl.memory.index import KeyIndex
-from memrl.shared_data import gsm8k_file
 
 DEFAULT_DATA = gsm8k_file("train")  # $MEMRL_SHARED_DIR or ../shared beside the checkout
 OPENERS = ["", "Let's think step by step. ", "First, ", "We need to find the answer. ", "Okay. "]

@@ -51,6 +51,7 @@ from bench import _common  # noqa: F401  (before torch: one thread per process, 
 from memrl.actors.control import NAMESPACE, control_name
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
+from memrl.report.table import markdown_table
 from memrl.train.loop import Trainer
 from memrl.train.run_control import PREEMPTED_EXIT_CODE
 from memrl.train.metrics import read_metrics
@@ -193,8 +194,8 @@ class Counted:
         start, finish = pool.start, pool.finish
         sent: dict[int, list[str]] = {}
 
-        def counted_start(requests, submit, **kwargs):
-            pending = start(requests, submit, **kwargs)
+        def counted_start(requests, submit):
+            pending = start(requests, submit)
             sent[id(pending)] = [i for r in requests for i in r.record_ids]
             step = trainer.step + 1
             if step in self.faults:
@@ -481,8 +482,7 @@ def _run_one(name: str, c: SpotCluster, folder: Path, store: RemoteStore | None)
 
 def table(outcomes: list[Outcome]) -> str:
     """The summary table: one row per fault."""
-    rows = [("scenario", "fault hit step", "steps done", "groups lost", "duplicated", "work lost s",
-             "ended")]
+    rows = []
     for o in outcomes:
         ended = "ok" if not o.error else ("exit 143, resumed" if o.exit_code == PREEMPTED_EXIT_CODE
                                           else "error, resumed" if o.scenario == "learner_lost"
@@ -490,9 +490,8 @@ def table(outcomes: list[Outcome]) -> str:
                                           else "FAILED")
         rows.append((o.scenario, str(o.hit_step), f"{o.steps_completed}/{o.max_steps}",
                      str(o.groups_lost), str(o.groups_duplicated), f"{o.work_lost_s:.1f}", ended))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
-                     for r in rows[:1] + [tuple("-" * w for w in widths)] + rows[1:])
+    return markdown_table(("scenario", "fault hit step", "steps done", "groups lost", "duplicated",
+                           "work lost s", "ended"), rows, padded=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memrl.config import METHODS, ConfigError, load_config
+from memrl.report.table import markdown_table
 
 DEFAULT_TARGET_GAIN = 0.05  # sample efficiency: steps to gain 5 accuracy points
 
@@ -123,18 +124,18 @@ def _pct(mean: float | None, std: float | None) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of the per-method rows (accuracy in %)."""
-    lines = ["| method | seeds | before % | final % | final, lenient grader % | best % | reached target "
-             "| steps to target | collapse |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    header = ["method", "seeds", "before %", "final %", "final, lenient grader %", "best %",
+              "reached target", "steps to target", "collapse"]
+    cells = []
     for r in rows:
         collapse = ", ".join(f"{k}×{v}" for k, v in sorted(r["collapse"].items())) or "none"
         steps = "–" if r["steps_to_target_mean"] is None else f"{r['steps_to_target_mean']:.1f}"
         before = "–" if r["accuracy_before_mean"] is None else f"{100 * r['accuracy_before_mean']:.1f}"
-        lines.append(f"| {r['method']} | {r['seeds']} | {before} | {_pct(r['final_mean'], r['final_std'])} | "
-                     f"{_pct(r.get('final_lenient_mean'), r.get('final_lenient_std'))} | "
-                     f"{_pct(r['best_mean'], r['best_std'])} | {r['reached_target']}/{r['seeds']} "
-                     f"(≥{100 * r['target']:.0f}%) | {steps} | {collapse} |")
-    return "\n".join(lines)
+        cells.append([r["method"], str(r["seeds"]), before, _pct(r["final_mean"], r["final_std"]),
+                      _pct(r.get("final_lenient_mean"), r.get("final_lenient_std")),
+                      _pct(r["best_mean"], r["best_std"]),
+                      f"{r['reached_target']}/{r['seeds']} (≥{100 * r['target']:.0f}%)", steps, collapse])
+    return markdown_table(header, cells)
 
 
 def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[str],

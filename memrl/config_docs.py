@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from memrl.config import Config
+from memrl.report.table import markdown_table
 
 DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 _BOUNDS = ((annotated_types.Ge, "≥"), (annotated_types.Gt, ">"), (annotated_types.Le, "≤"),
@@ -83,8 +84,8 @@ def _bounds(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def _table(model: type[BaseModel], prefix: str) -> list[str]:
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+def _table(model: type[BaseModel], prefix: str) -> str:
+    rows = []
     for name, field in model.model_fields.items():
         kind = _type_name(field.annotation)
         bounds = _bounds(field)
@@ -99,15 +100,15 @@ def _table(model: type[BaseModel], prefix: str) -> list[str]:
             default = "null" if field.default is None and field.default_factory is None else ""
         else:
             default = _default(field)
-        rows.append(f"| `{prefix}{name}` | {kind} | {default} | {meaning} |")
-    return rows
+        rows.append([f"`{prefix}{name}`", kind, default, meaning])
+    return markdown_table(["key", "type", "default", "meaning"], rows)
 
 
 def _sections(model: type[BaseModel], prefix: str, title: str, doc: str) -> list[str]:
     lines = [f"## {title}", ""]
     if doc:
         lines += [doc, ""]
-    lines += _table(model, prefix) + [""]
+    lines += [_table(model, prefix), ""]
     for name, field in model.model_fields.items():
         section = _section_model(field.annotation)
         if section is not None:

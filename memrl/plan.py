@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from memrl.config import Config
+from memrl.report.table import text_table
 from memrl.train.placement import (
     Node,
     fit_problem,
@@ -87,11 +88,7 @@ class Plan:
         for g in self.groups:
             bundle = ", ".join(f"{k} {v:g}" for k, v in g.bundle.items() if v)
             rows.append((g.name, str(g.count), bundle, g.memory))
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [f"cluster: {self.cluster}"]
-        for r in rows:
-            lines.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
-        lines.append("")
+        lines = [f"cluster: {self.cluster}", text_table(rows), ""]
         width = max(len(c.name) for c in self.checks) if self.checks else 0
         for c in self.checks:
             mark = "ok  " if c.ok and not c.warning else ("warn" if c.ok else "FAIL")

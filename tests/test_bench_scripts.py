@@ -61,9 +61,14 @@ def test_format_table_aligns_columns():
     assert text.splitlines() == ["row" + " " * 13 + "s", "a" + " " * 11 + "1.235", "long name  12.000"]
 
 
-def test_request_seed_formula_shared_by_trainer_and_rollout_bench():
-    assert request_seed(0, 0, 0) == 0
-    assert request_seed(1, 2, 3) == (1 * 1_000_003 + 2) * 97 + 3 == 97_000_488
+def test_request_seeds_differ_per_run_step_and_chunk_and_the_rollout_bench_uses_them():
+    # Every chunk of every step of a run samples with its own seed, and so does another run ...
+    keys = [(run, step, chunk) for run in range(3) for step in range(300) for chunk in range(64)]
+    seeds = [request_seed(*key) for key in keys]
+    assert len(set(seeds)) == len(keys)
+    # ... while a chunk sent again (to whichever worker) samples with the same seed.
+    assert [request_seed(*key) for key in keys] == seeds
+    assert rollout.request_seed is request_seed  # the benchmark samples as training does
 
 
 def test_rollout_figures():

@@ -110,10 +110,31 @@ def assert_pinned_image(ref: str, where: str) -> None:
 
 # --- every file -----------------------------------------------------------------------------
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loading that refuses a key given twice in one mapping: PyYAML keeps the last
+    silently, so a hand-edited launch file could lose a setting without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        keys = [key.value for key, _ in node.value
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge"]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key(s) {repeated} given twice in one mapping", node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def test_unique_key_loader_refuses_a_repeated_key() -> None:
+    with pytest.raises(yaml.constructor.ConstructorError, match=r"\['a'\] given twice"):
+        yaml.load("a: 1\nb: {c: 2}\na: 3\n", Loader=UniqueKeyLoader)
+    assert yaml.load("a: &x {c: 2}\nb:\n  <<: *x\n  c: 3\n", Loader=UniqueKeyLoader) == \
+        {"a": {"c": 2}, "b": {"c": 3}}  # a merge key overridden is no repetition
+
+
 @pytest.mark.parametrize("path", sorted(CLUSTER.glob("*.yaml")) + [DOCKER / ".hadolint.yaml"],
                          ids=lambda p: p.name)
-def test_yaml_files_parse(path: Path) -> None:
-    assert load_yaml(path)
+def test_yaml_files_are_one_mapping_each_without_repeated_keys(path: Path) -> None:
+    assert yaml.load(path.read_text(), Loader=UniqueKeyLoader) == load_yaml(path)
 
 
 def test_nothing_binds_all_interfaces() -> None:

@@ -101,8 +101,10 @@ def test_reference_mode_matches_official_with_real_encoder(minilm):
     assert ours.shard.failure.num_keys == 3 and len(explore_memory.keys) == 3  # an eviction happened
 
 
-def test_benchmark_runs_and_reports_speedup(tmp_path):
-    """bench/memory_bench.py end to end at toy size (real encoder, real texts)."""
+def test_benchmark_runs_and_reports_its_figures(tmp_path):
+    """bench/memory_bench.py end to end at toy size (real encoder, real texts). Which path is
+    faster is the benchmark's finding, not a unit test's: timings flake on a loaded machine,
+    so this checks the work each path does and that the figures are consistent."""
     import json
 
     from bench.memory_bench import main
@@ -114,12 +116,15 @@ def test_benchmark_runs_and_reports_speedup(tmp_path):
     ])
     written = json.loads(out.read_text())
     assert written["speedup"] == pytest.approx(figures["speedup"])
-    assert written["speedup"] > 1.0  # 6 encoder calls per completion vs one batched call
     # Counted from the texts each path handed its encoder: memrl encodes a step's 2 questions
     # and 6 reasonings once each; the official path encodes texts again per memory and per call.
     work = written["encoder_work"]
     assert work["memrl_texts_per_step"] == 8
     assert work["official_texts_per_step"] > work["memrl_texts_per_step"]
-    assert written["official_median_s"] > written["memrl_paper_median_s"] > 0
-    assert {row["keys"] for row in written["search_scaling"]} == {2000}
-    assert written["search_scaling"][0]["batched_p99_ms"] >= written["search_scaling"][0]["batched_p50_ms"]
+    assert work["official_tokens_per_step"] > work["memrl_tokens_per_step"]
+    # One timed step per path (--repeats 1); the ratios are of the medians reported beside them.
+    for path in ("official", "memrl_paper", "memrl_reference"):
+        assert len(written[f"{path}_times_s"]) == 1 and written[f"{path}_median_s"] > 0
+    assert written["speedup"] == pytest.approx(written["official_median_s"] / written["memrl_paper_median_s"])
+    assert written["speedup"] == pytest.approx(work["work_ratio"] * written["per_token_speedup"])
+    assert [(row["keys"], row["batch_queries"]) for row in written["search_scaling"]] == [(2000, 2)]

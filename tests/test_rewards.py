@@ -2,11 +2,12 @@
 
 import importlib.util
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from memrl.rewards import registry
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.length import cosine_length_reward
 from memrl.rewards.registry import (
@@ -283,4 +284,10 @@ def test_total_reward_is_the_formula():
 
 
 def test_registry_does_not_import_countdown_eagerly():
-    assert isinstance(BUILTIN_REWARDS["countdown_format"], registry._LazyReward)
+    # In a fresh interpreter: this one may have imported the countdown rewards already.
+    probe = ("import sys; from memrl.rewards.registry import resolve_reward; "
+             "assert 'memrl.rewards.countdown' not in sys.modules, 'imported with the registry'; "
+             "fn = resolve_reward('countdown_format'); "
+             "assert fn.__module__ == 'memrl.rewards.countdown', fn; "
+             "assert 'memrl.rewards.countdown' in sys.modules")
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)

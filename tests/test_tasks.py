@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memrl.shared_data import gsm8k_file, missing_reason
+from bench.shared_data import gsm8k_file, missing_reason
 from memrl.tasks import TASKS, make_task
 from memrl.tasks.aimo import last_boxed_content
 from memrl.tasks.arith import NAMES, OBJECTS, apply_operation

@@ -28,13 +28,14 @@ def test_chunks_are_contiguous_nearly_equal_and_never_empty():
 
 def test_least_loaded_prefers_idle_then_healthy_workers():
     ready = ["w0", "w1", "w2"]
-    assert least_loaded(ready, {"w0": 1, "w1": 0, "w2": 0}, set(), max_inflight=2) == "w1"
-    assert least_loaded(ready, {"w0": 2, "w1": 2, "w2": 2}, set(), max_inflight=2) is None
-    # w1 failed this step: a busy healthy worker with room is chosen over it ...
-    assert least_loaded(ready, {"w0": 1, "w1": 0, "w2": 1}, {"w1"}, max_inflight=2) == "w0"
+    assert least_loaded(ready, {"w0"}, set()) == "w1"  # one request per worker: an idle one
+    assert least_loaded(ready, set(ready), set()) is None
+    # w1 failed this step: while a healthy worker is busy, w1 gets nothing ...
+    assert least_loaded(ready, {"w0", "w2"}, {"w1"}) is None
+    assert least_loaded(ready, {"w0"}, {"w1"}) == "w2"
     # ... and it gets work again only when every ready worker has failed.
-    assert least_loaded(["w1"], {}, {"w1"}, max_inflight=1) == "w1"
-    assert least_loaded([], {}, set(), max_inflight=1) is None
+    assert least_loaded(["w1"], set(), {"w1"}) == "w1"
+    assert least_loaded([], set(), set()) is None
 
 
 def test_fit_check_names_the_actors_a_node_cannot_hold(tmp_path):

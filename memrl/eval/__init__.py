@@ -3,6 +3,6 @@
 One module per job: :mod:`.extractive` reads answers out of free text (the paper's extractive
 match), :mod:`.graders` names the two ways a completion is judged, :mod:`.pass_at_k` the
 estimator, :mod:`.settings` what to evaluate, :mod:`.from_run` the settings a training run
-used, :mod:`.models` where a model is loaded from, :mod:`.results` the result types,
-:mod:`.evaluate` the loop and :mod:`.cli` the command line.
+used, :mod:`.results` the result types, :mod:`.evaluate` the loop (the model found by
+:func:`memrl.model.loading.locate_model`, as training finds it) and :mod:`.cli` the command line.
 """

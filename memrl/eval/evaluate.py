@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from memrl.eval.graders import grade
-from memrl.eval.models import resolve_model
 from memrl.eval.results import BenchmarkResult, ProblemResult, SampleResult
 from memrl.eval.settings import EvalSettings, build_eval_task, check_num_shots, eval_records
 from memrl.prompts import record_prompt
@@ -84,7 +83,10 @@ def evaluate(model: str, settings: EvalSettings, *, engine: Any = None, task: Ta
         check_num_shots(task, settings)
     records = eval_records(task, settings)
     if engine is None:
-        model_path = resolve_model(model)
+        from memrl.model.loading import locate_model
+
+        source = locate_model(model)
+        model_path = model if source.kind == "hub" else source.location  # the engine downloads a hub id
         engine, kind = _build_engine(model_path, settings)
     else:
         model_path, kind = model, type(engine).__name__

@@ -10,6 +10,7 @@ from typing import Any
 
 from memrl.eval.pass_at_k import PASS_AT_K_ESTIMATOR, pass_at_k
 from memrl.eval.settings import EvalSettings
+from memrl.report.table import text_table
 
 
 @dataclass
@@ -167,12 +168,9 @@ def format_table(result: BenchmarkResult) -> str:
         sampling = f"T={s.temperature:g}, top_p={s.top_p:g}"
         rows.append((f"pass@{s.pass_k} ({sampling})", f"{result.pass_at_k:.4f}"))
         rows.append((f"sample accuracy ({sampling})", f"{result.sample_accuracy:.4f}"))
-    width = max(len(name) for name, _ in rows)
     header = (
         f"{result.task} ({result.split}), {result.num_total} problems, {s.num_shots}-shot, "
         f"model {result.model} [{result.engine}], {result.elapsed_s:.1f} s\n"
         f"grader: {grader_label(s)}"
     )
-    lines = [header, f"{'metric':<{width}}  value"]
-    lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    return "\n".join(lines)
+    return header + "\n" + text_table([("metric", "value"), *rows])

@@ -377,16 +377,15 @@ class PolicyTrainer:
         advantages: torch.Tensor,
         *,
         ref_logp: torch.Tensor | None = None,
-        old_logp: torch.Tensor | None = None,
         global_tokens: int | None = None,
         global_seqs: int | None = None,
         num_micro_batches: int | None = None,
     ) -> dict[str, float]:
         """One optimiser step on this rank's shard ``batch`` with ``advantages`` [N].
 
-        ``old_logp`` [N, L]: this policy's log-probs of the batch before the update. With one
-        update per batch they equal the update pass's own log-probs (dropout is off), so by
-        default no separate pass runs: each micro-batch takes its detached log-probs as old.
+        π_old is the policy at step start: with one update per batch and dropout off, its
+        log-probs are the update pass's own, so each micro-batch takes its detached log-probs as
+        old and no separate pass runs.
 
         ``global_tokens``/``global_seqs`` are the real completion tokens and completions of the
         whole step on all ranks (default: summed across ranks by an all-reduce);
@@ -400,7 +399,7 @@ class PolicyTrainer:
         ``grad_norm`` (global, before clipping), ``lr`` (used by this step), ``step`` (optimiser
         steps taken so far); ``stale_token_frac`` and ``behaviour_logprob_gap`` (mean
         |learner − sampler| log-prob over real tokens, the train/inference mismatch);
-        ``old_logprob_s``, ``ref_logprob_s``, ``update_s``, ``step_time_s`` in seconds.
+        ``ref_logprob_s``, ``update_s``, ``step_time_s`` in seconds.
         """
         started = time.perf_counter()
         _check_batch(batch)
@@ -418,12 +417,7 @@ class PolicyTrainer:
             global_tokens, global_seqs = self._all_reduce([local_tokens, n], dist.ReduceOp.SUM)
         passes = num_micro_batches or self._agreed_micro_batches(n)
 
-        if old_logp is not None and old_logp.shape != batch.completion_ids.shape:
-            raise ValueError(
-                f"old_logp has shape {tuple(old_logp.shape)}, expected "
-                f"{tuple(batch.completion_ids.shape)}"
-            )
-        old_done = time.perf_counter()
+        prepared = time.perf_counter()
         if ref_logp is None and self.reference is not None:
             ref_logp = self.ref_logprobs(batch)
         ref_done = time.perf_counter()
@@ -446,7 +440,7 @@ class PolicyTrainer:
             rows = slice(start, stop)
             row_mask = mask[rows].to(device)
             logp = self._completion_logprobs(self.engine, batch, start, stop)
-            old = logp.detach() if old_logp is None else old_logp[rows].to(device)
+            old = logp.detach()
             behaviour = batch.behaviour_logprobs[rows].to(device)
             is_weights = (
                 importance_weights(old, behaviour, row_mask, self.settings.loss.is_cap)
@@ -491,8 +485,7 @@ class PolicyTrainer:
             "step": float(self.engine.global_steps),
             "stale_token_frac": stale_frac,
             "behaviour_logprob_gap": gap_sum / max(local_tokens, 1),
-            "old_logprob_s": old_done - started,
-            "ref_logprob_s": ref_done - old_done,
+            "ref_logprob_s": ref_done - prepared,
             "update_s": done - ref_done,
             "step_time_s": done - started,
         }

@@ -335,13 +335,14 @@ def make_embedder(
 
 
 @dataclass
-class EncodedStep:
-    """Embeddings of one step. ``Q`` distinct questions, ``n`` responses."""
+class StepEmbeddings:
+    """Embeddings of one step's texts (:meth:`StepEncoder.encode`). ``Q`` distinct questions,
+    ``n`` responses; :class:`memrl.memory.shard.EncodedStep` adds the outcomes and the step."""
 
     questions: list[str]  # [Q] distinct question texts, first-seen order
     question_index: np.ndarray  # [n] int64, row of each response's question in ``questions``
     question_vecs: np.ndarray  # [Q, dim] float32
-    response_vecs: np.ndarray  # [n, dim] float32
+    response_vecs: np.ndarray  # [n, dim] float32, embedding of each response's reasoning
 
 
 class StepEncoder:
@@ -365,7 +366,7 @@ class StepEncoder:
         self.texts_encoded = 0  # running count, for metrics
         self.cache_hits = 0
 
-    def encode(self, questions: Sequence[str], reasonings: Sequence[str]) -> EncodedStep:
+    def encode(self, questions: Sequence[str], reasonings: Sequence[str]) -> StepEmbeddings:
         """Embed ``questions[i]`` and ``reasonings[i]`` for every response ``i``."""
         distinct_q = list(dict.fromkeys(questions))
         q_row = {q: i for i, q in enumerate(distinct_q)}
@@ -392,7 +393,7 @@ class StepEncoder:
         for key, vec in fresh.items():
             self._remember(key, vec.copy())
         response_vecs = vecs[[row_of[r] for r in reasonings]].reshape(-1, self.embedder.dim)
-        return EncodedStep(
+        return StepEmbeddings(
             questions=distinct_q,
             question_index=np.array([q_row[q] for q in questions], dtype=np.int64),
             question_vecs=question_vecs,

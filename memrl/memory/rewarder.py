@@ -138,10 +138,7 @@ class MemoryRewarder:
             raise ValueError(f"step = {step!r}: must be an integer >= 0")
         encoded = self.encoder.encode(list(questions), list(reasonings))
         return EncodedStep(
-            questions=encoded.questions,
-            question_vecs=encoded.question_vecs,
-            question_index=encoded.question_index,
-            response_vecs=encoded.response_vecs,
+            **vars(encoded),
             success=success,
             value_texts=list(reasonings),
             step=int(step),

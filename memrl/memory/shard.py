@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memrl.memory.embedder import StepEmbeddings
 from memrl.memory.episodic import EpisodicMemory, MemoryArrays
 from memrl.memory.index import check_gpu_k
 from memrl.memory.rewards import (
@@ -31,13 +32,10 @@ from memrl.memory.settings import MemorySettings
 
 
 @dataclass
-class EncodedStep:
-    """One step's encoded responses. ``Q`` distinct questions, ``n`` responses."""
+class EncodedStep(StepEmbeddings):
+    """One step's responses as the memories take them: their embeddings (``Q`` distinct
+    questions, ``n`` responses; see :class:`StepEmbeddings`), outcomes and texts."""
 
-    questions: list[str]  # [Q] distinct question texts
-    question_vecs: np.ndarray  # [Q, dim] float32
-    question_index: np.ndarray  # [n] int64, question row of each response
-    response_vecs: np.ndarray  # [n, dim] float32, embedding of each response's reasoning
     success: np.ndarray  # [n] bool, True → success memory, False → failure memory
     value_texts: list[str]  # [n] reasoning texts (truncated when stored)
     step: int  # 0-based training step

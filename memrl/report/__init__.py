@@ -15,4 +15,5 @@ One module per job: :mod:`.runs` loads a run directory, :mod:`.summary` its head
 draws it, :mod:`.configs` shortens and compares configs, :mod:`.document` is the format-free
 document model that :mod:`.contents` fills and :mod:`.render_markdown` / :mod:`.render_html`
 turn into text, :mod:`.write` puts it all in a folder and :mod:`.cli` is the command line.
+:mod:`.table` formats tables as text, for the report and for every other command.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from memrl.report.document import Block, Bullets, Heading, Image, Para, Table
+from memrl.report.table import markdown_table
 
 
 def _cell(text: str) -> str:
@@ -22,10 +23,8 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, Bullets):
             out.append("\n".join(f"- {item}" for item in block.items))
         elif isinstance(block, Table):
-            lines = ["| " + " | ".join(_cell(h) for h in block.header) + " |",
-                     "|" + "---|" * len(block.header)]
-            lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows]
-            out.append("\n".join(lines))
+            out.append(markdown_table([_cell(h) for h in block.header],
+                                      [[_cell(c) for c in row] for row in block.rows]))
         elif isinstance(block, Image):
             out.append(f"![{block.alt}]({block.src})")
         else:

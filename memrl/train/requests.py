@@ -4,7 +4,7 @@ worker gets the next one. Plain functions; the Ray side is :mod:`memrl.actors.ro
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,14 +47,13 @@ def training_sampling(grpo: GRPOConfig, seed: int | None = None) -> SamplingSett
                             num_generations=grpo.num_generations, seed=seed)
 
 
-def least_loaded(ready: Sequence[str], load: Mapping[str, int], failed: Collection[str],
-                 max_inflight: int) -> str | None:
-    """The worker that gets the next request: of the ``ready`` ones below ``max_inflight``
-    requests in flight, the least loaded (the first listed on a tie); None when all are full.
+def least_loaded(ready: Sequence[str], busy: Collection[str], failed: Collection[str]) -> str | None:
+    """The worker that gets the next request: the first of the ``ready`` ones not ``busy``
+    (a worker runs one request at a time: its engine batches all of that request's prompt
+    groups); None when all are busy.
 
     Workers in ``failed`` (they failed in this step) get work only when no other worker is
     ready: a busy healthy worker is worth waiting for, the failed one may still be restarting.
     """
     usable = [w for w in ready if w not in failed] or list(ready)
-    open_workers = [w for w in usable if load.get(w, 0) < max_inflight]
-    return min(open_workers, key=lambda w: load.get(w, 0)) if open_workers else None
+    return next((w for w in usable if w not in busy), None)

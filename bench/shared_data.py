@@ -2,7 +2,9 @@
 
 ``$MEMRL_SHARED_DIR`` when set, else a ``shared/`` folder beside the checkout
 (``../shared`` relative to the repository root). Nothing here names a machine's path; tests
-and benchmarks that need the files skip, or fall back, with :func:`missing_reason`.
+and benchmarks that need the files skip, or fall back, with :func:`missing_reason`. A
+checkout-layout helper, so it lives with the benchmarks (which tests import too), not in the
+installed package.
 """
 
 from __future__ import annotations
