@@ -51,6 +51,7 @@ from bench import _common  # noqa: F401  (before torch: one thread per process, 
 from memrl.actors.control import NAMESPACE, control_name
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
+from memrl.run_dir import CHECKPOINT_MANIFEST_FILE, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.train.loop import PREEMPTED_EXIT_CODE, Trainer
 from memrl.train.metrics import read_metrics
 
@@ -223,7 +224,7 @@ def _config(work: Path, *extra: str):
 
 
 def _steps(run: Path) -> list[dict]:
-    return [m for m in read_metrics(run) if "reward/total/mean" in m] if (run / "metrics.jsonl").is_file() else []
+    return [m for m in read_metrics(run) if "reward/total/mean" in m] if RunDir(run).metrics.is_file() else []
 
 
 def _train(cfg, faults: dict[int, Fault], resume: str = "none") -> tuple[Trainer, Counted, BaseException | None]:
@@ -347,7 +348,7 @@ def _since_checkpoint(run: Path, at: float) -> float:
     """Seconds between the newest complete checkpoint under the local folder ``run`` and
     ``at`` (work a resume redoes)."""
     latest = CheckpointManager(str(run)).latest()
-    return max(0.0, at - Path(latest, "manifest.json").stat().st_mtime) if latest else 0.0
+    return max(0.0, at - Path(latest, CHECKPOINT_MANIFEST_FILE).stat().st_mtime) if latest else 0.0
 
 
 # Where each memory scenario's last snapshot is, and how its fault reads: the run directory,
@@ -377,7 +378,7 @@ def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None
         out.work_lost_s = _since_checkpoint(checkpoints, seen["t"])
         if snapshot == "unreachable":
             latest = CheckpointManager(str(checkpoints)).latest()
-            shutil.move(f"{latest}/memory", work / "moved-memory")
+            shutil.move(f"{latest}/{CHECKPOINT_MEMORY_DIR}", work / "moved-memory")
         seen["first_node"] = c.nodes["mem-a"].node_id
         c.remove("mem-a")
         c.add("mem-b", MEMORY)
