@@ -44,6 +44,7 @@ from memrl.memory.settings import MemorySettings
 from memrl.memory.shard import EncodedStep, MemoryShard, PartialLookup
 from memrl.memory.snapshot import shard_dir, write_shard_index
 from memrl.memory.store import load_into, read_shard, save_shard
+from memrl.run_dir import MEMORY_UPLOAD_PREFIX
 
 _LATENCY_WINDOW = 1000
 
@@ -175,7 +176,7 @@ class MemoryActor:
                 raise ValueError("sharded memories snapshot to a local or shared path only")
             if self.pointer.root is None:
                 raise ValueError("a cloud snapshot URI needs the client's snapshot_root")
-            local = self.pointer.root / ("upload-" + directory.rstrip("/").rsplit("/", 1)[-1])
+            local = self.pointer.root / (MEMORY_UPLOAD_PREFIX + directory.rstrip("/").rsplit("/", 1)[-1])
             await self.snapshot(str(local))
             await asyncio.to_thread(upload_dir, local, directory)
             self.pointer.record(directory)  # a restart on any node downloads it from there

@@ -52,9 +52,10 @@ from memrl.actors.control import NAMESPACE, control_name
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
 from memrl.report.table import markdown_table
+from memrl.run_dir import CHECKPOINT_MANIFEST_FILE, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.train.loop import Trainer
-from memrl.train.run_control import PREEMPTED_EXIT_CODE
 from memrl.train.metrics import read_metrics
+from memrl.train.run_control import PREEMPTED_EXIT_CODE
 
 SPOT, LEARNER, MEMORY = "rollout_node", "learner_node", "memory_node"
 # The default made tiny and fast (tests/trainer_configs.py's TINY and FAST), placed on the
@@ -225,7 +226,7 @@ def _config(work: Path, *extra: str):
 
 
 def _steps(run: Path) -> list[dict]:
-    return [m for m in read_metrics(run) if "reward/total/mean" in m] if (run / "metrics.jsonl").is_file() else []
+    return [m for m in read_metrics(run) if "reward/total/mean" in m] if RunDir(run).metrics.is_file() else []
 
 
 def _train(cfg, faults: dict[int, Fault], resume: str = "none") -> tuple[Trainer, Counted, BaseException | None]:
@@ -349,7 +350,7 @@ def _since_checkpoint(run: Path, at: float) -> float:
     """Seconds between the newest complete checkpoint under the local folder ``run`` and
     ``at`` (work a resume redoes)."""
     latest = CheckpointManager(str(run)).latest()
-    return max(0.0, at - Path(latest, "manifest.json").stat().st_mtime) if latest else 0.0
+    return max(0.0, at - Path(latest, CHECKPOINT_MANIFEST_FILE).stat().st_mtime) if latest else 0.0
 
 
 # Where each memory scenario's last snapshot is, and how its fault reads: the run directory,
@@ -379,7 +380,7 @@ def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None
         out.work_lost_s = _since_checkpoint(checkpoints, seen["t"])
         if snapshot == "unreachable":
             latest = CheckpointManager(str(checkpoints)).latest()
-            shutil.move(f"{latest}/memory", work / "moved-memory")
+            shutil.move(f"{latest}/{CHECKPOINT_MEMORY_DIR}", work / "moved-memory")
         seen["first_node"] = c.nodes["mem-a"].node_id
         c.remove("mem-a")
         c.add("mem-b", MEMORY)

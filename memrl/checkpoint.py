@@ -35,10 +35,13 @@ import fsspec
 
 from memrl.errors import InputError
 
+# The names are the run directory's (memrl.run_dir); short here, where every line uses them.
+from memrl.run_dir import CHECKPOINT_DRIVER_FILE as DRIVER_STATE
+from memrl.run_dir import CHECKPOINT_MANIFEST_FILE as MANIFEST
+from memrl.run_dir import CHECKPOINT_PREFIX, PARTIAL_MARK, checkpoint_name, checkpoint_step, checkpoints_uri
+from memrl.run_dir import LATEST_FILE as LATEST
+
 FORMAT_VERSION = 1
-LATEST = "latest"
-MANIFEST = "manifest.json"
-DRIVER_STATE = "driver.json"
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -128,7 +131,7 @@ class CheckpointManager:
     def __init__(self, output_dir: str, keep_last: int = 3):
         if keep_last < 1:
             raise ValueError(f"trainer.keep_last_checkpoints = {keep_last}: must be >= 1")
-        self.uri = output_dir.rstrip("/") + "/checkpoints"
+        self.uri = checkpoints_uri(output_dir)
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
         self.keep_last = keep_last
         # Names this manager's partial checkpoints: pruning removes only its own, never a
@@ -142,7 +145,7 @@ class CheckpointManager:
     # -- writing -------------------------------------------------------------------------------
     def begin(self, step: int) -> str:
         """A fresh partial directory for checkpoint ``step``; returns its URI."""
-        name = f"step_{step}.partial-{self.token}-{uuid.uuid4().hex[:8]}"
+        name = f"{checkpoint_name(step)}{PARTIAL_MARK}{self.token}-{uuid.uuid4().hex[:8]}"
         self.fs.makedirs(f"{self.root}/{name}", exist_ok=True)
         return self._uri(name)
 
@@ -165,30 +168,30 @@ class CheckpointManager:
         manifest = {"format_version": FORMAT_VERSION, "step": step, "files": entries}
         with self.fs.open(f"{partial}/{MANIFEST}", "wb") as fh:
             fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
-        final = f"{self.root}/step_{step}"
+        final = f"{self.root}/{checkpoint_name(step)}"
         if self.fs.exists(final):  # a re-run of the same step after a resume replaces it
             self.fs.rm(final, recursive=True)
         self.fs.mv(partial, final, recursive=True)
         # Written last: until here, `latest` still names the previous complete checkpoint.
         tmp_latest = f"{self.root}/{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open(tmp_latest, "wb") as fh:
-            fh.write(f"step_{step}\n".encode())
+            fh.write(f"{checkpoint_name(step)}\n".encode())
         self.fs.mv(tmp_latest, f"{self.root}/{LATEST}")
         self._prune()
-        return self._uri(f"step_{step}")
+        return self._uri(checkpoint_name(step))
 
     def _prune(self) -> None:
         steps = sorted(self.list_steps())
         for old in steps[: max(0, len(steps) - self.keep_last)]:
-            self.fs.rm(f"{self.root}/step_{old}", recursive=True)
-        self._remove_partials(lambda name: f".partial-{self.token}-" in name)
+            self.fs.rm(f"{self.root}/{checkpoint_name(old)}", recursive=True)
+        self._remove_partials(lambda name: f"{PARTIAL_MARK}{self.token}-" in name)
 
     def remove_stale_partials(self) -> int:
         """Remove partial checkpoints left by earlier (crashed) runs; returns how many.
 
         Call it only while holding the run directory's lock (:mod:`memrl.run_lock`): then no
         other writer can be filling one of them."""
-        return self._remove_partials(lambda name: f".partial-{self.token}-" not in name)
+        return self._remove_partials(lambda name: f"{PARTIAL_MARK}{self.token}-" not in name)
 
     def _remove_partials(self, select: Any) -> int:
         if not self.fs.exists(self.root):
@@ -196,7 +199,7 @@ class CheckpointManager:
         removed = 0
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if ".partial-" in name and select(name):
+            if PARTIAL_MARK in name and select(name):
                 self.fs.rm(entry, recursive=True)
                 removed += 1
         return removed
@@ -209,9 +212,9 @@ class CheckpointManager:
         steps = []
         for entry in self.fs.ls(self.root, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("step_") and name[5:].isdigit() and \
-                    self.fs.exists(f"{entry}/{MANIFEST}"):
-                steps.append(int(name[5:]))
+            step = checkpoint_step(name)
+            if step is not None and self.fs.exists(f"{entry}/{MANIFEST}"):
+                steps.append(step)
         return steps
 
     def latest(self) -> str | None:
@@ -220,7 +223,7 @@ class CheckpointManager:
         if not self.fs.exists(pointer):
             return None
         name = self.fs.cat_file(pointer).decode().strip()
-        if not (name.startswith("step_") and self.fs.exists(f"{self.root}/{name}/{MANIFEST}")):
+        if not (name.startswith(CHECKPOINT_PREFIX) and self.fs.exists(f"{self.root}/{name}/{MANIFEST}")):
             raise CheckpointError(f"{self._uri(LATEST)} names {name!r}, which is not a complete "
                                   "checkpoint (no manifest)")
         return self._uri(name)

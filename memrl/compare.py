@@ -20,6 +20,7 @@ from typing import Any
 
 from memrl.config import METHODS, ConfigError, load_config
 from memrl.report.table import markdown_table
+from memrl.run_dir import RunDir
 
 DEFAULT_TARGET_GAIN = 0.05  # sample efficiency: steps to gain 5 accuracy points
 
@@ -151,7 +152,7 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
     configs = [load_config(config, [*overrides, f"method={t.method}", f"seed={t.seed}",
                                     f"output_dir={t.run_dir}"]) for t in trials]  # all validated first
     for trial, cfg in zip(trials, configs):
-        if (trial.run_dir / "summary.json").is_file():
+        if RunDir(trial.run_dir).summary.is_file():
             continue  # finished earlier: a re-run of compare only trains what is missing
         print(f"== {trial.method} seed {trial.seed} -> {trial.run_dir}", flush=True)
         run_training(cfg, resume=resume)

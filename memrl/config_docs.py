@@ -7,7 +7,6 @@ from :mod:`memrl.config`, which stays the one place a key, its type, default and
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import sys
 import types
@@ -20,9 +19,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from memrl.config import Config
+from memrl.generated_docs import DOCS_DIR, generator_main, write_generated
 from memrl.report.table import markdown_table
 
-DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOCS_PATH = DOCS_DIR / "configuration.md"
 _BOUNDS = ((annotated_types.Ge, "≥"), (annotated_types.Gt, ">"), (annotated_types.Le, "≤"),
            (annotated_types.Lt, "<"))
 
@@ -126,22 +126,13 @@ def render_reference() -> str:
 
 def write_reference(path: Path = DOCS_PATH) -> Path:
     """Write :func:`render_reference` to ``path`` (default ``docs/configuration.md``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_reference(), encoding="utf-8")
-    return path
+    return write_generated(render_reference(), path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m memrl.config_docs [--out PATH | --stdout]``."""
-    parser = argparse.ArgumentParser(prog="memrl config docs", description=__doc__)
-    parser.add_argument("--out", type=Path, default=DOCS_PATH, help="default: %(default)s")
-    parser.add_argument("--stdout", action="store_true", help="print instead of writing")
-    ns = parser.parse_args(argv)
-    if ns.stdout:
-        sys.stdout.write(render_reference())
-    else:
-        print(f"wrote {write_reference(ns.out)}")
-    return 0
+    return generator_main(argv, prog="memrl config docs", description=__doc__,
+                          render=render_reference, default=DOCS_PATH)
 
 
 if __name__ == "__main__":

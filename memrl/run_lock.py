@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from memrl.errors import InputError
+from memrl.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = ".memrl.lock"
 
 
 class RunDirBusy(InputError):
@@ -56,7 +55,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = RunDir(self.run_dir).lock
         self._fd: int | None = None
         self._created = False  # acquire made the directory: release removes it if still empty
         self.took_over: dict[str, Any] | None = None  # the stale holder replaced, if any

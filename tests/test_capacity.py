@@ -17,8 +17,8 @@ from memrl.train.capacity import (
     parse_worker_count,
     target_worker_count,
 )
-from memrl.train.run_control import read_control
 from memrl.train.placement import Demand
+from memrl.train.run_control import read_control
 
 SPOT = {"CPU": 1.0, "rollout_node": 0.01}
 

@@ -30,6 +30,7 @@ from memrl.learner.policy import (
 )
 from memrl.learner.stats import merge_rank_stats
 from memrl.learner.step import shard_step, step_inputs
+from memrl.metric_keys import CATALOGUE, TRAIN_REFERENCE_SECONDS
 from memrl.model.tiny import build_tiny_model
 from memrl.types import RolloutBatch
 
@@ -425,6 +426,10 @@ def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None)
     stale = trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert stale["stale_token_frac"] == 1.0
     assert stale["is_weight_mean"] == pytest.approx(2.0)
+    # The catalogue's train/ keys are these statistics and the reference pass's time, which
+    # the learner actor adds (so each has a description, and none is a stale entry).
+    assert {k.name for k in CATALOGUE if k.group == "train"} == \
+        {f"train/{key}" for key in stale} | {TRAIN_REFERENCE_SECONDS}
     trainer.mark_published(7)
     batch.token_versions.fill_(7)
     assert "is_weight_mean" not in trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))

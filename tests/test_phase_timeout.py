@@ -10,7 +10,7 @@ import pytest
 from trainer_configs import make_config
 
 from memrl.errors import PhaseTimeout, explain
-from memrl.run_lock import LOCK_FILE
+from memrl.run_dir import LOCK_FILE
 from memrl.train.loop import Trainer
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,8 @@ from trainer_configs import FAST, TINY, make_config
 
 from memrl.checkpoint import CheckpointManager
 from memrl.train.loop import Trainer
-from memrl.train.run_control import PREEMPTED_EXIT_CODE
 from memrl.train.metrics import read_metrics
+from memrl.train.run_control import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from memrl.actors.rollout import make_rollout_worker_class
 from memrl.config import GRPOConfig
+from memrl.metric_keys import unknown_keys
 from memrl.model.tiny import build_tiny_model
 from memrl.rollout.availability import EngineUnavailableError, check_engine, vllm_available
 from memrl.rollout.engine import SamplingSettings, check_request, completion_mask, pad_rows
@@ -540,6 +541,7 @@ def test_vllm_workers_in_async_mode(ray_cluster, tmp_path):
     steps = [m for m in read_metrics(Path(cfg.output_dir)) if "reward/total/mean" in m]
     assert [m["weights/staleness"] for m in steps] == [0.0, 1.0]
     assert steps[-1]["train/stale_token_frac"] == 1.0 and "train/is_weight_mean" in steps[-1]
+    assert not unknown_keys(steps)  # async keys too have a description in memrl/metric_keys.py
 
 
 @needs_vllm

@@ -16,7 +16,8 @@ import pytest
 
 from memrl.checkpoint import CheckpointManager
 from memrl.cli import main
-from memrl.run_lock import LOCK_FILE, RunDirBusy, RunLock
+from memrl.run_dir import LOCK_FILE
+from memrl.run_lock import RunDirBusy, RunLock
 
 HOLD = """
 import sys, time

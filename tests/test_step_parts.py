@@ -59,7 +59,8 @@ def _work(**overrides) -> StepWork:
 
 def test_step_metrics_follow_their_definitions():
     m = step_metrics(_work())
-    assert m["reward/total/mean"] == pytest.approx(0.5) and m["reward/total/std"] == pytest.approx(np.std([1, 0, .5, .5]))
+    assert m["reward/total/mean"] == pytest.approx(0.5)
+    assert m["reward/total/std"] == pytest.approx(np.std([1, 0, .5, .5]))
     assert m["reward/correctness/mean"] == pytest.approx(0.25) and m["accuracy"] == pytest.approx(0.25)
     assert m["completion/length/mean"] == pytest.approx(31.0)
     assert m["completion/clipped_frac"] == pytest.approx(0.25)  # one completion reached 64 tokens

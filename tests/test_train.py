@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from trainer_configs import make_config
 
+from memrl.metric_keys import unknown_keys
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
 
@@ -53,6 +54,9 @@ def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):
         assert (8 * m["eval/answer_tag_rate"]).is_integer()
     for key in EXPECTED_METRICS:
         assert all(key in m for m in steps), key
+    # Every key the run logged has a description (docs/run-directory.md is generated from them).
+    unknown = unknown_keys(read_metrics(run))
+    assert not unknown, f"logged but not in memrl/metric_keys.py: {unknown}"
     # Every completion lands in one of the two memories: they grow by a batch per step.
     stored = [m["memory/success_values"] + m["memory/failure_values"] for m in steps]
     assert stored == [16.0, 32.0, 48.0]

@@ -12,6 +12,7 @@ from typing import Any
 from memrl.config import ConfigError, parse_override
 from memrl.eval.graders import GRADERS, VERIFIERS
 from memrl.eval.settings import ENGINES, EvalSettings, EvalSettingsError
+from memrl.run_dir import eval_result_name
 
 # torch, transformers and math-verify are imported where they are used, so that building the
 # ``memrl eval`` argument parser (memrl --help) stays instant.
@@ -22,7 +23,7 @@ _SETTING_NAMES = tuple(f.name for f in dataclasses.fields(EvalSettings))
 
 def default_output_path(model: str, task: str, split: str) -> Path:
     """``eval_<task>_<split>.json`` in the model folder when ``model`` is one, else the cwd."""
-    name = f"eval_{task}_{split}.json"
+    name = eval_result_name(task, split)
     folder = Path(model).expanduser()
     return folder / name if folder.is_dir() else Path.cwd() / name
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memrl.eval.settings import EvalSettingsError
+from memrl.run_dir import CONFIG_FILE, RunDir
 
 if TYPE_CHECKING:
     from memrl.config import Config
     from memrl.tasks.base import Task
 
-RUN_CONFIG = "config.yaml"  # the resolved config a training run writes into its output_dir
 # Options that would change the task itself: with a run, its config decides them.
 _TASK_OPTIONS = ("task_option", "data_path", "question_field", "answer_field")
 
@@ -38,13 +38,13 @@ class RunSettings:
 
     def record(self) -> dict[str, Any]:
         """What the result JSON records under ``run``."""
-        return {"run_dir": str(self.run_dir), "config": str(self.run_dir / RUN_CONFIG),
+        return {"run_dir": str(self.run_dir), "config": str(RunDir(self.run_dir).config),
                 "taken_from_run": self.taken}
 
     def note(self) -> str:
         """One line saying which run and settings were used (printed before evaluating)."""
         values = ", ".join(f"{name} {self.settings[name]}" for name in self.taken)
-        return (f"settings from run {self.run_dir} ({RUN_CONFIG}): task {self.task.name} as the "
+        return (f"settings from run {self.run_dir} ({CONFIG_FILE}): task {self.task.name} as the "
                 f"run configured it, {values}; --ignore-run for the task's built-in settings")
 
 
@@ -54,9 +54,10 @@ def find_run(model: str) -> tuple[Path, Path] | None:
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return None
-    if (folder / RUN_CONFIG).is_file() and (folder / "model").is_dir():
-        return folder, folder / "model"
-    if (folder.parent / RUN_CONFIG).is_file():
+    run = RunDir(folder)
+    if run.config.is_file() and run.model.is_dir():
+        return folder, run.model
+    if RunDir(folder.parent).config.is_file():
         return folder.parent, folder
     return None
 
@@ -64,7 +65,7 @@ def find_run(model: str) -> tuple[Path, Path] | None:
 def _run_config(run_dir: Path, overrides: Sequence[str]) -> Config:
     from memrl.config import load_config
 
-    return load_config(run_dir / RUN_CONFIG, list(overrides))
+    return load_config(RunDir(run_dir).config, list(overrides))
 
 
 def settings_from_run(run_dir: Path, model_dir: Path, options: dict[str, Any]) -> RunSettings:
@@ -86,7 +87,7 @@ def settings_from_run(run_dir: Path, model_dir: Path, options: dict[str, Any]) -
         if options.get(name):
             flag = "--" + name.replace("_", "-")
             raise EvalSettingsError(
-                f"{flag}: the run at {run_dir} fixes its task's settings in {RUN_CONFIG}; "
+                f"{flag}: the run at {run_dir} fixes its task's settings in {CONFIG_FILE}; "
                 f"change them with --run-override task.KEY=VALUE / data.KEY=VALUE, or pass "
                 f"--ignore-run"
             )

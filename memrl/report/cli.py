@@ -7,6 +7,7 @@ from pathlib import Path
 
 from memrl.report.runs import RunDirError
 from memrl.report.write import write_report
+from memrl.run_dir import RunDir
 
 EXIT_BAD_RUN = 2
 
@@ -18,7 +19,7 @@ def main_report(run_dirs: list[str], out: str | None, fmt: str, smoothing: int =
     try:
         if not run_dirs:
             raise RunDirError("no run directory given")
-        out_dir = Path(out) if out is not None else Path(run_dirs[0]) / "report"
+        out_dir = Path(out) if out is not None else RunDir(run_dirs[0]).report
         path = write_report(run_dirs, out_dir, fmt=fmt, smoothing=smoothing)
     except RunDirError as exc:
         print(f"memrl report: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ import yaml
 
 from memrl.collapse import metric_series
 from memrl.errors import UnexplainedFault
+from memrl.run_dir import METRICS_FILE, RunDir
 from memrl.train.metrics import read_metrics
 
 
@@ -71,19 +72,20 @@ def load_run(run_dir: str | Path, name: str | None = None) -> Run:
         RunDirError: the directory is missing, has no metrics.jsonl, or holds unreadable files.
     """
     path = Path(run_dir)
+    files = RunDir(path)
     if not path.is_dir():
         raise RunDirError(f"run directory {path} does not exist")
-    if not (path / "metrics.jsonl").is_file():
-        raise RunDirError(f"{path} has no metrics.jsonl (is it a memrl run directory?)")
+    if not files.metrics.is_file():
+        raise RunDirError(f"{path} has no {METRICS_FILE} (is it a memrl run directory?)")
     try:
         records = read_metrics(path)
     except KeyError as exc:
-        raise RunDirError(f"{path / 'metrics.jsonl'}: a line has no {exc} key") from exc
+        raise RunDirError(f"{files.metrics}: a line has no {exc} key") from exc
     except ValueError as exc:
         raise RunDirError(str(exc)) from exc
     return Run(path=path, name=name or path.resolve().name,
-               config=_read_mapping(path / "config.yaml", yaml.safe_load),
-               summary=_read_mapping(path / "summary.json", json.loads), records=records)
+               config=_read_mapping(files.config, yaml.safe_load),
+               summary=_read_mapping(files.summary, json.loads), records=records)
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:

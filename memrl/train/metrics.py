@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from memrl.run_dir import RunDir
+
 
 def _finite(value: Any) -> Any:
     # JSON has no NaN/inf; a missing value is clearer than an invalid file.
@@ -31,7 +33,7 @@ class MetricsWriter:
         ``keep_lines`` lines (-1: unknown, an older checkpoint); what the earlier run logged
         after the checkpoint is dropped, here and in TensorBoard, so each step appears once."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         if resume_step is not None:
             self.lines = _truncate_after(self.path, keep_lines, resume_step)
         else:
@@ -44,7 +46,7 @@ class MetricsWriter:
             # purge_step hides the earlier run's events from that step on (TensorBoard's own
             # restart handling), so its charts agree with metrics.jsonl.
             purge = resume_step + 1 if resume_step is not None else None
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+            self._tb = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard), purge_step=purge)
         self._wandb = None
         if wandb_project:
             import wandb
@@ -111,7 +113,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
     A step may have several lines (training metrics, then evaluation); a resumed run that
     repeats a step overwrites the earlier values of the same keys."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     by_step: dict[int, dict[str, Any]] = {}
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):
