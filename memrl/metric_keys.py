@@ -130,7 +130,8 @@ TIME_SCORE = _key("time/score", "scoring: rule rewards and the memory service; t
 TIME_MEMORY = _key("time/memory", "the memory service's share of `time/score`", _S)
 TIME_REFERENCE = _key("time/reference", "the learners' reference pass (= `train/reference_"
                       "seconds`; overlaps `time/score`)", _S)
-TIME_TRAIN = _key("time/train", "the optimizer step, from the end of scoring", _S)
+TIME_TRAIN = _key("time/train", "waiting for the learners after scoring: the rest of their "
+                  "reference pass, then the optimizer step", _S)
 TIME_SYNC = _key("time/sync", "publishing the new weights, plus the slowest rollout worker's "
                  "load of the weights it generated with", _S)
 TIME_STEP = _key("time/step", "the whole step, from waiting for generation to the publish", _S)
@@ -140,7 +141,7 @@ THROUGHPUT_TOKENS_PER_S = _key("throughput/tokens_per_s", "generated tokens per 
                                "`time/step`", "tokens/s")
 THROUGHPUT_GENERATE_TOKENS_PER_S = _key(
     "throughput/generate_tokens_per_s", "the step's generated tokens ÷ the mean generation "
-    "seconds of its rollout requests × the number of requests", "tokens/s")
+    "seconds of its rollout requests (they run in parallel, one per worker)", "tokens/s")
 THROUGHPUT_TRAIN_TOKENS_PER_S = _key(
     "throughput/train_tokens_per_s", "`train/sequence_tokens` per second of the learners' "
     "compute (reference pass + update; [performance.md](performance.md))", "tokens/s")

@@ -9,6 +9,7 @@ import torch
 
 from memrl.config import load_config
 from memrl.errors import PhaseTimeout
+from memrl.run_dir import RunDir
 from memrl.train.run_summary import RunSummary
 from memrl.train.scoring import StepScores
 from memrl.train.step_clock import StepClock
@@ -91,7 +92,7 @@ def test_staleness_counts_versions_behind_the_replaced_weights():
 
 def _summary(tmp_path, resumed_at=None, exported=None):
     cfg = load_config(None, [f"output_dir={tmp_path}"])
-    return RunSummary(cfg, tmp_path, resumed_at=resumed_at,
+    return RunSummary(cfg, RunDir(tmp_path), resumed_at=resumed_at,
                       export_best=lambda folder: exported.append(folder) if exported is not None else None)
 
 

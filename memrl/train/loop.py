@@ -37,6 +37,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
+from memrl import metric_keys as k
 from memrl.actors.cluster import StartupReporter, init_ray, node_totals
 from memrl.actors.control import start_control
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
@@ -47,6 +48,7 @@ from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_v
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
+from memrl.run_dir import CHECKPOINT_LEARNER_DIR, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.run_lock import RunLock
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import greedy_sampling, score_greedy
@@ -86,6 +88,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str = "none"):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
+        self.files = RunDir(self.run_dir)
         self.memory: Any = None
         self.learners: Any = None
         self.pool: RolloutPool | None = None
@@ -127,7 +130,7 @@ class Trainer:
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.metrics_lines = int(state.get("metrics_lines", -1)) if state else 0
 
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        self.files.config.write_text(config_to_yaml(cfg))
         error_log.use_run_dir(self.run_dir)
         self.checkpoints.remove_stale_partials()  # safe: the lock keeps other writers out
 
@@ -146,7 +149,7 @@ class Trainer:
         self._writer: MetricsWriter | None = None
         if state:
             with phase("resume: loading the learner state", timeout_s=cfg.trainer.timeout_s):
-                self.learners.load(f"{resume_from}/learner")
+                self.learners.load(f"{resume_from}/{CHECKPOINT_LEARNER_DIR}")
             self.step = int(state["step"])
             self.version = int(state["weight_version"])
             self._publish()
@@ -167,8 +170,8 @@ class Trainer:
                     memory_settings(cfg), num_shards=cfg.memory.num_shards,
                     num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
                     resources=cfg.memory.resources,
-                    snapshot_root=str((self.run_dir / "memory").absolute()),
-                    initial_snapshot=f"{resume_from}/memory" if resume_from else None,
+                    snapshot_root=str(self.files.memory.absolute()),
+                    initial_snapshot=f"{resume_from}/{CHECKPOINT_MEMORY_DIR}" if resume_from else None,
                     timeout_s=timeout_s,
                 )
         ranks = learner_demands(cfg)  # placed together (one placement group)
@@ -180,7 +183,7 @@ class Trainer:
                 resources_per_learner=cfg.learner.resources, timeout_s=timeout_s,
             )
         # Named in the cluster so that `memrl scale` finds this run; read at every step.
-        self.controller = RunController(cfg, self.run_dir, start_control(cfg.output_dir), self._critical_roles)
+        self.controller = RunController(cfg, self.files.control, start_control(cfg.output_dir), self._critical_roles)
         with phase("start-up of the rollout workers", timeout_s=timeout_s):
             self.pool = pool = RolloutPool(
                 rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
@@ -291,24 +294,25 @@ class Trainer:
     def _run_state_metrics(self, publish_seconds: float, staleness: int) -> dict[str, Any]:
         """Where the run stands after a step: data position, weights, pool health, memory."""
         pool = self.pool
+        events = pool.events
         metrics: dict[str, Any] = {
-            "data/consumed_prompts": self.stream.state.consumed,
-            "weights/version": self.version,
-            "weights/publish_seconds": publish_seconds,
-            "weights/staleness": float(staleness),
-            "rollout/num_workers": pool.num_running(),  # placed and answering
-            "rollout/num_workers_requested": len(pool),  # config, control.yaml or memrl scale
-            "rollout/failures": pool.events.failures,
-            "rollout/redispatched": pool.events.redispatched,
-            "rollout/draining_nodes": len(pool.cluster().draining),  # now
-            "rollout/draining_nodes_seen": pool.events.draining_nodes_seen,
-            "rollout/preempted_workers": pool.events.preempted_workers,
-            "rollout/resent_groups": pool.events.resent_groups,
-            "rollout/lost_work_s": round(pool.events.lost_work_s, 3),
-            "health/memory_restarts": self.scorer.memory_restarts,
+            k.DATA_CONSUMED_PROMPTS: self.stream.state.consumed,
+            k.WEIGHTS_VERSION: self.version,
+            k.WEIGHTS_PUBLISH_SECONDS: publish_seconds,
+            k.WEIGHTS_STALENESS: float(staleness),
+            k.ROLLOUT_NUM_WORKERS: pool.num_running(),  # placed and answering
+            k.ROLLOUT_NUM_WORKERS_REQUESTED: len(pool),  # config, control.yaml or memrl scale
+            k.ROLLOUT_FAILURES: events.failures,
+            k.ROLLOUT_REDISPATCHED: events.redispatched,
+            k.ROLLOUT_DRAINING_NODES: len(pool.cluster().draining),  # now
+            k.ROLLOUT_DRAINING_NODES_SEEN: events.draining_nodes_seen,
+            k.ROLLOUT_PREEMPTED_WORKERS: events.preempted_workers,
+            k.ROLLOUT_RESENT_GROUPS: events.resent_groups,
+            k.ROLLOUT_LOST_WORK_S: round(events.lost_work_s, 3),
+            k.HEALTH_MEMORY_RESTARTS: self.scorer.memory_restarts,
         }
         if self.memory is not None:
-            metrics.update({f"memory/{k}": v for k, v in self.memory.metrics().items()})
+            metrics.update({f"memory/{name}": v for name, v in self.memory.metrics().items()})
         return metrics
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -317,10 +321,10 @@ class Trainer:
         with phase("checkpoint", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
             started = time.perf_counter()
             partial = self.checkpoints.begin(self.step)
-            learner_files = self.learners.save(f"{partial}/learner", export_hf=True)
-            files = {f"learner/{name}": entry for name, entry in learner_files.items()}
+            learner_files = self.learners.save(f"{partial}/{CHECKPOINT_LEARNER_DIR}", export_hf=True)
+            files = {f"{CHECKPOINT_LEARNER_DIR}/{name}": entry for name, entry in learner_files.items()}
             if self.memory is not None:
-                self.memory.snapshot(f"{partial}/memory")
+                self.memory.snapshot(f"{partial}/{CHECKPOINT_MEMORY_DIR}")
             state = {
                 "step": self.step,
                 "weight_version": self.version,
@@ -334,7 +338,7 @@ class Trainer:
             }
             uri = self.checkpoints.complete(partial, self.step, state, files=files)
             if self.memory is not None:  # the snapshot moved with the rename of the partial dir
-                self.memory.remember_snapshot(f"{uri}/memory")
+                self.memory.remember_snapshot(f"{uri}/{CHECKPOINT_MEMORY_DIR}")
         self._last_save = time.monotonic()
         log.info("checkpoint step %d written in %.1f s: %s", self.step, time.perf_counter() - started, uri)
         return uri
@@ -351,7 +355,7 @@ class Trainer:
         cfg, controller, pool = self.cfg, self.controller, self.pool
         started = time.time()
         resumed_at = self.step if self.resumed_from else None
-        summary = RunSummary(cfg, self.run_dir, resumed_at=resumed_at, export_best=self.learners.export_hf)
+        summary = RunSummary(cfg, self.files, resumed_at=resumed_at, export_best=self.learners.export_hf)
         writer = self._writer = MetricsWriter(
             self.run_dir, tensorboard=cfg.logging.tensorboard,
             wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
@@ -400,9 +404,9 @@ class Trainer:
                 bar.close()
             writer.close()
         with phase("final export (model, memory)", step=self.step, timeout_s=cfg.trainer.timeout_s):
-            self.learners.export_hf(self.run_dir / "model")
+            self.learners.export_hf(self.files.model)
             if self.memory is not None:
-                self.memory.snapshot(str((self.run_dir / "memory" / "final").absolute()))
+                self.memory.snapshot(str(self.files.final_memory.absolute()))
         return summary.finish(steps=self.step, wall_seconds=time.time() - started,
                               accuracy_after=accuracy_after, starting_model=self.model_path)
 

@@ -30,7 +30,6 @@ from memrl.train.capacity import ClusterState, WorkerCount, critical_drains, par
 
 log = logging.getLogger(__name__)
 
-CONTROL_FILE = "control.yaml"  # OUTPUT_DIR/control.yaml: {rollout: {num_workers: N}}
 CONTROL_TIMEOUT_S = 30.0  # for the driver's own control actor (memrl scale requests)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job system sees a failure and restarts it
 PREEMPTION_WATCHDOG = "memrl-preemption-watchdog"  # the thread that exits past the deadline
@@ -74,14 +73,14 @@ def read_control(text: str) -> tuple[WorkerCount | None, str | None]:
 class RunController:
     """Scaling requests and preemption for one run; the driver calls it between steps.
 
-    ``control`` is the run's control actor (``memrl scale`` writes to it); ``roles`` returns the
-    node of each actor whose loss stops the run (it is asked after every step: the memory
-    service moves when it restarts)."""
+    ``control_file`` is the run directory's ``control.yaml``; ``control`` is the run's control
+    actor (``memrl scale`` writes to it); ``roles`` returns the node of each actor whose loss
+    stops the run (it is asked after every step: the memory service moves when it restarts)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, control: Any,
+    def __init__(self, cfg: Config, control_file: Path, control: Any,
                  roles: Callable[[], dict[str, str | None]]):
         self.cfg, self.control, self._roles = cfg, control, roles
-        self.control_file = run_dir / CONTROL_FILE
+        self.control_file = control_file  # OUTPUT_DIR/control.yaml: {rollout: {num_workers: N}}
         self.step = 0  # the last finished step, for messages
         self.preempting_since: float | None = None
         self._control_seen: tuple[float, str] | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from memrl.config import Config
+from memrl.run_dir import RunDir
 
 # What a resumed run takes over from the partial summary of the run it continues.
 _CARRIED_OVER = ("accuracy_before", "accuracy_lenient_before", "best_accuracy", "best_step")
@@ -23,10 +24,10 @@ class RunSummary:
     ``export_best`` writes the current policy to a folder (the learners' Hugging Face export);
     it is called when an evaluation beats the best so far."""
 
-    def __init__(self, cfg: Config, run_dir: Path, *, resumed_at: int | None,
+    def __init__(self, cfg: Config, files: RunDir, *, resumed_at: int | None,
                  export_best: Callable[[Path], None]):
-        self.run_dir, self._export_best = run_dir, export_best
-        self.partial_path = run_dir / "summary_partial.json"
+        self.files, self._export_best = files, export_best
+        self.partial_path = files.summary_partial
         self.values: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed,
                                        "model": cfg.model.name_or_path, "resumed_from_step": resumed_at}
         if resumed_at is not None and self.partial_path.is_file():
@@ -51,7 +52,7 @@ class RunSummary:
         best = self.values.get("best_accuracy")
         if best is None or result["accuracy"] > best:
             self.values["best_accuracy"], self.values["best_step"] = result["accuracy"], step
-            self._export_best(self.run_dir / "best_model")
+            self._export_best(self.files.best_model)
         self.values["accuracy_lenient_after"] = result["accuracy_lenient"]  # of the latest evaluation
         self._write_partial()
         return float(result["accuracy"])
@@ -64,11 +65,11 @@ class RunSummary:
         if accuracy_after is not None:
             values["accuracy_after"] = accuracy_after
         values.update({"steps": steps, "wall_seconds": wall_seconds,
-                       "model_dir": str(self.run_dir / "model")})
+                       "model_dir": str(self.files.model)})
         if "best_step" in values:  # step 0 is the starting model itself
-            values["best_model_dir"] = str(self.run_dir / "best_model") if values["best_step"] \
+            values["best_model_dir"] = str(self.files.best_model) if values["best_step"] \
                 else starting_model
-        (self.run_dir / "summary.json").write_text(json.dumps(values, indent=2))
+        self.files.summary.write_text(json.dumps(values, indent=2))
         return values
 
     def _write_partial(self) -> None:

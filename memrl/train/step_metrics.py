@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from memrl import metric_keys as k
 from memrl.train.scoring import StepScores
 from memrl.types import Record
 
-# Phases timed by the step's StepClock, under the names their time/* metrics carry.
-TIMED_PHASES = ("generate", "score", "train", "sync")
+# The step's StepClock keys and the metric each one's duration is logged as.
+TIMED_PHASES = {"generate": k.TIME_GENERATE, "score": k.TIME_SCORE, "train": k.TIME_TRAIN,
+                "sync": k.TIME_SYNC}
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class StepWork:
     max_completion_length: int
 
 
-def _stat(prefix: str, values: np.ndarray) -> dict[str, float]:
-    return {f"{prefix}/mean": float(np.mean(values)), f"{prefix}/std": float(np.std(values))}
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
 
 
 def weight_staleness(version: int, rollout_infos: Sequence[Mapping[str, Any]]) -> int:
@@ -56,30 +58,31 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
     times and throughput of one step."""
     scores, stats, infos, d = work.scores, work.train_stats, work.rollout_infos, work.durations
     metrics: dict[str, float | str] = {}
-    metrics.update(_stat("reward/total", scores.total))
+    metrics[k.REWARD_TOTAL_MEAN], metrics[k.REWARD_TOTAL_STD] = _mean_std(scores.total)
     for name, values in scores.components.items():
-        metrics.update(_stat(f"reward/{name}", values))
-    metrics["accuracy"] = float(scores.correct.mean())
-    metrics.update(_stat("completion/length", scores.lengths.astype(float)))
-    metrics["completion/clipped_frac"] = float((scores.lengths >= work.max_completion_length).mean())
-    metrics["grpo/zero_variance_groups_frac"] = float(1.0 - work.keep_groups.float().mean())
-    metrics.update({f"train/{k}": v for k, v in stats.items()})
+        mean_std = _mean_std(values)
+        metrics[k.REWARD_MEAN.format(component=name)], metrics[k.REWARD_STD.format(component=name)] = mean_std
+    metrics[k.ACCURACY] = float(scores.correct.mean())
+    metrics[k.COMPLETION_LENGTH_MEAN], metrics[k.COMPLETION_LENGTH_STD] = _mean_std(scores.lengths.astype(float))
+    metrics[k.COMPLETION_CLIPPED_FRAC] = float((scores.lengths >= work.max_completion_length).mean())
+    metrics[k.GRPO_ZERO_VARIANCE_GROUPS_FRAC] = float(1.0 - work.keep_groups.float().mean())
+    metrics.update({f"train/{name}": value for name, value in stats.items()})
 
-    for name in TIMED_PHASES:
-        metrics[f"time/{name}"] = float(d.get(name, 0.0))
-    metrics["time/memory"] = scores.memory_seconds
-    metrics["time/reference"] = float(stats.get("reference_seconds", 0.0))
+    for name, key in TIMED_PHASES.items():
+        metrics[key] = float(d.get(name, 0.0))
+    metrics[k.TIME_MEMORY] = scores.memory_seconds
+    reference_s = metrics[k.TIME_REFERENCE] = float(stats.get("reference_seconds", 0.0))
     # The workers' own weight loads happen inside generation but are part of the sync's cost.
-    metrics["time/sync"] += max(float(i.get("sync_seconds", 0.0)) for i in infos)
-    metrics["time/step"] = work.step_seconds
+    metrics[k.TIME_SYNC] = float(d.get("sync", 0.0)) + max(float(i.get("sync_seconds", 0.0)) for i in infos)
+    metrics[k.TIME_STEP] = work.step_seconds
 
     tokens = sum(int(i["tokens"]) for i in infos)
-    metrics["throughput/tokens_per_s"] = tokens / max(work.step_seconds, 1e-9)
+    metrics[k.THROUGHPUT_TOKENS_PER_S] = tokens / max(work.step_seconds, 1e-9)
     # Real (unpadded) prompt + completion tokens over the learners' own compute time.
-    metrics["throughput/train_tokens_per_s"] = float(stats.get("sequence_tokens", 0.0)) / max(
-        metrics["time/reference"] + float(stats.get("step_time_s", 0.0)), 1e-9)
+    metrics[k.THROUGHPUT_TRAIN_TOKENS_PER_S] = float(stats.get("sequence_tokens", 0.0)) / max(
+        reference_s + float(stats.get("step_time_s", 0.0)), 1e-9)
     # The requests run in parallel, one per worker: the step's tokens over a request's mean time.
     mean_generate_s = sum(float(i["generate_seconds"]) for i in infos) / len(infos)
-    metrics["throughput/generate_tokens_per_s"] = tokens / max(mean_generate_s, 1e-9)
-    metrics["data/prompts_sha1"] = prompts_digest(work.records)
+    metrics[k.THROUGHPUT_GENERATE_TOKENS_PER_S] = tokens / max(mean_generate_s, 1e-9)
+    metrics[k.DATA_PROMPTS_SHA1] = prompts_digest(work.records)
     return metrics
