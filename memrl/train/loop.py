@@ -138,8 +138,7 @@ class Trainer:
         check_fits(cfg, node_totals())
         with StartupReporter() as reporter:
             self._start_actors(resume_from, reporter)
-        self.scorer = StepScorer(self.plan, self.composer, cfg.grpo.max_completion_length, self.memory,
-                                 cfg.trainer.timeout_s)
+        self.scorer = StepScorer(self.plan, self.composer, cfg.grpo.max_completion_length, self.memory)
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0
         self.step = 0
@@ -262,7 +261,7 @@ class Trainer:
         # The learners' reference pass runs while the reward task scores the same batches.
         reference = self.learners.begin_step(batch_refs)
         with clock.timed("score"):
-            scores = self.scorer.score(clock.step, batch.records, batch_refs)
+            scores = self.scorer.score(clock.step, batch.records, batch_refs, clock.timeout_s)
         with clock.phase("train", "reference log-probs", actor="the learners"):
             prepared = self.learners.wait_reference(reference)
 
