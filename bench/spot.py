@@ -51,6 +51,7 @@ from bench import _common  # noqa: F401  (before torch: one thread per process, 
 from memrl.actors.control import NAMESPACE, control_name
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
+from memrl.errors import explain
 from memrl.report.table import markdown_table
 from memrl.run_dir import CHECKPOINT_MANIFEST_FILE, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.train.loop import Trainer
@@ -392,7 +393,8 @@ def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None
     trainer, counted, error = _train(cfg, {4: fault, 6: after_restart})
     _fill(out, counted, cfg)
     steps = _steps(Path(cfg.output_dir))
-    out.steps_completed, out.error = len(steps), (repr(error)[:600] if error else "")
+    # What the user reads: memrl's own message for the error (its first line names the fault).
+    out.steps_completed, out.error = len(steps), (explain(error)[0][:600] if error else "")
     out.exit_code = None if error is None else 1
     out.facts = {"memory_restarted": [m.get("memory/restarted") for m in steps],
                  "memory_steps_done": [m.get("memory/steps_done") for m in steps],
