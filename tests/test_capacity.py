@@ -1,4 +1,4 @@
-"""The pure decisions about a changing cluster (memrl.train.capacity), without Ray."""
+"""The pure decisions about a changing cluster (memrl.cluster.capacity), without Ray."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from memrl.train.capacity import (
+from memrl.cluster.capacity import (
     AUTO,
     ClusterState,
     InFlight,
@@ -17,8 +17,8 @@ from memrl.train.capacity import (
     parse_worker_count,
     target_worker_count,
 )
+from memrl.cluster.placement import Demand
 from memrl.train.loop import read_control
-from memrl.train.placement import Demand
 
 SPOT = {"CPU": 1.0, "rollout_node": 0.01}
 

@@ -51,28 +51,28 @@ from memrl.actors.memory import SnapshotUnreachable
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
 from memrl.actors.scoring import score_step_task
 from memrl.checkpoint import CheckpointManager
-from memrl.config import Config, config_to_yaml
-from memrl.errors import InputError, RuntimeFault, error_log, phase
-from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
-from memrl.prompts import record_prompt
-from memrl.rewards.registry import RewardComposer
-from memrl.rollout.engine import load_tokenizer
-from memrl.run_lock import RunLock
-from memrl.train.capacity import WorkerCount, critical_drains, parse_worker_count
-from memrl.train.data_stream import PromptStream, StreamState
-from memrl.train.evaluate import greedy_sampling, score_greedy
-from memrl.train.metrics import MetricsWriter
-from memrl.train.placement import check_fits, learner_demands, memory_demands, rollout_demand
-from memrl.train.requests import (
+from memrl.cluster.capacity import WorkerCount, critical_drains, parse_worker_count
+from memrl.cluster.placement import check_fits, learner_demands, memory_demands, rollout_demand
+from memrl.cluster.requests import (
     GenerationRequest,
     chunk_requests,
     request_seed,
     training_sampling,
 )
-from memrl.train.scoring import StepScores
+from memrl.config import Config, config_to_yaml
+from memrl.errors import InputError, RuntimeFault, error_log, phase
+from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
+from memrl.prompts import record_prompt
+from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import StepScores
+from memrl.rollout.engine import load_tokenizer
+from memrl.run_lock import RunLock
+from memrl.tasks import build_task
+from memrl.train.data_stream import PromptStream, StreamState
+from memrl.train.evaluate import greedy_sampling, score_greedy
+from memrl.train.metrics import MetricsWriter
 from memrl.train.setup import (
     build_reward_plan,
-    build_task,
     learner_settings,
     memory_settings,
     prepare_model,
