@@ -14,9 +14,9 @@ from typing import Any, Self
 
 import ray
 
+from memrl.cluster.capacity import ClusterState, draining_deadlines
+from memrl.cluster.placement import Demand, waiting_report
 from memrl.config import Config
-from memrl.train.capacity import ClusterState, draining_deadlines
-from memrl.train.placement import Demand, waiting_report
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _local_cluster_address() -> str | None:
 
 
 def node_totals() -> list[dict[str, float]]:
-    """Each live node's resource totals (for :func:`memrl.train.placement.check_fits`)."""
+    """Each live node's resource totals (for :func:`memrl.cluster.placement.check_fits`)."""
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 

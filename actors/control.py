@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from memrl.train.capacity import WorkerCount, parse_worker_count
+from memrl.cluster.capacity import WorkerCount, parse_worker_count
 
 NAMESPACE = "memrl"
 PREFIX = "memrl-run:"

@@ -13,7 +13,7 @@ calls to it fail at once meanwhile; it rejoins with the weights of its next requ
 on a draining node (preemption notice) gets no new requests, its requests that will not finish
 before the node's deadline are re-sent, and once idle it is replaced by a new worker that Ray
 places elsewhere. ``rollout.num_workers`` is a target (a number, or ``auto``: what the usable
-nodes hold, see :mod:`memrl.train.capacity`), applied at each step's start.
+nodes hold, see :mod:`memrl.cluster.capacity`), applied at each step's start.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from memrl.actors.cluster import ClusterWatch
-from memrl.rollout.engine import SamplingSettings
-from memrl.train.capacity import (
+from memrl.cluster.capacity import (
     ClusterState,
     DrainPlan,
     InFlight,
@@ -39,8 +38,9 @@ from memrl.train.capacity import (
     parse_worker_count,
     target_worker_count,
 )
-from memrl.train.placement import Demand
-from memrl.train.requests import GenerationRequest, chunk_requests, least_loaded
+from memrl.cluster.placement import Demand
+from memrl.cluster.requests import GenerationRequest, chunk_requests, least_loaded
+from memrl.rollout.engine import SamplingSettings
 from memrl.types import RolloutBatch
 
 log = logging.getLogger(__name__)

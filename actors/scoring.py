@@ -6,8 +6,8 @@ from __future__ import annotations
 import ray
 
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import MemoryScorer, StepScores, score_step
 from memrl.rewards.total import RewardPlan
-from memrl.train.scoring import MemoryScorer, StepScores, score_step
 from memrl.types import Record, RolloutBatch
 
 
@@ -15,5 +15,5 @@ from memrl.types import Record, RolloutBatch
 def score_step_task(plan: RewardPlan, composer: RewardComposer, max_completion_length: int,
                     records: dict[str, Record], memory: MemoryScorer | None, step: int,
                     *batches: RolloutBatch) -> StepScores:
-    """:func:`memrl.train.scoring.score_step` on ``batches`` (passed as refs, resolved here)."""
+    """:func:`memrl.rewards.step_scores.score_step` on ``batches`` (passed as refs, resolved here)."""
     return score_step(list(batches), records, plan, composer, max_completion_length, memory, step)

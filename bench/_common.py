@@ -29,9 +29,10 @@ from memrl.config import Config, load_config  # noqa: E402
 from memrl.prompts import record_prompt  # noqa: E402
 from memrl.report.table import text_table  # noqa: E402
 from memrl.rollout.engine import completion_mask, load_tokenizer, pad_rows  # noqa: E402
+from memrl.tasks import build_task  # noqa: E402
 from memrl.tasks.base import Task  # noqa: E402
 from memrl.train.data_stream import PromptStream  # noqa: E402
-from memrl.train.setup import build_task, cache_root, prepare_model  # noqa: E402
+from memrl.train.setup import cache_root, prepare_model  # noqa: E402
 from memrl.types import Record  # noqa: E402
 
 # Shapes of the random models: 34m for CPU; for GPU-sized measurements Qwen2.5-0.5B / -1.5B

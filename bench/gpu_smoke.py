@@ -113,9 +113,9 @@ def part_faiss(timeout_s: float) -> Part:
 
 def part_plan(timeout_s: float) -> Part:
     """The one-GPU layout must place on one GPU and fit its memory (no device needed)."""
+    from memrl.cluster.placement import Node
     from memrl.config import load_config
     from memrl.plan import actor_groups, estimate_memory, place
-    from memrl.train.placement import Node
 
     cfg = load_config(ROOT / ONE_GPU_CONFIG)
     groups = actor_groups(cfg)

@@ -96,9 +96,9 @@ def learner_figures(seconds: dict[str, list[float]], real_tokens: int) -> dict[s
 # -- the sequences and the models ---------------------------------------------------------------
 def sample_step(cfg: Config, model_path: str, tokenizer: Any) -> RolloutBatch:
     """The default's first training step: its prompts, sampled as a rollout worker does."""
+    from memrl.cluster.requests import request_seed, training_sampling
     from memrl.rollout.hf_engine import HFEngine
-    from memrl.train.requests import request_seed, training_sampling
-    from memrl.train.setup import build_task
+    from memrl.tasks import build_task
 
     task = build_task(cfg)
     records = common.stream_records(task, cfg, cfg.grpo.batch_size // cfg.grpo.num_generations)

@@ -41,10 +41,10 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 import bench._common as common  # first: one thread per process, offline hubs
+from memrl.cluster.requests import request_seed, training_sampling
 from memrl.rollout.availability import vllm_available
 from memrl.rollout.engine import SamplingSettings, checkpoint_eos_ids
 from memrl.rollout.factory import resolve_engine_kind
-from memrl.train.requests import request_seed, training_sampling
 from memrl.train.setup import rollout_worker_factory
 
 TARGET_FRACTION = 0.9
@@ -173,7 +173,7 @@ class MemrlPool:
         self.pool.wait_until_ready()
 
     def generate(self, prompts: Sequence[str], template: SamplingSettings, repetition: int) -> Run:
-        from memrl.train.requests import chunk_requests
+        from memrl.cluster.requests import chunk_requests
 
         requests = chunk_requests(list(prompts), [str(i) for i in range(len(prompts))],
                                   num_chunks=len(self.pool))

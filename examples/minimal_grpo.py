@@ -44,12 +44,12 @@ from memrl.memory import MemoryRewarder
 from memrl.model import load_policy
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import score_step
 from memrl.rollout import SamplingSettings, make_engine
+from memrl.tasks import build_task
 from memrl.train.data_stream import PromptStream
-from memrl.train.scoring import score_step
 from memrl.train.setup import (
     build_reward_plan,
-    build_task,
     learner_settings,
     memory_settings,
     prepare_model,

@@ -64,8 +64,9 @@ def _cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _cmd_build_base(ns: argparse.Namespace) -> int:
+    from memrl.model.recipe import tiny_base_recipe
     from memrl.model.warmstart import cached_tiny_model
-    from memrl.train.setup import build_task, tiny_base_recipe
+    from memrl.tasks import build_task
 
     path, overrides = _split_config_args(ns.args)
     cfg = load_config(path, overrides)
@@ -81,7 +82,7 @@ def _cmd_build_base(ns: argparse.Namespace) -> int:
 
 def _cmd_scale(ns: argparse.Namespace) -> int:
     from memrl.actors.control import scale_via_job
-    from memrl.train.capacity import parse_worker_count
+    from memrl.cluster.capacity import parse_worker_count
 
     try:
         parse_worker_count(ns.num_workers, key="memrl scale NUM_WORKERS")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from memrl.errors import InputError
 from memrl.official import OFFICIAL_EXPLICIT, apply_official, flat_keys
+from memrl.task_names import import_task_class
 
 # Rewards each method adds to the task's rule rewards (spec: R1 = rule rewards, Cosine = +
 # length reward, Memory-R = + exploit, Memory-R+ = + exploit + explore); memoryr+cosine is the
@@ -239,24 +240,23 @@ class TaskConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        from memrl.tasks import resolve_task  # the tasks import no config at run time
-
-        resolve_task(name)  # ValueError naming the task and the valid names
+        import_task_class(name)  # ValueError naming the task and the valid names
         return name
 
     @model_validator(mode="after")
     def _options_for_path_tasks(self) -> TaskConfig:
         import inspect
 
-        from memrl.tasks import TASKS, resolve_task
-
-        if self.options and self.name in TASKS:
-            raise ValueError(
-                f"task.options is for tasks named by import path; the built-in task "
-                f"{self.name!r} takes its settings from task.* (e.g. task.arith) and data.*"
-            )
+        task_class = import_task_class(self.name)
+        if task_class is None:
+            if self.options:
+                raise ValueError(
+                    f"task.options is for tasks named by import path; the built-in task "
+                    f"{self.name!r} takes its settings from task.* (e.g. task.arith) and data.*"
+                )
+            return self
         try:
-            inspect.signature(resolve_task(self.name)).bind_partial(**self.options)
+            inspect.signature(task_class).bind_partial(**self.options)
         except TypeError as exc:
             raise ValueError(f"task.options {sorted(self.options)} do not fit {self.name}: {exc}") from None
         return self

@@ -30,9 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memrl.config import Config
-from memrl.report.table import text_table
-from memrl.train.placement import (
+from memrl.cluster.placement import (
     Node,
     fit_problem,
     initial_workers,
@@ -41,6 +39,8 @@ from memrl.train.placement import (
     rollout_demand,
     take,
 )
+from memrl.config import Config
+from memrl.report.table import text_table
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_GIB = 80.0  # when no GPU is visible here and the cluster does not say
@@ -99,7 +99,7 @@ class Plan:
 # ---- actors and memory estimates ------------------------------------------------------------
 def actor_groups(cfg: Config) -> list[ActorGroup]:
     """The Ray actors ``memrl train`` starts for ``cfg`` and what each asks for (the demands
-    its start-up check packs, :mod:`memrl.train.placement`)."""
+    its start-up check packs, :mod:`memrl.cluster.placement`)."""
     groups = [ActorGroup("rollout", initial_workers(cfg), rollout_demand(cfg, "rollout").resources),
               ActorGroup("learner", cfg.learner.num_learners, learner_demands(cfg)[0].resources)]
     memory = memory_demands(cfg)
@@ -305,8 +305,8 @@ def check_model(cfg: Config) -> tuple[Check, str | None]:
 
 def check_datasets(cfg: Config) -> Check:
     """Each split's source: a local file, generated, the Hugging Face cache or the hub."""
+    from memrl.tasks import build_task
     from memrl.tasks.hub import DatasetUnavailableError, locate_hub_dataset
-    from memrl.train.setup import build_task
 
     task = build_task(cfg)
     hub_id, hub_config = task.hub_dataset() or (None, None)

@@ -9,13 +9,13 @@ import torch
 from bench import _common as common
 from bench import e2e_vs_trl as e2e
 from bench import rollout, weight_sync
+from memrl.cluster.requests import request_seed
 from memrl.config import load_config
 from memrl.model.tiny import train_bpe_tokenizer
 from memrl.prompts import record_prompt
 from memrl.rollout.engine import build_rollout_batch
+from memrl.tasks import build_task
 from memrl.train.data_stream import PromptStream
-from memrl.train.requests import request_seed
-from memrl.train.setup import build_task
 from memrl.types import Record
 
 EOS = 2

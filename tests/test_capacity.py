@@ -1,4 +1,4 @@
-"""The pure decisions about a changing cluster (memrl.train.capacity), without Ray."""
+"""The pure decisions about a changing cluster (memrl.cluster.capacity), without Ray."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from memrl.train.capacity import (
+from memrl.cluster.capacity import (
     AUTO,
     ClusterState,
     InFlight,
@@ -17,7 +17,7 @@ from memrl.train.capacity import (
     parse_worker_count,
     target_worker_count,
 )
-from memrl.train.placement import Demand
+from memrl.cluster.placement import Demand
 from memrl.train.run_control import read_control
 
 SPOT = {"CPU": 1.0, "rollout_node": 0.01}

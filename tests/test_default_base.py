@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from memrl.config import load_config
+from memrl.model.recipe import tiny_base_recipe
 from memrl.model.warmstart import SHIPPED_BASES, SPEC_FILE, shipped_base, spec_key
 from memrl.prompts import record_prompt
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.rule import correctness_reward
 from memrl.rollout.engine import SamplingSettings
 from memrl.rollout.hf_engine import HFEngine
-from memrl.train.setup import build_task, prepare_model, tiny_base_recipe
+from memrl.tasks import build_task
+from memrl.train.setup import prepare_model
 
 # Greedy accuracy of the shipped base on the default's 200 held-out problems (README, "before").
 PINNED_CORRECT = 29

@@ -13,16 +13,15 @@ import torch
 from memrl.config import config_to_yaml, load_config
 from memrl.eval.cli import main_eval
 from memrl.eval.evaluate import evaluate
-from memrl.eval.extractive import extract_answers, score_completions
-from memrl.eval.graders import grade
+from memrl.eval.graders import grade, score_completions
 from memrl.eval.pass_at_k import pass_at_k
 from memrl.eval.results import format_table
 from memrl.eval.settings import EvalSettings, EvalSettingsError, build_eval_task
+from memrl.grading import extract_answers
 from memrl.model.tiny import build_tiny_model
 from memrl.prompts import SYSTEM_PROMPT
 from memrl.rollout.engine import GenerationEngine, build_rollout_batch, load_tokenizer, pad_rows
-from memrl.tasks import make_task
-from memrl.train.setup import build_task
+from memrl.tasks import build_task, make_task
 from memrl.types import Record
 
 TEXTS = [

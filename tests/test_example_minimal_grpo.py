@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from trainer_configs import FAST, TINY
 
 from memrl.config import load_config
-from memrl.train.setup import build_task, prepare_model
+from memrl.tasks import build_task
+from memrl.train.setup import prepare_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "minimal_grpo.py"
 LAMBDA_EXPLORE = 0.5  # not 1, so a total that drops or repeats the weight is caught

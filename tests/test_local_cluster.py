@@ -19,7 +19,7 @@ import pytest
 from test_job_submit import _free_ports, _processes_with_env, _ray_cli
 from trainer_configs import FAST, TINY
 
-from memrl.train.placement import Demand, unplaceable
+from memrl.cluster.placement import Demand, unplaceable
 
 REPO = Path(__file__).resolve().parents[1]
 

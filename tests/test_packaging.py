@@ -1,6 +1,9 @@
 """The wheel carries the actors and configs inside memrl's namespace; an installed memrl finds
-its default config from any directory; a checkout that is not installed imports memrl.actors."""
+its default config from any directory; memrl.actors is the top-level actors/ folder (through the
+committed symlink memrl/actors -> ../actors) in a checkout, installed or not, and in what Ray's
+working_dir uploads."""
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -15,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _package_folders() -> set[str]:
-    """Every package under memrl/ on disk, plus the two folders installed into its namespace."""
+    """Every package under memrl/ on disk, plus the two folders installed into its namespace
+    (memrl/actors is a symlink, which rglob does not enter)."""
     found = {
         ".".join(init.parent.relative_to(REPO).parts)
         for init in (REPO / "memrl").rglob("__init__.py")
@@ -33,12 +37,13 @@ def test_pyproject_lists_every_package_folder():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    # Build from a copy so the test never writes build/ or egg-info into the checkout.
+    # Build from a copy so the test never writes build/ or egg-info into the checkout; the copy
+    # keeps memrl/actors a symlink, as a clone has it.
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     for name in ("memrl", "actors", "configs"):
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
@@ -94,15 +99,39 @@ def test_installed_wheel_trains_from_any_directory_with_its_default_config(wheel
     assert "max_steps: 3" in shown and "name_or_path: tiny" in shown
 
 
+def test_memrl_actors_is_the_top_level_actors_folder():
+    link = REPO / "memrl" / "actors"
+    assert link.is_symlink() and os.readlink(link) == "../actors", "memrl/actors must link to ../actors"
+    modules = sorted(p.stem for p in (REPO / "actors").glob("*.py"))
+    assert {"__init__", "learner", "memory", "rollout"} <= set(modules)
+    for name in modules:
+        module = importlib.import_module("memrl.actors" if name == "__init__" else f"memrl.actors.{name}")
+        assert Path(module.__file__).resolve() == REPO / "actors" / f"{name}.py", name
+
+
+def test_ray_working_dir_upload_ships_memrl_actors(tmp_path):
+    # What `ray job submit --runtime-env cluster/runtime_env.yaml` uploads (working_dir: .):
+    # Ray's packer follows the symlink and ships memrl/actors as files.
+    from ray._private.runtime_env.packaging import _zip_files
+
+    checkout, upload = tmp_path / "checkout", tmp_path / "working_dir.zip"
+    for name in ("memrl", "actors"):
+        shutil.copytree(REPO / name, checkout / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    _zip_files(str(checkout), [], str(upload), include_gitignore=True)
+    names = set(zipfile.ZipFile(upload).namelist())
+    for actor in (p.name for p in (REPO / "actors").glob("*.py")):
+        assert f"memrl/actors/{actor}" in names and f"actors/{actor}" in names, actor
+
+
 def test_checkout_without_install_imports_memrl_actors(tmp_path):
-    # Ray's working_dir (cluster/runtime_env_pip.yaml) runs an uploaded copy that is not installed.
+    # A clone that is not installed (the copy keeps memrl/actors a symlink, as git checks it out).
     for name in ("memrl", "actors", "configs"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / name, tmp_path / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     probe = ("import memrl.actors, memrl.config as c; "
              "print(memrl.actors.__file__, c.DEFAULT_CONFIG.is_file())")
     # The editable install of the real checkout is on sys.path too: the copy's own actors must win.
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
                          capture_output=True, text=True, timeout=60)
     actors_file, default_found = out.stdout.split()
-    assert Path(actors_file) == tmp_path / "actors" / "__init__.py"
+    assert Path(actors_file).resolve() == (tmp_path / "actors" / "__init__.py").resolve()
     assert default_found == "True"

@@ -61,7 +61,7 @@ def test_combined_method_turns_on_both_memory_rewards_and_cosine():
 
 def test_empty_reasoning_is_scored_as_empty_not_as_the_whole_text():
     from memrl.rewards.registry import RewardComposer
-    from memrl.train.scoring import score_step
+    from memrl.rewards.step_scores import score_step
     from memrl.types import Record, RolloutBatch
 
     seen = {}

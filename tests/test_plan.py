@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from memrl.cli import main
+from memrl.cluster.placement import Node
 from memrl.config import load_config
 from memrl.plan import ActorGroup, build_plan, learner_bytes, place
-from memrl.train.placement import Node
 
 
 def test_plan_passes_the_default_on_the_session_cluster(ray_cluster, tmp_path):

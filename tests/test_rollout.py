@@ -13,6 +13,7 @@ from trainer_configs import make_config
 from transformers import AutoModelForCausalLM
 
 from memrl.actors.rollout import make_rollout_worker_class
+from memrl.cluster.requests import training_sampling
 from memrl.config import GRPOConfig
 from memrl.metric_keys import unknown_keys
 from memrl.model.tiny import build_tiny_model
@@ -22,7 +23,6 @@ from memrl.rollout.factory import resolve_engine_kind
 from memrl.rollout.hf_engine import HFEngine
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
-from memrl.train.requests import training_sampling
 from memrl.weights import pack_state_dict, unpack
 
 TEXTS = [

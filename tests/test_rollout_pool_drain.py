@@ -14,8 +14,8 @@ import ray
 
 from memrl.actors.cluster import ClusterWatch
 from memrl.actors.rollout_pool import RolloutPool
-from memrl.train.capacity import ClusterState
-from memrl.train.requests import chunk_requests
+from memrl.cluster.capacity import ClusterState
+from memrl.cluster.requests import chunk_requests
 
 
 @ray.remote(num_cpus=0.1, max_restarts=-1, max_task_retries=0, max_concurrency=2)

@@ -9,9 +9,9 @@ import torch
 
 from memrl.config import load_config
 from memrl.errors import PhaseTimeout
+from memrl.rewards.step_scores import StepScores
 from memrl.run_dir import RunDir
 from memrl.train.run_summary import RunSummary
-from memrl.train.scoring import StepScores
 from memrl.train.step_clock import StepClock
 from memrl.train.step_metrics import StepWork, prompts_digest, step_metrics, weight_staleness
 from memrl.types import Record

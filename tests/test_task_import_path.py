@@ -11,12 +11,13 @@ from typing import ClassVar
 import pytest
 
 from memrl.config import ConfigError, load_config
-from memrl.eval.extractive import ScoredAnswer, score_completions
-from memrl.eval.graders import grade
+from memrl.eval.graders import grade, score_completions
 from memrl.eval.settings import EvalSettings, build_eval_task
-from memrl.tasks import TASKS, make_task, resolve_task
+from memrl.grading import ScoredAnswer
+from memrl.model.recipe import warmstart_completions
+from memrl.tasks import TASKS, build_task, make_task, resolve_task
 from memrl.tasks.base import GeneratedRecords, Task
-from memrl.train.setup import build_reward_plan, build_task, warmstart_completions
+from memrl.train.setup import build_reward_plan
 from memrl.types import Record
 
 

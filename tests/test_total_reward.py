@@ -11,9 +11,10 @@ from memrl.config import load_config
 from memrl.grpo.advantages import group_advantages
 from memrl.memory import HashingEmbedder, MemoryRewarder, MemorySettings
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import score_step
 from memrl.rewards.total import EXPLOIT, EXPLORE
-from memrl.train.scoring import score_step
-from memrl.train.setup import build_reward_plan, build_task
+from memrl.tasks import build_task
+from memrl.train.setup import build_reward_plan
 from memrl.types import Record, RolloutBatch
 
 G = 4  # completions per prompt

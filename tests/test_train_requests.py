@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from memrl.config import load_config
-from memrl.errors import RuntimeFault
-from memrl.train.placement import (
+from memrl.cluster.placement import (
     Demand,
     check_fits,
     learner_demands,
@@ -15,7 +13,9 @@ from memrl.train.placement import (
     run_demands,
     waiting_report,
 )
-from memrl.train.requests import chunk_requests, least_loaded
+from memrl.cluster.requests import chunk_requests, least_loaded
+from memrl.config import load_config
+from memrl.errors import RuntimeFault
 
 
 def test_chunks_are_contiguous_nearly_equal_and_never_empty():

@@ -2,10 +2,10 @@
 
 import pytest
 
+from memrl.model.recipe import warmstart_completions
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.rule import correctness_reward, strict_format_reward
 from memrl.tasks import make_task
-from memrl.train.setup import warmstart_completions
 
 TASK = make_task("arith", seed=0)
 RECORDS = [TASK.dataset("train")[i] for i in range(400)]
@@ -71,7 +71,8 @@ def test_countdown_has_no_direct_demonstration():
 
 def test_habit_stage_demonstrations_follow_the_direct_share(tmp_path):
     from memrl.config import load_config
-    from memrl.train.setup import build_task, tiny_base_recipe
+    from memrl.model.recipe import tiny_base_recipe
+    from memrl.tasks import build_task
 
     cfg = load_config(None, ["model.tiny.warmstart_examples=300", "model.tiny.habit_steps=10",
                              "model.tiny.habit_direct_fraction=0.8"])

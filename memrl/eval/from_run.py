@@ -74,7 +74,7 @@ def settings_from_run(run_dir: Path, model_dir: Path, options: dict[str, Any]) -
 
     Raises EvalSettingsError when an option contradicts the run (another task, or a task
     option that only ``--run-override`` or ``--ignore-run`` can express)."""
-    from memrl.train.setup import build_task
+    from memrl.tasks import build_task
 
     cfg = _run_config(run_dir, options.get("run_override") or [])
     asked = options.get("task")

@@ -1,6 +1,6 @@
 """The two graders a completion can be judged by, and what each calls "correct".
 
-- ``extractive_match``: the paper's LightEval-style evaluation (:mod:`.extractive`): the answer
+- ``extractive_match``: the paper's LightEval-style evaluation (:mod:`memrl.grading`): the answer
   is read from the ``<answer>`` tag, a ``\\boxed{}`` or the free text, then checked with
   math-verify. Lenient about format; what ``memrl eval`` uses for a model that is not a run.
 - ``correctness_reward``: the task's correctness reward as a training run computes it (the same
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from memrl.eval.extractive import ScoredAnswer, score_completions
+from memrl.grading import ScoredAnswer
 
 if TYPE_CHECKING:
     from memrl.tasks.base import Task
@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 Grader = Literal["extractive_match", "correctness_reward"]
 GRADERS: tuple[str, ...] = ("extractive_match", "correctness_reward")
 VERIFIERS: tuple[str, ...] = ("exact", "math")
+
+
+def score_completions(
+    task: Task, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
+) -> list[ScoredAnswer]:
+    """Score ``completions[i]`` against ``records[i]`` by the task's own check
+    (:meth:`memrl.tasks.base.Task.score_answers`: answer extraction and math-verify, or e.g.
+    Countdown's equation check). ``timeout_s`` bounds each math-verify call."""
+    if len(records) != len(completions):
+        raise ValueError(f"{len(completions)} completions for {len(records)} records")
+    return task.score_answers(records, completions, timeout_s=timeout_s)
 
 
 def score_with_correctness_reward(

@@ -1,11 +1,12 @@
 """Task registry: a task is named by its built-in name (``arith``) or, like a reward, by import
-path (``"mypkg.tasks:MyTask"``, a :class:`Task` subclass); ``make_task`` builds one."""
+path (``"mypkg.tasks:MyTask"``, a :class:`Task` subclass); ``make_task`` builds one, ``build_task``
+the one a config names."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from memrl.import_path import import_object
+from memrl.task_names import import_task_class
 from memrl.tasks.aime24 import AIME24Task
 from memrl.tasks.aimo import AIMOTask
 from memrl.tasks.arith import ArithTask
@@ -13,6 +14,9 @@ from memrl.tasks.base import Task
 from memrl.tasks.countdown import CountdownTask
 from memrl.tasks.gsm8k import GSM8KTask
 from memrl.tasks.math500 import Math500Task
+
+if TYPE_CHECKING:
+    from memrl.config import Config
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
@@ -22,23 +26,20 @@ TASKS: dict[str, type[Task]] = {
 
 def resolve_task(name: str) -> type[Task]:
     """The task class of a built-in name or of a ``"package.module:Class"`` path; ValueError
-    naming ``name`` and the valid names otherwise."""
-    if name in TASKS:
-        return TASKS[name]
-    if ":" not in name:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))} "
-                         "(or an import path 'package.module:TaskClass')")
-    cls = import_object(name, label=f"task {name!r}",
-                        expected=f"a built-in task name ({', '.join(sorted(TASKS))})")
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        what = cls.__name__ if isinstance(cls, type) else f"a {type(cls).__name__}"
-        raise ValueError(f"task {name!r} is {what}, not a subclass of memrl.tasks.base.Task")
-    return cls
+    naming ``name`` and the valid names otherwise (:func:`memrl.task_names.import_task_class`)."""
+    task_class = import_task_class(name)
+    return TASKS[name] if task_class is None else task_class
 
 
 def make_task(name: str, **kwargs: Any) -> Task:
     """The task called ``name`` built with its constructor's keyword arguments."""
     return resolve_task(name)(**kwargs)
+
+
+def build_task(cfg: Config) -> Task:
+    """The configured task (built-in or by import path), as its ``from_config`` reads the
+    ``task`` and ``data`` sections (local files when ``data.path``/``data.eval_path`` are set)."""
+    return resolve_task(cfg.task.name).from_config(cfg.task, cfg.data)
 
 
 def format_rewards(tasks: tuple[type[Task], ...] = tuple(TASKS.values())) -> tuple[str, ...]:
@@ -53,4 +54,4 @@ def correctness_rewards(tasks: tuple[type[Task], ...] = tuple(TASKS.values())) -
     return tuple(dict.fromkeys(task.correctness_reward for task in tasks))
 
 
-__all__ = ["TASKS", "Task", "correctness_rewards", "format_rewards", "make_task", "resolve_task"]
+__all__ = ["TASKS", "Task", "build_task", "correctness_rewards", "format_rewards", "make_task", "resolve_task"]

@@ -7,7 +7,8 @@ warm-start demonstrations (``demonstration``), its evaluation check (``score_ans
 the hub dataset it reads (``hub_dataset``). The metric keys collapse detection and the report
 read follow from its rewards (``memrl.tasks.format_rewards`` / ``correctness_rewards``).
 Adding a task means writing one subclass; name it in the config as ``task.name:
-"package.module:Class"`` (options in ``task.options``), or register it in ``memrl.tasks.TASKS``.
+"package.module:Class"`` (options in ``task.options``), or make it built-in: add it to
+``memrl.tasks.TASKS`` and its name to ``memrl.task_names.BUILTIN_TASKS``.
 
 A task's records come from its own source (a procedural generator or a Hugging Face dataset)
 or, for any task, from local files: ``path`` for the train split and ``eval_path`` for the
@@ -22,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
+from memrl.grading import ScoredAnswer, check_extracted_answers
 from memrl.prompts import DIRECT_ANSWER_OPENING, GSM8K_EXEMPLARS, SYSTEM_PROMPT, xml_completion
 from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
 from memrl.tasks.hub import load_hub_split
@@ -29,7 +31,6 @@ from memrl.types import Record
 
 if TYPE_CHECKING:
     from memrl.config import DataConfig, TaskConfig
-    from memrl.eval.extractive import ScoredAnswer
 
 # Config key that takes a local file for each split, for error messages.
 PATH_OPTIONS: Mapping[str, str] = {"train": "data.path", "test": "data.eval_path"}
@@ -139,8 +140,6 @@ class Task(ABC):
         read from the ``<answer>`` tag, a ``\\boxed{}`` or the free text, checked with
         math-verify (``timeout_s`` per item). Tasks with another notion of a correct answer
         override it."""
-        from memrl.eval.extractive import check_extracted_answers
-
         return check_extracted_answers(records, completions, timeout_s=timeout_s)
 
     def reward_answer(self, completion: str, verifier: str) -> tuple[str | None, str]:

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from memrl.grading import ScoredAnswer
 from memrl.prompts import COUNTDOWN_SYSTEM_PROMPT, countdown_completion
 from memrl.tasks.base import PATH_OPTIONS, GeneratedRecords, Task, held_out
 from memrl.tasks.files import RowError, check_unique_ids, read_rows, require_field, rows_to_records
@@ -28,7 +29,6 @@ from memrl.types import Record
 
 if TYPE_CHECKING:
     from memrl.config import DataConfig, TaskConfig
-    from memrl.eval.extractive import ScoredAnswer
 
 HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_ATTEMPTS = 10_000  # draws per record before giving up (only hit by impossible settings)
@@ -256,7 +256,6 @@ class CountdownTask(Task):
 
 def equation_check(completion: str, record: Record) -> ScoredAnswer:
     """Countdown's equation check of one completion against its record's numbers and target."""
-    from memrl.eval.extractive import ScoredAnswer
     from memrl.rewards.countdown import equation_score, extract_equation
 
     numbers, target = record.meta.get("numbers"), record.meta.get("target", record.answer)

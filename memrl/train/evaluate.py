@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import concat_texts, score_step
 from memrl.rewards.total import RewardPlan
 from memrl.rollout.engine import SamplingSettings
 from memrl.tasks.base import Task
-from memrl.train.scoring import concat_texts, score_step
 from memrl.types import Record, RolloutBatch
 
 LENIENT_TIMEOUT_S = 5.0  # per answer, as memrl eval's default

@@ -42,6 +42,8 @@ from memrl.actors.cluster import StartupReporter, init_ray, node_totals
 from memrl.actors.control import start_control
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
 from memrl.checkpoint import CheckpointManager
+from memrl.cluster.placement import check_fits, learner_demands, memory_demands, rollout_demand
+from memrl.cluster.requests import GenerationRequest, chunk_requests, request_seed, training_sampling
 from memrl.config import Config, config_to_yaml
 from memrl.errors import InputError, RuntimeFault, error_log, phase
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
@@ -50,16 +52,14 @@ from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
 from memrl.run_dir import CHECKPOINT_LEARNER_DIR, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.run_lock import RunLock
+from memrl.tasks import build_task
 from memrl.train.data_stream import PromptStream, StreamState
 from memrl.train.evaluate import greedy_sampling, score_greedy
 from memrl.train.metrics import MetricsWriter
-from memrl.train.placement import check_fits, learner_demands, memory_demands, rollout_demand
-from memrl.train.requests import GenerationRequest, chunk_requests, request_seed, training_sampling
 from memrl.train.run_control import PREEMPTED_EXIT_CODE, Preempted, RunController
 from memrl.train.run_summary import RunSummary
 from memrl.train.setup import (
     build_reward_plan,
-    build_task,
     learner_settings,
     memory_settings,
     prepare_model,

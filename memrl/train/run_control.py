@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import ray
 import yaml
 
+from memrl.cluster.capacity import ClusterState, WorkerCount, critical_drains, parse_worker_count
 from memrl.config import Config
-from memrl.train.capacity import ClusterState, WorkerCount, critical_drains, parse_worker_count
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from memrl import metric_keys as k
-from memrl.train.scoring import StepScores
+from memrl.rewards.step_scores import StepScores
 from memrl.types import Record
 
 # The step's StepClock keys and the metric each one's duration is logged as.

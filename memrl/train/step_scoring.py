@@ -16,8 +16,8 @@ from memrl.actors.memory import SnapshotUnreachable
 from memrl.actors.scoring import score_step_task
 from memrl.errors import phase
 from memrl.rewards.registry import RewardComposer
+from memrl.rewards.step_scores import StepScores
 from memrl.rewards.total import RewardPlan
-from memrl.train.scoring import StepScores
 from memrl.types import Record
 
 log = logging.getLogger(__name__)

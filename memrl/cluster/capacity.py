@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from memrl.train.placement import Demand, Node, fit_problem, take
+from memrl.cluster.placement import Demand, Node, fit_problem, take
 
 AUTO = "auto"
 WorkerCount = int | Literal["auto"]

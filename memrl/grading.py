@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from memrl.verify import check_answers, extract_boxed, extract_free_text_answers, extract_xml_answer
+
 if TYPE_CHECKING:
-    from memrl.tasks.base import Task
     from memrl.types import Record
 
 
@@ -47,8 +48,6 @@ def extract_answers(
     none gives anything. The free-text extractions run as one batch of
     :func:`memrl.verify.extract_free_text_answers`: about ``timeout_s`` per completion and
     ``batch_timeout_s`` (None: its default) for the batch, in any thread."""
-    from memrl.verify import extract_boxed, extract_free_text_answers, extract_xml_answer
-
     found: list[tuple[str | None, str]] = [(None, "none")] * len(completions)
     free_text: list[int] = []
     for i, completion in enumerate(completions):
@@ -74,8 +73,6 @@ def check_extracted_answers(
     """The answer of each completion (:func:`extract_answers`) checked against its record's
     gold answer with math-verify (``timeout_s`` per item): the default
     :meth:`memrl.tasks.base.Task.score_answers`."""
-    from memrl.verify import check_answers
-
     found = extract_answers(completions, timeout_s=timeout_s)
     pairs = {i: (answer, records[i].answer) for i, (answer, _) in enumerate(found) if answer}
     matches = check_answers(
@@ -89,14 +86,3 @@ def check_extracted_answers(
         ScoredAnswer(answer, source, correct.get(i, False))
         for i, (answer, source) in enumerate(found)
     ]
-
-
-def score_completions(
-    task: Task, records: Sequence[Record], completions: Sequence[str], *, timeout_s: float = 5.0
-) -> list[ScoredAnswer]:
-    """Score ``completions[i]`` against ``records[i]`` by the task's own check
-    (:meth:`memrl.tasks.base.Task.score_answers`: answer extraction and math-verify, or e.g.
-    Countdown's equation check). ``timeout_s`` bounds each math-verify call."""
-    if len(records) != len(completions):
-        raise ValueError(f"{len(completions)} completions for {len(records)} records")
-    return task.score_answers(records, completions, timeout_s=timeout_s)
