@@ -86,7 +86,6 @@ class PendingGeneration:
     order: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.queue = deque(self.queue)
         self.order = [r.index for r in self.queue]
 
 
@@ -293,7 +292,8 @@ class RolloutPool:
     def describe(self, worker_id: str) -> str:
         """Worker id with its node, for error messages (best effort: the worker may be dead)."""
         try:
-            info = ray.get(self.workers[worker_id].ping.remote(), timeout=5)  # KeyError: removed
+            ping: ray.ObjectRef = self.workers[worker_id].ping.remote()  # KeyError: removed
+            info = ray.get(ping, timeout=5)
             return f"{worker_id} (node {info.get('node_id', '?')}, pid {info.get('pid', '?')})"
         except Exception:  # noqa: BLE001 - describing must never mask the original failure
             return f"{worker_id} (node unknown: not answering or removed)"
@@ -323,13 +323,14 @@ class RolloutPool:
     def start(self, requests: list[GenerationRequest], submit: Submit,
               *, max_inflight_per_worker: int = 1) -> PendingGeneration:
         """Send as many requests as the workers take now; :meth:`finish` does the rest."""
-        pending = PendingGeneration(list(requests), submit, max_inflight_per_worker)
+        pending = PendingGeneration(deque(requests), submit, max_inflight_per_worker)
         self._dispatch(pending)
         return pending
 
     def _dispatch(self, p: PendingGeneration) -> None:
         plan = self._plan(p)
         for info_ref in plan.resend:  # will not finish before its node's deadline
+            assert isinstance(info_ref, ray.ObjectRef)  # the plan's keys are p.inflight's
             request, worker_id, _, started = p.inflight.pop(info_ref)
             ray.cancel(info_ref, force=False)
             self._lose(request, time.monotonic() - started)
