@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import ray
+from ray._private import state as ray_state
 
 from memrl.cluster.capacity import ClusterState, draining_deadlines
 from memrl.cluster.placement import Demand, waiting_report
@@ -54,7 +55,8 @@ def _local_cluster_address() -> str | None:
     try:
         from ray._private.services import canonicalize_bootstrap_address
 
-        return canonicalize_bootstrap_address(None)
+        # Ray annotates addr as str, but takes None as its docstring says (what ray.init() does)
+        return canonicalize_bootstrap_address(None)  # pyright: ignore[reportArgumentType]
     except Exception:  # noqa: BLE001 - private API moved or stale file: start a local cluster
         return None
 
@@ -70,7 +72,7 @@ def cluster_state() -> ClusterState:
     totals = {n["NodeID"]: dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")}
     # Ray's own accessor for the GCS's list of draining nodes (what `ray drain-node` and a
     # raylet's SIGTERM handler create); there is no public API for it in Ray 2.60.
-    raw = ray._private.state.state.get_draining_nodes()
+    raw = ray_state.state.get_draining_nodes()
     return ClusterState(totals=totals, draining={n: d for n, d in draining_deadlines(raw).items()
                                                  if n in totals})
 

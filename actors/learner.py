@@ -191,7 +191,9 @@ class LearnerGroup:
             _rendezvous_address.options(scheduling_strategy=self._strategy(0)).remote(),
             timeout=timeout_s,
         )
-        self.workers = [
+        # Any: Ray types a handle as ActorProxy (the handle or the class), which types no call
+        # of an actor method with a default argument or two returns, nor ray.kill.
+        self.workers: list[Any] = [
             LearnerWorker.options(
                 num_cpus=num_cpus_per_learner,
                 num_gpus=num_gpus_per_learner,

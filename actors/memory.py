@@ -67,6 +67,7 @@ class _LatestPointer:
         self.root = Path(root) if root else None
 
     def _key(self) -> bytes:
+        assert self.root is not None, "callers return early when there is no snapshot root"
         return str(self.root.absolute()).encode()
 
     def record(self, snapshot: str | Path) -> None:
@@ -126,7 +127,8 @@ class MemoryActor:
         self.num_shards = num_shards
         self.peers = list(peers)
         self.pointer = _LatestPointer(snapshot_root)
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        # bool(): Ray's property is untyped and returns its lookup (a dict) when that is empty
+        self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         self.loaded_from: str | None = None
         startup = _startup_snapshot(self.pointer, initial_snapshot)
         if startup is not None:
@@ -181,18 +183,18 @@ class MemoryActor:
             await asyncio.to_thread(upload_dir, local, directory)
             self.pointer.record(directory)  # a restart on any node downloads it from there
             return directory
-        directory = local_path(directory).absolute()
+        path = local_path(directory).absolute()
         async with self._lock:
             if self.peers:
                 await asyncio.gather(
-                    *[p.snapshot.remote(str(shard_dir(directory, i + 1))) for i, p in enumerate(self.peers)]
+                    *[p.snapshot.remote(str(shard_dir(path, i + 1))) for i, p in enumerate(self.peers)]
                 )
-                await asyncio.to_thread(self.rewarder.save, shard_dir(directory, 0))
-                write_shard_index(directory, self.num_shards)
+                await asyncio.to_thread(self.rewarder.save, shard_dir(path, 0))
+                write_shard_index(path, self.num_shards)
             else:
-                await asyncio.to_thread(self.rewarder.save, directory)
-            self.pointer.record(directory)
-        return str(directory)
+                await asyncio.to_thread(self.rewarder.save, path)
+            self.pointer.record(path)
+        return str(path)
 
     async def remember_snapshot(self, directory: str) -> None:
         """Record ``directory`` (a snapshot that moved, e.g. a checkpoint renamed into place;
@@ -317,9 +319,11 @@ class MemoryClient:
         self.settings = settings
         self.num_shards = num_shards
         self.timeout_s = timeout_s
-        options = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus,
-                       resources=dict(resources or {}))
-        peers = []
+        options: dict[str, Any] = dict(max_restarts=-1, num_cpus=num_cpus, num_gpus=num_gpus,
+                                       resources=dict(resources or {}))
+        # Ray types a handle as ActorProxy (the handle or the class), which types no call of an
+        # actor method without @ray.method nor ray.kill: handles are Any, as in RolloutPool.
+        peers: list[Any] = []
         for i in range(1, num_shards):
             peers.append(
                 ray.remote(MemoryShardActor)
@@ -335,7 +339,7 @@ class MemoryClient:
         primary_options = dict(options, max_concurrency=max_concurrency)
         if name:
             primary_options["name"] = name
-        self.actor = (
+        self.actor: Any = (
             ray.remote(MemoryActor)
             .options(**primary_options)
             .remote(settings.to_dict(), snapshot_root, initial_snapshot, num_shards, peers)

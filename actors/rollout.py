@@ -187,7 +187,9 @@ def make_rollout_worker_class(num_cpus: float = 1.0, num_gpus: float = 0.0,
     ``ping``/``stats`` answer while ``generate`` runs. Create actors from the driver so that
     they do not die with an intermediate owner.
     """
-    return ray.remote(
+    # Ray's typed overload of ray.remote(**options) lists the task options only (no
+    # max_concurrency), though the call takes every actor option.
+    return ray.remote(  # pyright: ignore[reportCallIssue]
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         resources=dict(resources or {}),

@@ -85,7 +85,6 @@ class PendingGeneration:
     order: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.queue = deque(self.queue)
         self.order = [r.index for r in self.queue]
 
 
@@ -292,7 +291,8 @@ class RolloutPool:
     def describe(self, worker_id: str) -> str:
         """Worker id with its node, for error messages (best effort: the worker may be dead)."""
         try:
-            info = ray.get(self.workers[worker_id].ping.remote(), timeout=5)  # KeyError: removed
+            ping: ray.ObjectRef = self.workers[worker_id].ping.remote()  # KeyError: removed
+            info = ray.get(ping, timeout=5)
             return f"{worker_id} (node {info.get('node_id', '?')}, pid {info.get('pid', '?')})"
         except Exception:  # noqa: BLE001 - describing must never mask the original failure
             return f"{worker_id} (node unknown: not answering or removed)"
@@ -320,13 +320,14 @@ class RolloutPool:
 
     def start(self, requests: list[GenerationRequest], submit: Submit) -> PendingGeneration:
         """Send as many requests as the workers take now (one each); :meth:`finish` does the rest."""
-        pending = PendingGeneration(list(requests), submit)
+        pending = PendingGeneration(deque(requests), submit)
         self._dispatch(pending)
         return pending
 
     def _dispatch(self, p: PendingGeneration) -> None:
         plan = self._plan(p)
         for info_ref in plan.resend:  # will not finish before its node's deadline
+            assert isinstance(info_ref, ray.ObjectRef)  # the plan's keys are p.inflight's
             request, worker_id, _, started = p.inflight.pop(info_ref)
             ray.cancel(info_ref, force=False)
             self._lose(request, time.monotonic() - started)

@@ -204,7 +204,7 @@ def _check_lengthening(records, max_completion_length: int | None,
         if frac >= rules.clipped_frac:
             reasons.append(f"clipped fraction {frac:.2f} >= {rules.clipped_frac:g}")
             ranges.append((int(clip_steps[-rules.window]), int(clip_steps[-1])))
-    if usable_length:
+    if usable_length and max_completion_length is not None:
         mean = float(lengths[-rules.window:].mean())
         limit = rules.cap_fraction * max_completion_length
         values["mean_length"] = mean

@@ -99,8 +99,8 @@ def paired_difference(summaries: Sequence[dict[str, Any]], a: str, b: str, key: 
     from scipy import stats
 
     by_seed = {m: {s["seed"]: s.get(key) for s in summaries if s["method"] == m} for m in (a, b)}
-    diffs = [by_seed[a][seed] - by_seed[b][seed] for seed in sorted(by_seed[a])
-             if by_seed[a].get(seed) is not None and by_seed[b].get(seed) is not None]
+    diffs = [x - y for seed in sorted(by_seed[a])
+             if (x := by_seed[a].get(seed)) is not None and (y := by_seed[b].get(seed)) is not None]
     if len(diffs) < 2:
         return None
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)

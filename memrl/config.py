@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,14 +22,15 @@ from memrl.task_names import import_task_class
 # Rewards each method adds to the task's rule rewards (spec: R1 = rule rewards, Cosine = +
 # length reward, Memory-R = + exploit, Memory-R+ = + exploit + explore); memoryr+cosine is the
 # official script's combination of Memory-R+ with the cosine length reward.
-METHOD_REWARDS: dict[str, frozenset[str]] = {
+Method = Literal["r1", "cosine", "memoryr", "memoryr+", "memoryr+cosine"]
+METHOD_REWARDS: dict[Method, frozenset[str]] = {
     "r1": frozenset(),
     "cosine": frozenset({"cosine"}),
     "memoryr": frozenset({"exploit"}),
     "memoryr+": frozenset({"exploit", "explore"}),
     "memoryr+cosine": frozenset({"exploit", "explore", "cosine"}),
 }
-METHODS = tuple(METHOD_REWARDS)
+METHODS: tuple[Method, ...] = get_args(Method)
 
 
 def _configs_folder() -> Path:
@@ -61,28 +62,28 @@ class TinyModelConfig(_Section):
     """The offline tiny Llama model built when ``model.name_or_path`` is ``tiny``."""
 
     vocab_size: int = Field(
-        512, ge=64,
+        default=512, ge=64,
         description="tokens of the BPE tokenizer trained on the task's text",
     )
     hidden_size: int = Field(
-        128, ge=8,
+        default=128, ge=8,
         description="width of the Llama model (a multiple of num_heads)",
     )
-    num_layers: int = Field(4, ge=1, description="transformer layers")
-    num_heads: int = Field(4, ge=1, description="attention heads")
-    intermediate_size: int = Field(512, ge=8, description="width of the MLP")
+    num_layers: int = Field(default=4, ge=1, description="transformer layers")
+    num_heads: int = Field(default=4, ge=1, description="attention heads")
+    intermediate_size: int = Field(default=512, ge=8, description="width of the MLP")
     max_position_embeddings: int = Field(
-        512, ge=32,
+        default=512, ge=32,
         description="longest prompt + completion in tokens",
     )
     warmstart_steps: int = Field(
-        600, ge=0,
+        default=600, ge=0,
         description="supervised steps on worked solutions before RL (0: no warm start)",
     )
-    warmstart_lr: float = Field(3e-3, gt=0, description="learning rate of the warm start")
-    warmstart_batch_size: int = Field(32, ge=1, description="demonstrations per warm-start step")
+    warmstart_lr: float = Field(default=3e-3, gt=0, description="learning rate of the warm start")
+    warmstart_batch_size: int = Field(default=32, ge=1, description="demonstrations per warm-start step")
     warmstart_examples: int = Field(
-        4000, ge=1,
+        default=4000, ge=1,
         description="training records turned into demonstrations",
     )
     # Share of warm-start demonstrations written as free text ending in GSM8K's "#### N" instead
@@ -90,7 +91,7 @@ class TinyModelConfig(_Section):
     # only part of the time, as small pretrained models do (the format rewards and the exact
     # answer check then have something to teach).
     warmstart_free_text_fraction: float = Field(
-        0.0, ge=0, le=1,
+        default=0.0, ge=0, le=1,
         description=(
             "share of demonstrations written as free text ending in '#### N' instead of "
             "the <answer> tags (the base then follows the format only part of the time)"
@@ -102,12 +103,12 @@ class TinyModelConfig(_Section):
     # multi-step problems; its samples show both behaviours, the correctness reward separates
     # them, and RL can shift it to the reasoning it already has (the embedded default's design).
     habit_steps: int = Field(
-        0, ge=0,
+        default=0, ge=0,
         description="steps of the second stage on mostly direct answers (0: no second stage)",
     )
-    habit_lr: float = Field(1e-3, gt=0, description="learning rate of the second stage")
+    habit_lr: float = Field(default=1e-3, gt=0, description="learning rate of the second stage")
     habit_direct_fraction: float = Field(
-        0.8, ge=0, le=1,
+        default=0.8, ge=0, le=1,
         description=(
             "share of the second stage's demonstrations that state the answer without working "
             "('The answer is N.' in the tags); the rest are worked solutions"
@@ -116,14 +117,14 @@ class TinyModelConfig(_Section):
     # The base model's own seed (initial weights, warm-start order), not the run's ``seed``:
     # like a pretrained checkpoint, one base model is shared by every training seed.
     seed: int = Field(
-        0,
+        default=0,
         description=(
             "the base model's seed (initial weights, warm-start order), shared by every "
             "run seed"
         ),
     )
     cache_dir: str | None = Field(
-        None,
+        default=None,
         description="where built tiny models are cached (None: $MEMRL_CACHE or ~/.cache/memrl)",
     )
 
@@ -139,11 +140,11 @@ class TinyModelConfig(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str = Field(
-        "tiny",
+        default="tiny",
         description="the policy: a hub id, a local Hugging Face folder, or 'tiny' (built offline)",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
+        default="auto",
         description="weights' dtype; auto: bfloat16 on GPU, float32 on CPU",
     )
     tiny: TinyModelConfig = Field(
@@ -153,14 +154,14 @@ class ModelConfig(_Section):
 
 
 class ArithConfig(_Section):
-    min_steps: int = Field(1, ge=1, description="fewest operations per problem")
-    max_steps: int = Field(1, ge=1, description="most operations per problem")
-    max_value: int = Field(50, ge=2, description="largest operand (and intermediate result)")
+    min_steps: int = Field(default=1, ge=1, description="fewest operations per problem")
+    max_steps: int = Field(default=1, ge=1, description="most operations per problem")
+    max_value: int = Field(default=50, ge=2, description="largest operand (and intermediate result)")
     operations: list[Literal["+", "-", "*"]] = Field(
         default_factory=lambda: ["+", "-"],
         description="operators the problems use",
     )
-    max_factor: int = Field(5, ge=2, description="largest operand of a multiplication")
+    max_factor: int = Field(default=5, ge=2, description="largest operand of a multiplication")
 
     @model_validator(mode="after")
     def _ordered(self) -> ArithConfig:
@@ -174,18 +175,18 @@ class ArithConfig(_Section):
 
 class CountdownConfig(_Section):
     source: Literal["generated", "hub"] = Field(
-        "generated",
+        default="generated",
         description="generated: procedural problems; hub: the Countdown dataset",
     )
-    min_numbers: int = Field(3, ge=2, description="fewest numbers given per problem")
-    max_numbers: int = Field(4, ge=2, description="most numbers given per problem")
-    max_number: int = Field(100, ge=2, description="largest given number")
-    max_target: int = Field(100, ge=1, description="largest target")
+    min_numbers: int = Field(default=3, ge=2, description="fewest numbers given per problem")
+    max_numbers: int = Field(default=4, ge=2, description="most numbers given per problem")
+    max_number: int = Field(default=100, ge=2, description="largest given number")
+    max_target: int = Field(default=100, ge=1, description="largest target")
 
 
 class TaskConfig(_Section):
     name: str = Field(
-        "arith",
+        default="arith",
         description=(
             "the task: prompts, answers and rule rewards; a built-in name (arith, gsm8k, aimo, "
             "math500, aime24, countdown) or the import path 'package.module:Class' of a "
@@ -195,15 +196,15 @@ class TaskConfig(_Section):
     # Data seed of the procedural tasks (arith, countdown), not the run's ``seed``: every
     # training seed sees the same problems and is evaluated on the same held-out set.
     seed: int = Field(
-        0,
+        default=0,
         description=(
             "data seed of the procedural tasks (arith, countdown): every run seed sees "
             "the same problems and held-out set"
         ),
     )
-    num_shots: int = Field(0, ge=0, le=9, description="worked exemplars before the question (0-9)")
+    num_shots: int = Field(default=0, ge=0, le=9, description="worked exemplars before the question (0-9)")
     verifier: Literal["exact", "math"] = Field(
-        "math",
+        default="math",
         description=(
             "answer check: math (numeric, then math-verify) or exact (the paper's GSM8K "
             "string match)"
@@ -211,14 +212,14 @@ class TaskConfig(_Section):
     )
     # None: the task's default (procedural tasks: 100,000 train records; datasets: every row).
     train_size: int | None = Field(
-        None, ge=1,
+        default=None, ge=1,
         description=(
             "records in the train split (None: procedural tasks 100,000, datasets every "
             "row)"
         ),
     )
     eval_size: int | None = Field(
-        200, ge=1,
+        default=200, ge=1,
         description="held-out records for evaluation (None: all)",
     )
     arith: ArithConfig = Field(
@@ -266,81 +267,81 @@ class DataConfig(_Section):
     """Local files instead of the hub (air-gapped clusters)."""
 
     path: str | None = Field(
-        None,
+        default=None,
         description="local train split (JSONL or Parquet) instead of the hub",
     )
     eval_path: str | None = Field(
-        None,
+        default=None,
         description="local held-out split (JSONL or Parquet) instead of the hub",
     )
     question_field: str | None = Field(
-        None,
+        default=None,
         description="question field of those files (None: the task's own name)",
     )
     answer_field: str | None = Field(
-        None,
+        default=None,
         description="answer field of those files (None: the task's own name)",
     )
     id_field: str | None = Field(
-        None,
+        default=None,
         description="record id field of those files (None: the file's name and row number)",
     )
     plain_answers: bool = Field(
-        False,
+        default=False,
         description="the answer field is the bare final answer (no '#### ...' line)",
     )
 
 
 class GRPOConfig(_Section):
-    num_generations: int = Field(16, description="completions per prompt (the group size G, >= 2)")
+    num_generations: int = Field(default=16, description="completions per prompt (the group size G, >= 2)")
     batch_size: int = Field(
-        256, ge=1,
+        default=256, ge=1,
         description="completions per optimizer step (a multiple of num_generations)",
     )
     temperature: float = Field(
-        0.9, gt=0,
+        default=0.9, gt=0,
         description="sampling temperature of training completions",
     )
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of training completions")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling of training completions")
     max_prompt_length: int = Field(
-        256, ge=1,
+        default=256, ge=1,
         description=(
             "prompt token budget (vLLM's context is this + max_completion_length; a "
             "longer prompt is an error naming it)"
         ),
     )
     max_completion_length: int = Field(
-        200, ge=1,
+        default=200, ge=1,
         description="completion tokens (also the evaluation's limit)",
     )
     beta: float = Field(
-        0.04, ge=0,
+        default=0.04, ge=0,
         description=(
             "KL coefficient (k3 estimator) towards the reference model; 0 loads no "
             "reference"
         ),
     )
     clip_low: float = Field(
-        0.2, ge=0, lt=1,
+        default=0.2, ge=0, lt=1,
         description="PPO clip range below 1 (ratio >= 1 - clip_low)",
     )
     clip_high: float = Field(
-        0.2, ge=0,
+        default=0.2, ge=0,
         description="PPO clip range above 1 (ratio <= 1 + clip_high; raise it for clip-higher)",
     )
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "dr_grpo"] = Field(
-        "token_mean",
+        default="token_mean",
         description=(
             "token_mean: over every token of the step; seq_mean_token_mean: per sequence, "
             "then mean; dr_grpo: sum over tokens / (sequences x max_completion_length)"
         ),
     )
     scale_rewards: Literal["std", "none"] = Field(
-        "std",
+        default="std",
         description="std: advantages divided by the group's std (GRPO); none: not (Dr. GRPO)",
     )
     filter_zero_variance: bool = Field(
-        False,
+        default=False,
         description="drop groups whose rewards are all equal (no learning signal)",
     )
 
@@ -364,46 +365,46 @@ class GRPOConfig(_Section):
 
 
 class TrainerConfig(_Section):
-    max_steps: int = Field(100, ge=1, description="optimizer steps")
+    max_steps: int = Field(default=100, ge=1, description="optimizer steps")
     save_every_steps: int = Field(
-        100, ge=0,
+        default=100, ge=0,
         description="checkpoint cadence in steps (0: only the final checkpoint)",
     )
-    lr: float = Field(5e-6, gt=0, description="AdamW peak learning rate")
-    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
-    adam_beta2: float = Field(0.99, ge=0, lt=1, description="AdamW beta2")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    lr: float = Field(default=5e-6, gt=0, description="AdamW peak learning rate")
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(default=0.99, ge=0, lt=1, description="AdamW beta2")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(
-        0.1, ge=0, le=1,
+        default=0.1, ge=0, le=1,
         description="share of max_steps of linear warm-up, then cosine decay",
     )
-    max_grad_norm: float = Field(0.1, gt=0, description="gradient clipping norm")
+    max_grad_norm: float = Field(default=0.1, gt=0, description="gradient clipping norm")
     eval_before_after: bool = Field(
-        True,
+        default=True,
         description="greedy accuracy on the held-out set before and after training",
     )
     eval_every_steps: int = Field(
-        0, ge=0,
+        default=0, ge=0,
         description="evaluate every N steps and keep the best model in best_model/ (0: off)",
     )
-    timeout_s: float = Field(600.0, gt=0, description="limit on any one remote call, in seconds")
+    timeout_s: float = Field(default=600.0, gt=0, description="limit on any one remote call, in seconds")
     keep_last_checkpoints: int = Field(
-        3, ge=1,
+        default=3, ge=1,
         description="checkpoints kept; older ones are deleted",
     )
     save_every_minutes: float = Field(
-        0.0, ge=0,
+        default=0.0, ge=0,
         description="checkpoint cadence in minutes (0: by steps only)",
     )
     preemption_deadline_s: float = Field(
-        90.0, gt=0,
+        default=90.0, gt=0,
         description=(
             "after SIGTERM, the checkpoint is written and the run exits within this many "
             "seconds"
         ),
     )
     checkpoint_uri: str | None = Field(
-        None,
+        default=None,
         description=(
             "where checkpoints/ lives: a path, file://, s3://... or gs://... (None: "
             "output_dir)"
@@ -413,7 +414,7 @@ class TrainerConfig(_Section):
 
 class RolloutConfig(_Section):
     num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        2,
+        default=2,
         description=(
             "rollout workers generating completions: a target the pool keeps up as nodes come "
             "and go; auto: as many as the usable nodes hold after the learners and memory "
@@ -421,15 +422,15 @@ class RolloutConfig(_Section):
         ),
     )
     engine: Literal["auto", "hf", "vllm"] = Field(
-        "auto",
+        default="auto",
         description="auto: vLLM when a GPU and vLLM are present, else transformers (hf)",
     )
     num_cpus_per_worker: float = Field(
-        1.0, ge=0,
+        default=1.0, ge=0,
         description="CPUs each rollout worker asks Ray for",
     )
     num_gpus_per_worker: float = Field(
-        0.0, ge=0,
+        default=0.0, ge=0,
         description="GPUs each rollout worker asks Ray for (fractions share a GPU)",
     )
     # Custom Ray resources each worker asks for, e.g. {rollout_node: 0.01} to land on the node
@@ -442,105 +443,105 @@ class RolloutConfig(_Section):
         ),
     )
     gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1,
+        default=0.3, gt=0, le=1,
         description="vLLM's share of its GPU's memory",
     )
     # sync: generate with the newest weights (on-policy, the paper's setting). async: generate
     # step t+1 while step t trains, with weights at most max_staleness versions old.
     mode: Literal["sync", "async"] = Field(
-        "sync",
+        default="sync",
         description=(
             "sync: generate with the newest weights (on-policy, the paper's setting); "
             "async: generate step t+1 while step t trains"
         ),
     )
     max_staleness: int = Field(
-        1, ge=1,
+        default=1, ge=1,
         description="async: weight versions a batch may lag behind the learner",
     )
     is_cap: float = Field(
-        2.0, gt=0,
+        default=2.0, gt=0,
         description="async: truncation of the importance-sampling correction",
     )
 
 
 class LearnerConfig(_Section):
     num_learners: int = Field(
-        1, ge=1,
+        default=1, ge=1,
         description="data-parallel DeepSpeed ranks (each gets whole prompt groups)",
     )
-    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs each learner asks Ray for")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs each learner asks Ray for")
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=0, description="DeepSpeed ZeRO stage")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs each learner asks Ray for")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs each learner asks Ray for")
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="custom Ray resources per learner, e.g. {learner_node: 0.01}",
     )
     micro_batch_size: int = Field(
-        16, ge=1,
+        default=16, ge=1,
         description=(
             "completions per forward/backward (memory budget; results do not depend on "
             "it)"
         ),
     )
     gradient_checkpointing: bool = Field(
-        False,
+        default=False,
         description="recompute activations in the backward pass to save memory",
     )
 
 
 class MemoryConfig(_Section):
     mode: Literal["paper", "reference"] = Field(
-        "paper",
+        default="paper",
         description=(
             "paper: the paper's definitions; reference: the official code's, switch by "
             "switch"
         ),
     )
-    k: int = Field(1, ge=1, description="nearest stored questions retrieved per lookup")
-    capacity_keys: int = Field(10_000, ge=1, description="questions each memory holds")
+    k: int = Field(default=1, ge=1, description="nearest stored questions retrieved per lookup")
+    capacity_keys: int = Field(default=10_000, ge=1, description="questions each memory holds")
     capacity_values: int = Field(
-        100, ge=1,
+        default=100, ge=1,
         description="responses kept per question (first in, first out)",
     )
-    warmup: int = Field(50, ge=0, description="the explore reward is 0 for this many units")
+    warmup: int = Field(default=50, ge=0, description="the explore reward is 0 for this many units")
     warmup_unit: Literal["steps", "failure_keys"] = Field(
-        "steps",
+        default="steps",
         description="unit of warmup: steps, or questions in the failure memory (failure_keys)",
     )
     anneal_rate: float = Field(
-        1.0, gt=0, le=1,
+        default=1.0, gt=0, le=1,
         description="multiplies the explore reward each step after warm-up (1: no annealing)",
     )
     window: int = Field(
-        100, ge=1,
+        default=100, ge=1,
         description="sliding window of the min-max normalisation of the intrinsic rewards",
     )
     lambda_exploit: float = Field(
-        1.0,
+        default=1.0,
         description="weight of the exploit reward in the total reward",
     )
     lambda_explore: float = Field(
-        1.0,
+        default=1.0,
         description="weight of the explore reward in the total reward",
     )
     embedder: str = Field(
-        "all-MiniLM-L6-v2",
+        default="all-MiniLM-L6-v2",
         description=(
             "sentence-transformers model name or path (offline copy by default), or "
             "'hash' (model-free, for tests)"
         ),
     )
     embedder_backend: Literal["onnx", "torch"] = Field(
-        "onnx",
+        default="onnx",
         description=(
             "onnx: the model exported once and run by onnxruntime on CPU; torch: "
             "sentence-transformers as is"
         ),
     )
-    num_cpus: float = Field(1.0, ge=0, description="CPUs of each memory actor")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs of each memory actor")
     num_gpus: float = Field(
-        0.0, ge=0,
+        default=0.0, ge=0,
         description="GPUs of each memory actor (a fraction puts FAISS on the GPU)",
     )
     resources: dict[str, float] = Field(
@@ -551,11 +552,11 @@ class MemoryConfig(_Section):
         ),
     )
     num_shards: int = Field(
-        1, ge=1,
+        default=1, ge=1,
         description="memory actors, each holding the questions whose text hashes to it",
     )
     value_text_chars: int = Field(
-        400, ge=0,
+        default=400, ge=0,
         description="characters of each stored reasoning kept for memrl memory inspect",
     )
 
@@ -564,7 +565,7 @@ class RewardSpecConfig(_Section):
     fn: str = Field(
         description="a built-in reward name or an import path 'package.module:function'",
     )
-    weight: float = Field(1.0, description="weight of this reward in the total reward")
+    weight: float = Field(default=1.0, description="weight of this reward in the total reward")
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="keyword arguments passed to the reward on every call",
@@ -573,51 +574,51 @@ class RewardSpecConfig(_Section):
 
 class LoggingConfig(_Section):
     tensorboard: bool = Field(
-        True,
+        default=True,
         description="write the metrics for TensorBoard under output_dir/tensorboard",
     )
     wandb_project: str | None = Field(
-        None,
+        default=None,
         description="log to this Weights & Biases project (None: off)",
     )
-    progress_bar: bool = Field(True, description="show a progress bar of the steps")
+    progress_bar: bool = Field(default=True, description="show a progress bar of the steps")
 
 
 class RayConfig(_Section):
     address: str | None = Field(
-        None,
+        default=None,
         description="join this Ray cluster (None: RAY_ADDRESS, else start a local one)",
     )
     num_cpus: int | None = Field(
-        None, ge=1,
+        default=None, ge=1,
         description="logical CPUs of a local cluster (None: the machine's)",
     )
 
 
 class Config(_Section):
-    method: Literal[METHODS] = Field(
-        "memoryr+",
+    method: Method = Field(
+        default="memoryr+",
         description=(
             "r1: rule rewards; cosine: + cosine length reward; memoryr: + exploit; "
             "memoryr+: + exploit + explore; memoryr+cosine: all three"
         ),
     )
     official: bool = Field(
-        False,
+        default=False,
         description=(
             "the official code's setup in one switch (memrl/official.py lists the keys it "
             "sets)"
         ),
     )
     seed: int = Field(
-        0,
+        default=0,
         description=(
             "the run's seed: prompt order, sampling, learner init (data and the tiny base "
             "model have their own)"
         ),
     )
     output_dir: str = Field(
-        "runs/default",
+        default="runs/default",
         description="the run directory: config, metrics, checkpoints, final model",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="the policy model")
@@ -641,7 +642,7 @@ class Config(_Section):
         description="the episodic memories and their intrinsic rewards",
     )
     rewards: list[RewardSpecConfig] | None = Field(
-        None,
+        default=None,
         description=(
             "rewards replacing the task's rule rewards, each {fn, weight, kwargs} (None: "
             "the method's)"

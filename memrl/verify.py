@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Literal
 
 from math_verify import parse, verify
@@ -192,6 +193,12 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{3,}")
 
 
+def _parse(text: str) -> list:
+    """math-verify's parse with its own (signal-based) timeout off, the module doc says why.
+    None is the off that math-verify documents, though it annotates parsing_timeout as int."""
+    return parse(text, parsing_timeout=None)  # pyright: ignore[reportArgumentType]
+
+
 def _parse_math(text: str) -> list:
     """math-verify parse of one answer string; [] when nothing parses.
 
@@ -205,12 +212,12 @@ def _parse_math(text: str) -> list:
     if not text.strip():
         return []
     if any(anchor in text for anchor in _ANCHORS):
-        return parse(text, parsing_timeout=None)
+        return _parse(text)
     if _WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None:
-        parsed = parse(text, parsing_timeout=None)
+        parsed = _parse(text)
         if parsed:
             return parsed
-    return parse(f"${text}$", parsing_timeout=None)
+    return _parse(f"${text}$")
 
 
 def _math_verify_match(pred: str, gold: str) -> tuple[bool, str | None]:
@@ -228,7 +235,7 @@ def _math_verify_match(pred: str, gold: str) -> tuple[bool, str | None]:
 def _free_text_answer(text: str) -> tuple[str | None, str | None]:
     """The answer math-verify extracts from free text (its first matched string), or None; no
     problem to log."""
-    parsed = parse(text, parsing_timeout=None)
+    parsed = _parse(text)
     return next((item for item in parsed if isinstance(item, str) and item.strip()), None), None
 
 
@@ -281,7 +288,7 @@ class VerifyWorker:
     def __init__(self, compare: Job = _job_without_timeout, startup_timeout_s: float = 120.0):
         self._compare = compare
         self._startup_timeout_s = startup_timeout_s
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: BaseProcess | None = None
         self._conn: Connection | None = None
 
     def _start(self) -> Connection:
@@ -337,21 +344,23 @@ class VerifyWorker:
             done = start
             while done < len(items):
                 failure = None
+                reply: tuple[int, object, str | None] | None = None  # (index, result, problem)
                 wait_s = timeout_s if deadline is None else min(timeout_s, deadline - time.monotonic())
                 if not conn.poll(max(0.0, wait_s)):
                     failure = f"took over {timeout_s} s" if wait_s >= timeout_s else \
                         "ran past the batch's time budget"
                 else:
                     try:
-                        index, result, problem = conn.recv()
+                        reply = conn.recv()
                     except EOFError:
                         failure = "crashed the math-verify worker"
-                if failure is not None:
+                if reply is None:  # failure says why
                     logger.warning("math-verify on %s %s; counted as %r",
                                    _describe(items[done]), failure, default)
                     self.close()
                     done += 1
                     break
+                index, result, problem = reply
                 if result is not None:
                     results[start + index] = result
                 if problem is not None:

@@ -21,6 +21,7 @@ from memrl.grading import ScoredAnswer
 if TYPE_CHECKING:
     from memrl.tasks.base import Task
     from memrl.types import Record
+    from memrl.verify import CheckMode
 
 Grader = Literal["extractive_match", "correctness_reward"]
 GRADERS: tuple[str, ...] = ("extractive_match", "correctness_reward")
@@ -40,7 +41,7 @@ def score_completions(
 
 def score_with_correctness_reward(
     task: Task, records: Sequence[Record], completions: Sequence[str], lengths: Sequence[int], *,
-    verifier: str, max_tokens: int,
+    verifier: CheckMode, max_tokens: int,
 ) -> list[ScoredAnswer]:
     """Judge each completion by the task's correctness reward (value > 0.5 is correct), built by
     the same :func:`memrl.rewards.total.reward_plan` a training run uses."""
@@ -63,7 +64,7 @@ def score_with_correctness_reward(
 
 def grade(
     grader: str, task: Task, records: Sequence[Record], completions: Sequence[str],
-    lengths: Sequence[int], *, verifier: str, max_tokens: int, timeout_s: float,
+    lengths: Sequence[int], *, verifier: CheckMode, max_tokens: int, timeout_s: float,
 ) -> list[ScoredAnswer]:
     """Score ``completions[i]`` against ``records[i]`` with the named grader."""
     if grader == "extractive_match":

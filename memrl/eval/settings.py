@@ -12,6 +12,7 @@ from memrl.eval.graders import GRADERS, VERIFIERS
 if TYPE_CHECKING:
     from memrl.tasks.base import Task
     from memrl.types import Record
+    from memrl.verify import CheckMode
 
 ENGINES = ("auto", "hf", "vllm")
 # Settings that have their own option; a --task-option may not set them a second time.
@@ -62,7 +63,7 @@ class EvalSettings:
     task_options: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 5.0  # per math-verify check
     grader: str = "extractive_match"
-    verifier: str = "math"
+    verifier: CheckMode = "math"
 
     def __post_init__(self) -> None:
         from memrl.tasks import TASKS, resolve_task

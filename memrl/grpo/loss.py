@@ -252,8 +252,9 @@ def grpo_loss(
     m = real.to(logp.dtype)
     tokens_per_seq = m.sum(dim=1)  # [N]
     if settings.aggregation == "dr_grpo" and logp.shape[0] > 0:
+        assert settings.max_completion_length is not None  # LossSettings enforces it for dr_grpo
         longest = int(tokens_per_seq.max())
-        if longest > settings.max_completion_length:  # type: ignore[operator]
+        if longest > settings.max_completion_length:
             raise ValueError(
                 f"a completion has {longest} tokens, more than max_completion_length="
                 f"{settings.max_completion_length} that dr_grpo divides by"
@@ -291,6 +292,7 @@ def grpo_loss(
         n = normaliser if normaliser is not None else max(num_seqs, 1)
         loss = (masked_sum_per_seq / tokens_per_seq.clamp(min=1.0)).sum() / n
     else:  # dr_grpo
+        assert settings.max_completion_length is not None  # LossSettings enforces it for dr_grpo
         n = normaliser if normaliser is not None else max(num_seqs, 1) * settings.max_completion_length
         loss = masked_sum_per_seq.sum() / n
 

@@ -132,10 +132,11 @@ def pack_completions(
     )
 
 
-def can_pack(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (a Hugging Face causal LM) can run the packed forward: its attention
-    implementation takes 4-D masks (flash-attention kernels take none)."""
-    return getattr(model.config, "_attn_implementation", None) in PACKABLE_ATTENTION
+def packable_attention(model: torch.nn.Module) -> str | None:
+    """The attention implementation of ``model`` (a Hugging Face causal LM) when it can run the
+    packed forward, one that takes 4-D masks (flash-attention kernels take none); else None."""
+    attention = getattr(model.config, "_attn_implementation", None)
+    return attention if attention in PACKABLE_ATTENTION else None
 
 
 def selected_logprobs(
@@ -164,7 +165,7 @@ def packed_completion_logprobs(
 ) -> torch.Tensor:
     """[n, L] float32 log-probs of the completion tokens (0 at padding) from one packed forward
     of ``model`` (a Hugging Face causal LM, or the DeepSpeed engine around one, whose
-    attention is ``attn_implementation`` and compute dtype ``dtype``; see :func:`can_pack`)."""
+    attention is ``attn_implementation`` and compute dtype ``dtype``; see :func:`packable_attention`)."""
     mask = packed.attention.to(device)
     if attn_implementation == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(

@@ -45,7 +45,7 @@ from memrl.grpo.loss import (
 )
 from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, policy_inputs
 from memrl.learner.distributed import detect_device, init_distributed, load_deepspeed
-from memrl.learner.packing import can_pack, pack_completions, packed_completion_logprobs
+from memrl.learner.packing import pack_completions, packable_attention, packed_completion_logprobs
 from memrl.learner.stats import token_weighted_mean
 from memrl.model.loading import load_policy
 from memrl.types import RolloutBatch
@@ -149,7 +149,8 @@ def disable_dropout(model: torch.nn.Module) -> None:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
+            # torch types Module.__setattr__'s value as Tensor | Module; plain attributes pass too
+            module.attention_dropout = 0.0  # pyright: ignore[reportArgumentType]
 
 
 def _check_batch(batch: RolloutBatch) -> None:
@@ -263,7 +264,8 @@ class PolicyTrainer:
         device = self.engine.device
         rows = slice(start, stop)
         net = self.engine.module if model is self.engine else model
-        if self.settings.pack_sequences and can_pack(net):
+        attention = packable_attention(net) if self.settings.pack_sequences else None
+        if attention is not None:
             packed = pack_completions(
                 batch.prompt_ids[rows], batch.prompt_mask[rows],
                 batch.completion_ids[rows], batch.completion_mask[rows],
@@ -272,7 +274,7 @@ class PolicyTrainer:
             shape = (stop - start, batch.completion_ids.shape[1])
             return packed_completion_logprobs(
                 model, packed, shape, self.settings.temperature, device,
-                attn_implementation=net.config._attn_implementation,
+                attn_implementation=attention,
                 dtype=next(net.parameters()).dtype,
             )
         return self._padded_logprobs(model, batch, rows)
@@ -307,7 +309,7 @@ class PolicyTrainer:
         local = micro_batches_needed(num_rows, self.settings.micro_batch_size)
         return int(self._all_reduce([local], dist.ReduceOp.MAX)[0])
 
-    def _all_reduce(self, values: list[int], op: dist.ReduceOp) -> list[int]:
+    def _all_reduce(self, values: list[int], op: dist.ReduceOp.RedOpType) -> list[int]:
         if self.world_size == 1:
             return values
         tensor = torch.tensor(values, dtype=torch.int64, device=self.engine.device)
@@ -444,7 +446,7 @@ class PolicyTrainer:
             behaviour = batch.behaviour_logprobs[rows].to(device)
             is_weights = (
                 importance_weights(old, behaviour, row_mask, self.settings.loss.is_cap)
-                if weighted else None
+                if weighted and self.settings.loss.is_cap is not None else None
             )
             loss, stats = grpo_loss(
                 logp,

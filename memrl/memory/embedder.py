@@ -89,7 +89,10 @@ class SentenceTransformerEmbedder:
 
         self.model = SentenceTransformer(str(resolve_model_path(name_or_path)), device=device)
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(dim_of())
+        dim = dim_of()
+        if dim is None:  # a model without a fixed output size cannot fill a fixed-width index
+            raise ValueError(f"memory.embedder = {name_or_path!r}: the model reports no embedding dimension")
+        self.dim = int(dim)
         self.batch_size = batch_size
         self._onnx: OnnxSentenceEncoder | None = None
         if backend == "onnx":
@@ -166,7 +169,9 @@ class OnnxSentenceEncoder:
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             cols = mask[rows].any(axis=0)
-            out[rows] = self.session.run(None, {name: a[rows][:, cols] for name, a in arrays.items()})[0]
+            embedded = self.session.run(None, {name: a[rows][:, cols] for name, a in arrays.items()})[0]
+            assert isinstance(embedded, np.ndarray)  # the exported model's one output is dense
+            out[rows] = embedded
         return out
 
 

@@ -21,6 +21,7 @@ import importlib.metadata
 import logging
 import subprocess
 import sys
+from typing import Any
 
 import faiss
 import numpy as np
@@ -160,6 +161,9 @@ class KeyIndex:
         self.device = resolve_device(device)
         self.size = 0
         rows = min(capacity, _INITIAL_ROWS)
+        # [rows, dim] float32: a CUDA tensor when the device is cuda, else a NumPy array (no
+        # torch import on CPU), so typed by neither
+        self._table: Any
         if self.device == "cuda":
             import faiss.contrib.torch_utils  # noqa: F401  (lets faiss.knn_gpu take CUDA tensors)
             import torch

@@ -167,4 +167,5 @@ def load_policy(
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device), tokenizer
+    # transformers wraps PreTrainedModel.to in functools.wraps, which typeshed types unbound
+    return model.to(device), tokenizer  # pyright: ignore[reportArgumentType]

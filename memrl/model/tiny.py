@@ -113,6 +113,8 @@ def build_tiny_model(
     tokenizer = train_bpe_tokenizer(
         texts, vocab_size, split_digits=split_digits, model_max_length=max_position_embeddings
     )
+    # transformers types a token id as int, str or a list of either; these are single tokens
+    assert isinstance(tokenizer.eos_token_id, int) and isinstance(tokenizer.pad_token_id, int)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 from memrl.report.runs import RunDirError
-from memrl.report.write import write_report
+from memrl.report.write import Format, write_report
 from memrl.run_dir import RunDir
 
 EXIT_BAD_RUN = 2
 
 
-def main_report(run_dirs: list[str], out: str | None, fmt: str, smoothing: int = 1) -> int:
+def main_report(run_dirs: list[str], out: str | None, fmt: Format, smoothing: int = 1) -> int:
     """Write the report of ``run_dirs`` into ``out`` (default ``RUN_DIR/report`` of the first
     run), print the report's path and return 0; a bad run directory prints
     ``memrl report: ...`` to stderr and returns 2."""

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,7 +14,10 @@ from memrl.collapse import metric_series
 from memrl.report.runs import Run
 from memrl.report.topics import Topic
 
-_RUN_LINESTYLES = ("-", "--", "-.", ":")  # so that runs with equal curves stay visible
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn
+    from matplotlib.typing import LineStyleType
+
+_RUN_LINESTYLES: tuple[LineStyleType, ...] = ("-", "--", "-.", ":")  # so that runs with equal curves stay visible
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -34,7 +37,7 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 class _Style:
     label: str
     color: str
-    linestyle: str = "-"
+    linestyle: LineStyleType = "-"
 
 
 def _line(ax, steps: np.ndarray, values: np.ndarray, smoothing: int, smooth: bool,
@@ -94,7 +97,8 @@ def _draw_overlaid(topic: Topic, runs: Sequence[Run], findings: Sequence[Sequenc
                 if finding["rule"] in panel.shade:
                     ax.axvspan(finding["first_step"] - 0.5, finding["last_step"] + 0.5,
                                color=style.color, alpha=0.12, linewidth=0)
-        caps = {run.max_completion_length for run in runs} - {None} if panel.cap_line else set()
+        caps = ({run.max_completion_length for run in runs if run.max_completion_length is not None}
+                if panel.cap_line else set())
         for y in sorted(caps):
             ax.axhline(y, color="grey", linestyle="--", linewidth=1.0)
         for y in panel.guides:

@@ -16,7 +16,7 @@ _HEAD = ("<!DOCTYPE html>", "<html><head><meta charset=\"utf-8\"><title>memrl re
 def render_html(blocks: Sequence[Block]) -> str:
     """``blocks`` as an HTML page; every text is escaped."""
     esc = html.escape
-    out = list(_HEAD)
+    out: list[str] = list(_HEAD)
     for block in blocks:
         if isinstance(block, Heading):
             out.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")

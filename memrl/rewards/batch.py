@@ -45,4 +45,6 @@ class RewardBatch:
 class RewardFn(Protocol):
     """Signature of a reward function (built-in or user-supplied)."""
 
-    def __call__(self, batch: RewardBatch, **kwargs: Any) -> Sequence[float]: ...
+    # *args and **kwargs of Any: each function takes keywords of its own (a gradual signature,
+    # which any function of a batch matches)
+    def __call__(self, batch: RewardBatch, *args: Any, **kwargs: Any) -> Sequence[float]: ...

@@ -83,7 +83,7 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
 
 def resolve_reward(name: str) -> RewardFn:
     """The reward function for a built-in name or a ``"package.module:function"`` path."""
-    fn = BUILTIN_REWARDS.get(name)
+    fn: RewardFn | None = BUILTIN_REWARDS.get(name)
     if isinstance(fn, _LazyReward):
         fn = fn.resolve(name)
     if fn is None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memrl.config import METHOD_REWARDS
+from memrl.config import METHOD_REWARDS, Method
 from memrl.rewards.registry import RewardSpec, as_reward_values, check_weight
 
 # Component names of the memory terms (logged as reward/memory_exploit, reward/memory_explore).
@@ -58,7 +58,7 @@ class TotalReward:
     weights: dict[str, float]  # name -> wᵢ, λ_s or λ_e
 
 
-def reward_plan(method: str, task_rule_rewards: Sequence[str], correctness: str, *,
+def reward_plan(method: Method, task_rule_rewards: Sequence[str], correctness: str, *,
                 verifier: str, reference: bool, lambda_exploit: float, lambda_explore: float,
                 user_specs: Sequence[RewardSpec] | None = None) -> RewardPlan:
     """The terms of (1) for ``method``: the task's rule rewards (or ``user_specs``), the cosine
@@ -134,6 +134,7 @@ def total_reward(
         used[name] = float(weights[name])
     for name, values, lam, _ in memory:
         if values is not None:
+            assert lam is not None  # a memory term without its λ was rejected above
             check_weight(name, lam)
             components[name] = as_reward_values(name, values, n)  # [N]
             used[name] = float(lam)

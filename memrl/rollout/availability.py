@@ -37,7 +37,9 @@ def torchvision_problem() -> str | None:
     if importlib.util.find_spec("torchvision") is None:
         return None
     try:
-        import torchvision  # noqa: F401
+        # found above, so installed; the type checker's environment has none (a CPU install
+        # removes it, see _CUDA_COMPANIONS_FIX)
+        import torchvision  # noqa: F401  # pyright: ignore[reportMissingImports]
     except Exception as error:  # any failure here breaks transformers alike
         return (f"torchvision is installed but does not load ({type(error).__name__}: {error}); "
                 f"it is a CUDA build beside torch {torch.__version__}, and transformers' model "

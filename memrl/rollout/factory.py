@@ -22,8 +22,8 @@ def resolve_engine_kind(kind: str) -> Literal["hf", "vllm"]:
         kind = "vllm" if vllm_available() else "hf"
     if kind not in ("hf", "vllm"):
         raise ValueError(f"engine kind {kind!r} is not one of 'auto', 'hf', 'vllm'")
-    check_engine(kind)  # type: ignore[arg-type]
-    return kind  # type: ignore[return-value]
+    check_engine(kind)
+    return kind
 
 
 def make_engine(

@@ -103,7 +103,8 @@ class HFEngine(GenerationEngine):
         if not (torch_dtype == "auto" or isinstance(torch_dtype, torch.dtype)):
             raise ValueError(f"HFEngine dtype {dtype!r} is not 'auto' or a torch dtype name")
         self._model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-        self._model.to(self._device).eval()
+        # transformers wraps PreTrainedModel.to in functools.wraps, which typeshed types unbound
+        self._model.to(self._device).eval()  # pyright: ignore[reportArgumentType]
         self._eos_ids = checkpoint_eos_ids(model_path, self._tokenizer)
         self._pad_id = int(self._tokenizer.pad_token_id)
         self._model.generation_config = GenerationConfig(
@@ -199,7 +200,8 @@ class HFEngine(GenerationEngine):
         rng_devices = [self._device.index or 0] if self._device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(call_seed)
-            output = self._model.generate(
+            # transformers types generate's self as a protocol its own models do not satisfy
+            output = self._model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=self._generation_config(settings, greedy),

@@ -45,7 +45,7 @@ import logging
 import os
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -95,11 +95,15 @@ class PackedWeightsWorkerExtension:
 
 def fingerprint(packed: PackedWeights) -> tuple[tuple[str, int], ...]:
     """CRC32 of every buffer of ``packed`` (1-3 GB/s): equal weights give equal fingerprints."""
-    return tuple((name, zlib.crc32(memoryview(buffer).cast("B")))
+    return tuple((name, zlib.crc32(buffer.data.cast("B")))
                  for name, buffer in sorted(packed.buffers.items()))
 
 
-def learner_dtype(on_cpu: bool) -> str:
+# The dtypes an engine runs in (model.dtype's choices; auto: learner_dtype).
+EngineDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def learner_dtype(on_cpu: bool) -> Literal["float32", "bfloat16"]:
     """The dtype memrl's learner trains in under ``model.dtype: auto``: float32 on CPU,
     bfloat16 on CUDA (``memrl.learner.policy``); the engine runs in the same one."""
     return "float32" if on_cpu else "bfloat16"
@@ -148,7 +152,7 @@ class VLLMEngine(GenerationEngine):
         self,
         model_path: str,
         *,
-        dtype: str = "auto",
+        dtype: EngineDtype = "auto",
         seed: int = 0,
         gpu_memory_utilization: float = 0.5,
         max_model_len: int | None = None,
@@ -215,8 +219,11 @@ class VLLMEngine(GenerationEngine):
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         (output,) = self._llm.generate([{"prompt_token_ids": self._probe_ids}], params,
                                        use_tqdm=False)
+        assert output.prompt_logprobs is not None  # asked for: prompt_logprobs=0
         steps = output.prompt_logprobs[1:]  # the first token has no log-prob
-        return [step[token].logprob for step, token in zip(steps, self._probe_ids[1:])]
+        # vLLM types every position's log-probs as optional; only the first token's are None
+        return [step[token].logprob  # pyright: ignore[reportOptionalSubscript]
+                for step, token in zip(steps, self._probe_ids[1:])]
 
     def load_weights(self, packed: PackedWeights) -> None:
         """Reload ``packed`` in place, verify that the engine now computes with it, and set
@@ -324,7 +331,9 @@ class VLLMEngine(GenerationEngine):
                     )
                 prompt_rows.append(ids)
                 completion_rows.append(tokens)
-                logprob_rows.append([step[token].logprob for step, token in zip(steps, tokens)])
+                # vLLM types a position's log-probs as optional: a sampled token's never are None
+                logprob_rows.append([step[token].logprob  # pyright: ignore[reportOptionalSubscript]
+                                     for step, token in zip(steps, tokens)])
         pad, long = self._pad_id, torch.int64
         prompt_ids, prompt_mask = pad_rows(prompt_rows, pad, side="left", dtype=long)
         completion_ids, generated = pad_rows(completion_rows, pad, side="right", dtype=long)

@@ -193,7 +193,9 @@ class ArithTask(Task):
                 **file_field_options(data)}
 
     def _load(self, split: str) -> Sequence[Record]:
-        return GeneratedRecords(self._sizes[split], partial(self.record, split))
+        size = self._sizes[split]
+        assert size is not None  # a generated split has a size (train_size, eval_size)
+        return GeneratedRecords(size, partial(self.record, split))
 
     def _load_file(self, path: str, split: str) -> Sequence[Record]:
         return load_records_file(

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, overload
 from memrl.grading import ScoredAnswer, check_extracted_answers
 from memrl.prompts import DIRECT_ANSWER_OPENING, GSM8K_EXEMPLARS, SYSTEM_PROMPT, xml_completion
 from memrl.tasks.files import check_unique_ids, load_records_file, qa_record_maker, rows_to_records
-from memrl.tasks.hub import load_hub_split
+from memrl.tasks.hub import load_hub_split, numbered_rows
 from memrl.types import Record
 
 if TYPE_CHECKING:
     from memrl.config import DataConfig, TaskConfig
+    from memrl.verify import CheckMode
 
 # Config key that takes a local file for each split, for error messages.
 PATH_OPTIONS: Mapping[str, str] = {"train": "data.path", "test": "data.eval_path"}
@@ -142,7 +143,7 @@ class Task(ABC):
         override it."""
         return check_extracted_answers(records, completions, timeout_s=timeout_s)
 
-    def reward_answer(self, completion: str, verifier: str) -> tuple[str | None, str]:
+    def reward_answer(self, completion: str, verifier: CheckMode) -> tuple[str | None, str]:
         """(what the correctness reward reads as the answer, where: ``"xml"`` or ``"none"``)."""
         from memrl.rewards.rule import predicted_answer
 
@@ -245,7 +246,7 @@ class TableTask(Task):
         )
         source = f"{self.hub_id} ({hub_split})"
         records = rows_to_records(
-            enumerate(table, start=1),
+            numbered_rows(table),
             source=source,
             unit="row",
             make_record=qa_record_maker(

@@ -24,11 +24,12 @@ from memrl.grading import ScoredAnswer
 from memrl.prompts import COUNTDOWN_SYSTEM_PROMPT, countdown_completion
 from memrl.tasks.base import PATH_OPTIONS, GeneratedRecords, Task, held_out
 from memrl.tasks.files import RowError, check_unique_ids, read_rows, require_field, rows_to_records
-from memrl.tasks.hub import load_hub_split
+from memrl.tasks.hub import load_hub_split, numbered_rows
 from memrl.types import Record
 
 if TYPE_CHECKING:
     from memrl.config import DataConfig, TaskConfig
+    from memrl.verify import CheckMode
 
 HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4"
 MAX_ATTEMPTS = 10_000  # draws per record before giving up (only hit by impossible settings)
@@ -186,7 +187,7 @@ class CountdownTask(Task):
         hit the target (no math-verify, so ``timeout_s`` is unused)."""
         return [equation_check(text, record) for text, record in zip(completions, records)]
 
-    def reward_answer(self, completion: str, verifier: str) -> tuple[str | None, str]:
+    def reward_answer(self, completion: str, verifier: CheckMode) -> tuple[str | None, str]:
         from memrl.rewards.countdown import extract_equation
 
         found = extract_equation(completion)
@@ -198,7 +199,9 @@ class CountdownTask(Task):
     def _load(self, split: str) -> Sequence[Record]:
         if self.source == "hub":
             return self._hub_split(split)
-        return GeneratedRecords(self._sizes[split], partial(self.record, split))
+        size = self._sizes[split]
+        assert size is not None  # a generated split has a size (train_size, eval_size)
+        return GeneratedRecords(size, partial(self.record, split))
 
     def _load_file(self, path: str, split: str) -> Sequence[Record]:
         rows, unit = read_rows(path)
@@ -219,7 +222,7 @@ class CountdownTask(Task):
                 HUB_ID, "train", path_option=PATH_OPTIONS[split], fields=("nums", "target")
             )
             self._hub_records = rows_to_records(
-                enumerate(table, start=1),
+                numbered_rows(table),
                 source=f"{HUB_ID} (train)",
                 unit="row",
                 make_record=_row_record_maker("nums", "target", "countdown:hub"),

@@ -9,7 +9,7 @@ session, so proxies and ``HF_ENDPOINT`` apply) must answer within a few seconds,
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from memrl.errors import InputError
@@ -17,10 +17,20 @@ from memrl.errors import InputError
 if TYPE_CHECKING:
     import datasets
 
+    from memrl.tasks.files import NumberedRow
+
 
 class DatasetUnavailableError(InputError, RuntimeError):
     """A hub dataset cannot be loaded; the message says how to use a local file instead (so no
     separate hint). The CLI exits with code 2."""
+
+
+def numbered_rows(table: datasets.Dataset) -> Iterable[NumberedRow]:
+    """The rows of a table from :func:`load_hub_split`, numbered from 1 (as
+    :func:`memrl.tasks.files.rows_to_records` takes them)."""
+    # datasets leaves Dataset.__iter__ unannotated, and the type read from its body includes
+    # formatted rows (lists); an unformatted table's rows are dicts
+    return enumerate(table, start=1)  # pyright: ignore[reportReturnType]
 
 
 def locate_hub_dataset(
@@ -35,7 +45,7 @@ def locate_hub_dataset(
     """Where :func:`load_hub_split` would read ``dataset_id`` from, without loading it:
     ``cache <folder>`` (a copy in the Hugging Face cache) or ``hub <endpoint>`` (reachable).
     Raises DatasetUnavailableError (the same message as a failed load) otherwise."""
-    import datasets
+    import datasets.config
     from huggingface_hub import snapshot_download
 
     try:
@@ -69,7 +79,7 @@ def load_hub_split(
     ``path_option`` and ``fields`` only shape the error message: the config key that takes a
     local file for this split and the fields each row of that file needs.
     """
-    import datasets
+    import datasets.config
 
     offline = bool(datasets.config.HF_HUB_OFFLINE)
     if not offline:
