@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -70,6 +70,10 @@ from memrl.train.step_metrics import StepWork, step_metrics, weight_staleness
 from memrl.train.step_scoring import StepScorer
 from memrl.types import Record
 
+if TYPE_CHECKING:  # imported at start-up: DeepSpeed and the memory's libraries load slowly
+    from memrl.actors.learner import LearnerGroup
+    from memrl.actors.memory import MemoryClient
+
 log = logging.getLogger(__name__)
 
 
@@ -85,14 +89,16 @@ class StepGeneration:
 class Trainer:
     """Owns the run's actors and metadata; ``run()`` is the training loop."""
 
+    # Set by start-up, in this order; close() stops those that exist (start-up can fail midway).
+    memory: MemoryClient | None  # None: the method uses no memory
+    learners: LearnerGroup
+    controller: RunController
+    pool: RolloutPool
+
     def __init__(self, cfg: Config, resume: str = "none"):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         self.files = RunDir(self.run_dir)
-        self.memory: Any = None
-        self.learners: Any = None
-        self.pool: RolloutPool | None = None
-        self.controller: RunController | None = None
         # Before anything is written: one run per output directory.
         self.lock = RunLock(self.run_dir).acquire()
         try:
@@ -157,11 +163,11 @@ class Trainer:
 
     def _start_actors(self, resume_from: str | None, reporter: StartupReporter) -> None:
         from memrl.actors.learner import LearnerGroup
+        from memrl.actors.memory import MemoryClient
 
         cfg, timeout_s = self.cfg, self.cfg.trainer.timeout_s
+        self.memory = None
         if cfg.uses_memory:
-            from memrl.actors.memory import MemoryClient
-
             shards = memory_demands(cfg)
             reporter.waiting_for("start-up of the memory service", lambda: shards)
             with phase("start-up of the memory service", timeout_s=timeout_s):
@@ -418,18 +424,19 @@ class Trainer:
     def close(self) -> None:
         """Stop the run's actors (the Ray cluster itself is left running) and release the run
         directory; safe after a failed start-up and when called twice."""
+        started = {name: self.__dict__.pop(name) for name in ("pool", "learners", "memory", "controller")
+                   if self.__dict__.get(name) is not None}
         try:
-            if self.pool is not None:
-                self.pool.resize(0, allow_empty=True)
-            if self.learners is not None:
-                self.learners.shutdown()
-            if self.memory is not None:
-                self.memory.shutdown()
+            if "pool" in started:
+                started["pool"].resize(0, allow_empty=True)
+            if "learners" in started:
+                started["learners"].shutdown()
+            if "memory" in started:
+                started["memory"].shutdown()
         finally:
             # Last: a preemption watchdog still fires if stopping the actors overran the deadline.
-            if self.controller is not None:
-                self.controller.close()
-            self.pool = self.learners = self.memory = self.controller = None
+            if "controller" in started:
+                started["controller"].close()
             self.lock.release()
 
 

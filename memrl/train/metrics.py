@@ -49,7 +49,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard), purge_step=purge)
         self._wandb = None
         if wandb_project:
-            import wandb
+            import wandb  # pyright: ignore[reportMissingImports]  # optional: only with logging.wandb_project
 
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=dict(config or {}),
                                      resume="allow")
@@ -93,7 +93,7 @@ def _truncate_after(path: Path, keep_lines: int, resume_step: int) -> int:
     if keep_lines >= 0:
         kept = lines[:keep_lines]
     else:
-        kept = [line for line in lines if _step_of(line) is None or _step_of(line) <= resume_step]
+        kept = [line for line in lines if (step := _step_of(line)) is None or step <= resume_step]
     if len(kept) != len(lines):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(b"".join(kept))
