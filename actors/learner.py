@@ -25,7 +25,8 @@ from memrl.errors import UnexplainedFault
 from memrl.learner.distributed import free_port, node_address, set_rank_env
 from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
-from memrl.learner.step import StepShard, shard_step, step_inputs
+from memrl.learner.step import StepShard, shard_step, step_inputs, trained_groups
+from memrl.ledger import TrainedGroup, merge_trained
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, pack_state_dict
 
@@ -85,17 +86,21 @@ class LearnerWorker:
         self._step = (shard, ref_logp)
         return {"rows": shard.global_seqs, "reference_seconds": time.perf_counter() - started}
 
-    def finish_step(self, advantages: torch.Tensor, keep: torch.Tensor | None = None) -> dict[str, float]:
+    def finish_step(self, advantages: torch.Tensor, keep: torch.Tensor | None = None
+                    ) -> tuple[dict[str, float], dict[int, TrainedGroup]]:
         """One optimiser step on the shard prepared by :meth:`begin_step`.
 
         ``advantages`` [N] and ``keep`` [N] (bool; rows to train on, None = all) cover the whole
-        step (``memrl.learner.step.step_inputs`` slices this rank's rows).
+        step (``memrl.learner.step.step_inputs`` slices this rank's rows). Returns the step's
+        statistics and, per prompt group of the shard, what entered the loss
+        (``memrl.learner.step.trained_groups``: the prompt ledger's counts).
         """
         if self._step is None:
             raise RuntimeError(f"learner rank {self.rank}: finish_step without begin_step")
         (shard, ref_logp), self._step = self._step, None
         batch, adv, options = step_inputs(shard, advantages, keep, ref_logp)
-        return self.trainer.optimizer_step(batch, adv, **options)
+        stats = self.trainer.optimizer_step(batch, adv, **options)
+        return stats, trained_groups(shard.batch, batch, self.trainer.row_gaps)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's full weights on CPU (collective under ZeRO-3: call on every rank)."""
@@ -266,25 +271,29 @@ class LearnerGroup:
         return self._wait_all("begin_step", started)
 
     def finish_step(self, prepared: list[dict[str, Any]], advantages: torch.Tensor,
-                    keep: torch.Tensor | None = None) -> dict[str, float]:
+                    keep: torch.Tensor | None = None) -> tuple[dict[str, float], dict[int, TrainedGroup]]:
         """One optimiser step on all ranks, on the shards that :meth:`wait_reference` reported.
 
         ``advantages`` [N] and ``keep`` [N] (rows to train on) cover the whole step in chunk
-        order. Returns the merged statistics plus the slowest rank's ``reference_seconds``.
+        order. Returns the merged statistics plus the slowest rank's ``reference_seconds``, and
+        what entered the loss per prompt group (by its position in the step), merged over ranks.
         """
         n = prepared[0]["rows"]
         if advantages.shape != (n,):
             raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected ({n},)")
         refs = [w.finish_step.remote(advantages, keep) for w in self.workers]
-        stats = merge_rank_stats(self._wait_all("finish_step", refs))
+        per_rank = self._wait_all("finish_step", refs)
+        stats = merge_rank_stats([rank_stats for rank_stats, _ in per_rank])
         stats["reference_seconds"] = max(info["reference_seconds"] for info in prepared)
-        return stats
+        return stats, merge_trained([groups for _, groups in per_rank])
 
     def train_on_batch(self, batch: RolloutBatch, advantages: torch.Tensor,
                        keep: torch.Tensor | None = None) -> dict[str, float]:
         """:meth:`begin_step`, :meth:`wait_reference` and :meth:`finish_step` on one batch held
-        by the caller."""
-        return self.finish_step(self.wait_reference(self.begin_step([ray.put(batch)])), advantages, keep)
+        by the caller; returns the merged statistics."""
+        prepared = self.wait_reference(self.begin_step([ray.put(batch)]))
+        stats, _ = self.finish_step(prepared, advantages, keep)
+        return stats
 
     def publish_weights(self, version: int) -> tuple[ray.ObjectRef, dict[str, Any]]:
         """Publish the weights as ``version``: an ObjectRef of rank 0's ``PackedWeights``

@@ -19,9 +19,12 @@ requests are in flight):
   ``--resume auto`` continues on a new node. ``learner_drain``: the learner's node is drained:
   the driver checkpoints and exits with 143, and the resumed run finishes.
 
-For each it prints the step the fault hit, steps completed, prompt groups lost and duplicated
-(counted in the batches the learners received), and seconds of work lost (generation thrown
-away, or time since the checkpoint the run resumed from). ``--json PATH`` writes every number.
+For each it prints the step the fault hit, steps completed, the audit of its run directory
+(``memrl audit``: the prompt ledger of what the learners trained on, every committed step and
+resume included, against the prompt stream replayed from the run's config: prompts lost,
+duplicated, out of order, stale, with a wrong count, outside the schedule), and seconds of work
+lost (generation thrown away, or time since the checkpoint the run resumed from). ``--json
+PATH`` writes every number.
 Only CPU and custom resources mean anything on such a cluster (each fake node claims all the
 memory); authentication is off because everything listens on this machine only.
 """
@@ -38,7 +41,6 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ from ray.cluster_utils import Cluster
 
 from bench import _common  # noqa: F401  (before torch: one thread per process, offline hubs)
 from memrl.actors.control import NAMESPACE, control_name
+from memrl.audit import KINDS, TITLES, audit_run
 from memrl.checkpoint import CheckpointManager
 from memrl.config import load_config
 from memrl.errors import explain
@@ -88,9 +91,7 @@ class Outcome:
     hit_step: int = 0
     steps_completed: int = 0
     max_steps: int = 0
-    groups_expected: int = 0
-    groups_lost: int = 0
-    groups_duplicated: int = 0
+    audit: dict[str, Any] = field(default_factory=dict)  # memrl audit of the run directory
     work_lost_s: float = 0.0
     error: str = ""  # what the run said when it stopped (expected for some faults)
     exit_code: int | None = None
@@ -181,43 +182,35 @@ class RemoteStore:
         self.server.close_all()
 
 
-class Counted:
-    """Wraps a trainer's pool: counts every prompt group the learners receive, per step, and
-    runs ``faults[step](trainer)`` right after that step's requests are sent."""
+class Injector:
+    """Wraps a trainer's pool: runs ``faults[step](trainer)`` right after that step's requests
+    are sent, and notes the node of each request's worker per step. (What the learners trained
+    on is the ledger's to say: :func:`memrl.audit.audit_run` after the scenario.)"""
 
-    def __init__(self, trainer: Trainer, faults: dict[int, Fault], num_generations: int):
-        self.trainer, self.faults, self.g = trainer, faults, num_generations
+    def __init__(self, trainer: Trainer, faults: dict[int, Fault]):
+        self.trainer, self.faults = trainer, faults
         self.learner_nodes = list(trainer.learners.node_ids)
-        self.expected = self.lost = self.duplicated = 0
         self.stopped_at = 0.0  # when the run stopped on an error (epoch s)
         self.hit_step = 0
         self.nodes_by_step: list[list[str | None]] = []  # node of each result's worker
         pool = trainer.pool
         start, finish = pool.start, pool.finish
-        sent: dict[int, list[str]] = {}
 
-        def counted_start(requests, submit):
+        def start_then_inject(requests, submit):
             pending = start(requests, submit)
-            sent[id(pending)] = [i for r in requests for i in r.record_ids]
             step = trainer.step + 1
             if step in self.faults:
                 self.hit_step = self.hit_step or step  # the first fault is the one reported
                 self.faults.pop(step)(trainer)
             return pending
 
-        def counted_finish(pending):
+        def finish_and_note(pending):
             results = finish(pending)
-            batches = ray.get([r.batch_ref for r in results], timeout=120)
-            got = Counter(i for b in batches for i in b.record_ids)
-            want = sent.pop(id(pending))
-            self.expected += len(want)
-            self.lost += sum(1 for i in want if got[i] == 0)
-            self.duplicated += sum(1 for i in want if got[i] > self.g)
             nodes = trainer.pool.worker_nodes()
-            self.nodes_by_step.append([nodes.get(b.worker_id) for b in batches])
+            self.nodes_by_step.append([nodes.get(r.info["worker_id"]) for r in results])
             return results
 
-        pool.start, pool.finish = counted_start, counted_finish
+        pool.start, pool.finish = start_then_inject, finish_and_note
 
 
 def _config(work: Path, *extra: str):
@@ -230,28 +223,28 @@ def _steps(run: Path) -> list[dict]:
     return [m for m in read_metrics(run) if "reward/total/mean" in m] if RunDir(run).metrics.is_file() else []
 
 
-def _train(cfg, faults: dict[int, Fault], resume: str = "none") -> tuple[Trainer, Counted, BaseException | None]:
+def _train(cfg, faults: dict[int, Fault], resume: str = "none") -> tuple[Trainer, Injector, BaseException | None]:
     trainer = Trainer(cfg, resume=resume)
-    counted = Counted(trainer, faults, cfg.grpo.num_generations)
+    injector = Injector(trainer, faults)
     error = None
     try:
         trainer.run()
     except BaseException as exc:  # noqa: BLE001 - some faults end the run on purpose
         error = exc
-        counted.stopped_at = time.time()
+        injector.stopped_at = time.time()
         print(f"run {cfg.output_dir} stopped: " + "".join(traceback.format_exception(exc))[-3000:],
               file=sys.stderr, flush=True)
     finally:
         trainer.close()
-    return trainer, counted, error
+    return trainer, injector, error
 
 
-def _fill(out: Outcome, counted: Counted, cfg) -> None:
+def _fill(out: Outcome, injector: Injector, cfg) -> None:
+    """The scenario's settings and the audit of its run directory as it stands now (every
+    committed step of every run in it)."""
     out.max_steps = cfg.trainer.max_steps
-    out.hit_step = out.hit_step or counted.hit_step
-    out.groups_expected += counted.expected
-    out.groups_lost += counted.lost
-    out.groups_duplicated += counted.duplicated
+    out.hit_step = out.hit_step or injector.hit_step
+    out.audit = audit_run(cfg.output_dir).to_dict()
 
 
 def rollout_lost(c: SpotCluster, work: Path) -> Outcome:
@@ -259,10 +252,10 @@ def rollout_lost(c: SpotCluster, work: Path) -> Outcome:
     refill: dict[str, float] = {}
     cfg = _config(work, "trainer.max_steps=10")
     out = Outcome("rollout_lost", "rollout node removed mid-step; a node joins a step later")
-    trainer, counted, error = _train(cfg, {3: lambda t: c.remove(victim),
+    trainer, injector, error = _train(cfg, {3: lambda t: c.remove(victim),
                                            4: lambda t: c.add(c.new_spot_name(), SPOT),
                                            8: lambda t: refill.update(seconds=_wait_for_workers(t, 2))})
-    _fill(out, counted, cfg)
+    _fill(out, injector, cfg)
     steps = _steps(Path(cfg.output_dir))
     out.steps_completed, out.error = len(steps), repr(error) if error else ""
     out.work_lost_s = _last(steps, "rollout/lost_work_s")
@@ -308,13 +301,13 @@ def rollout_drain(c: SpotCluster, work: Path) -> Outcome:
         c.add(c.new_spot_name(), SPOT)
 
     refill: dict[str, float] = {}
-    trainer, counted, error = _train(cfg, {2: drain, 4: gone_then_join,
+    trainer, injector, error = _train(cfg, {2: drain, 4: gone_then_join,
                                            5: lambda t: refill.update(seconds=_wait_for_workers(t, 2))})
-    _fill(out, counted, cfg)
+    _fill(out, injector, cfg)
     steps = _steps(Path(cfg.output_dir))
     out.steps_completed, out.error = len(steps), repr(error) if error else ""
     out.work_lost_s = _last(steps, "rollout/lost_work_s")
-    after = counted.nodes_by_step[out.hit_step:]  # the steps after the one the drain hit
+    after = injector.nodes_by_step[out.hit_step:]  # the steps after the one the drain hit
     out.facts = {"num_workers": [m["rollout/num_workers"] for m in steps],
                  "draining_nodes_seen": [m["rollout/draining_nodes_seen"] for m in steps],
                  "refill_wait_s": refill.get("seconds"),
@@ -335,10 +328,10 @@ def auto(c: SpotCluster, work: Path) -> Outcome:
         actor = ray.get_actor(control_name(cfg.output_dir), namespace=NAMESPACE)
         ray.get(actor.set_num_workers.remote("1"), timeout=30)
 
-    trainer, counted, error = _train(cfg, {2: lambda t: c.add(extra, SPOT),
+    trainer, injector, error = _train(cfg, {2: lambda t: c.add(extra, SPOT),
                                            3: lambda t: _wait_for_workers(t, 3),
                                            5: lambda t: c.remove(extra), 7: scale_to_one})
-    _fill(out, counted, cfg)
+    _fill(out, injector, cfg)
     steps = _steps(Path(cfg.output_dir))
     out.steps_completed, out.error = len(steps), repr(error) if error else ""
     out.work_lost_s = _last(steps, "rollout/lost_work_s")
@@ -390,8 +383,8 @@ def memory_lost(c: SpotCluster, work: Path, name: str, store: RemoteStore | None
         seen["loaded"] = trainer.memory.wait_ready()
         seen["node"] = trainer.memory.node_id()
 
-    trainer, counted, error = _train(cfg, {4: fault, 6: after_restart})
-    _fill(out, counted, cfg)
+    trainer, injector, error = _train(cfg, {4: fault, 6: after_restart})
+    _fill(out, injector, cfg)
     steps = _steps(Path(cfg.output_dir))
     # What the user reads: memrl's own message for the error (its first line names the fault).
     out.steps_completed, out.error = len(steps), (explain(error)[0][:600] if error else "")
@@ -418,9 +411,9 @@ def learner_lost(c: SpotCluster, work: Path, *, drained: bool = False) -> Outcom
         else:
             c.remove("learner-a")
 
-    trainer, counted, error = _train(cfg, {3: fault})
-    out.work_lost_s = _since_checkpoint(Path(cfg.output_dir), counted.stopped_at) if error else 0.0
-    _fill(out, counted, cfg)
+    trainer, injector, error = _train(cfg, {3: fault})
+    out.work_lost_s = _since_checkpoint(Path(cfg.output_dir), injector.stopped_at) if error else 0.0
+    _fill(out, injector, cfg)
     out.error = repr(error)[:600] if error else ""
     out.exit_code = getattr(error, "code", None) if isinstance(error, SystemExit) else (1 if error else 0)
     run = Path(cfg.output_dir)
@@ -429,14 +422,14 @@ def learner_lost(c: SpotCluster, work: Path, *, drained: bool = False) -> Outcom
     if drained:
         c.remove("learner-a")
     c.add("learner-b", LEARNER)
-    resumed, counted2, error2 = _train(cfg, {}, resume="auto")
-    _fill(out, counted2, cfg)
+    resumed, injector2, error2 = _train(cfg, {}, resume="auto")
+    _fill(out, injector2, cfg)
     steps = _steps(run)
     out.steps_completed = len(steps)
     out.facts = {"stopped_after_step": stopped_at, "checkpoint_step": checkpoint_step,
                  "resumed_error": repr(error2) if error2 else "",
                  "first_learner_node": first_node[:12],
-                 "resumed_learner_node": (counted2.learner_nodes or [""])[0][:12],
+                 "resumed_learner_node": (injector2.learner_nodes or [""])[0][:12],
                  "logged_steps": [m["step"] for m in steps]}
     return out
 
@@ -484,17 +477,19 @@ def _run_one(name: str, c: SpotCluster, folder: Path, store: RemoteStore | None)
 
 
 def table(outcomes: list[Outcome]) -> str:
-    """The summary table: one row per fault."""
+    """The summary table: one row per fault; the prompt counts are the audit's."""
     rows = []
     for o in outcomes:
         ended = "ok" if not o.error else ("exit 143, resumed" if o.exit_code == PREEMPTED_EXIT_CODE
                                           else "error, resumed" if o.scenario == "learner_lost"
                                           else "error (expected)" if o.scenario == "memory_unreachable"
                                           else "FAILED")
-        rows.append((o.scenario, str(o.hit_step), f"{o.steps_completed}/{o.max_steps}",
-                     str(o.groups_lost), str(o.groups_duplicated), f"{o.work_lost_s:.1f}", ended))
-    return markdown_table(("scenario", "fault hit step", "steps done", "groups lost", "duplicated",
-                           "work lost s", "ended"), rows, padded=True)
+        counts = o.audit.get("counts", {})
+        audited = str(o.audit.get("scheduled", "—"))
+        rows.append((o.scenario, str(o.hit_step), f"{o.steps_completed}/{o.max_steps}", audited,
+                     *(str(counts.get(kind, "—")) for kind in KINDS), f"{o.work_lost_s:.1f}", ended))
+    return markdown_table(("scenario", "fault hit step", "steps done", "prompts audited",
+                           *(TITLES[kind] for kind in KINDS), "work lost s", "ended"), rows, padded=True)
 
 
 def main(argv: list[str] | None = None) -> int:

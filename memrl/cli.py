@@ -1,4 +1,4 @@
-"""The ``memrl`` command line: train, inspect configs and memories.
+"""The ``memrl`` command line: train, audit, inspect configs and memories.
 
 Heavy imports (torch, ray, sentence-transformers) happen inside the command that needs them,
 so ``memrl --help`` and ``memrl config show`` answer at once.
@@ -134,6 +134,12 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     return main_report(ns.run_dirs, ns.out, ns.format, ns.smooth)
 
 
+def _cmd_audit(ns: argparse.Namespace) -> int:
+    from memrl.audit import main_audit
+
+    return main_audit(ns.run_dir, as_json=ns.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memrl",
@@ -230,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("md", "html"), default="md")
     report.add_argument("--smooth", type=int, default=1, help="moving-average window in steps (1: off)")
     report.set_defaults(func=_cmd_report)
+
+    audit = sub.add_parser(
+        "audit", help="check that a run trained every scheduled prompt exactly once (exit 1 if not)",
+        description="memrl audit RUN_DIR: compares the run's prompt ledger (ledger.jsonl) with its "
+        "prompt stream replayed from config.yaml; prints the lost, duplicated, out-of-order, "
+        "stale, wrong-count and outside-schedule prompts with the first step of each. Exit 0: "
+        "clean; 1: any count is not 0; 2: the run directory cannot be read.",
+    )
+    audit.add_argument("run_dir", metavar="RUN_DIR")
+    audit.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit.set_defaults(func=_cmd_audit)
 
     config = sub.add_parser("config", help="inspect configurations")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -463,6 +463,15 @@ class RolloutConfig(_Section):
         default=2.0, gt=0,
         description="async: truncation of the importance-sampling correction",
     )
+    max_behaviour_logprob_gap: float = Field(
+        default=0.05, ge=0,
+        description=(
+            "warn once, naming the step and the rollout workers, when a step's "
+            "train/behaviour_logprob_gap (mean |learner − engine| log-prob per token) exceeds "
+            "this: healthy runs sit near 0.015, above 0.05 the engines' weights have drifted "
+            "from the learners' (a broken weight sync); memrl report marks every such step; 0: off"
+        ),
+    )
 
 
 class LearnerConfig(_Section):

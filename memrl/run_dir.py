@@ -16,6 +16,7 @@ from memrl.errors import ERROR_LOG
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+LEDGER_FILE = "ledger.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 SUMMARY_FILE = "summary.json"
 SUMMARY_PARTIAL_FILE = "summary_partial.json"
@@ -77,6 +78,12 @@ LAYOUT: tuple[Entry, ...] = (
     Entry(METRICS_FILE, "one JSON object per step (and per evaluation), the keys below; after a "
           "resume each step appears once (the resumed run supersedes what the killed run logged "
           "after its checkpoint)"),
+    Entry(LEDGER_FILE, "the prompt ledger: one JSON object per committed optimizer step, what the "
+          "learners trained on: per prompt its dataset id (`id`, `epoch`, `index`; the step's "
+          "`task` and `split`), the completions they received and those that entered the loss, "
+          "and the weight version of each; cut back to the checkpoint on resume like "
+          "`metrics.jsonl`. `memrl audit` checks it "
+          "([operations.md](operations.md#the-prompt-ledger-and-memrl-audit))"),
     Entry(f"{TENSORBOARD_DIR}/", "the same metrics for TensorBoard (`logging.tensorboard`)"),
     Entry(SUMMARY_FILE, "written at the end: `method`, `seed`, `model`, `accuracy_before`, "
           "`accuracy_after`, `accuracy_lenient_before`, `accuracy_lenient_after`, `best_accuracy`, "
@@ -103,7 +110,8 @@ LAYOUT: tuple[Entry, ...] = (
     Entry(f"{_STEP_N}/", "the checkpoint of step N; the last `trainer.keep_last_checkpoints` "
           "are kept"),
     Entry(f"{_STEP_N}/{CHECKPOINT_DRIVER_FILE}", "the driver's state: step, weight version, "
-          "prompt-stream position, RNG state, the config, the lines of `metrics.jsonl` so far"),
+          "prompt-stream position (and, in async mode, the next step's prompts), RNG state, the "
+          "config, the lines of `metrics.jsonl` and `ledger.jsonl` so far"),
     Entry(f"{_STEP_N}/{CHECKPOINT_LEARNER_DIR}/", "the learner group's state (weights, "
           "optimizer, scheduler) and the policy as a Hugging Face folder"),
     Entry(f"{_STEP_N}/{CHECKPOINT_MEMORY_DIR}/", "the episodic-memory snapshot (its own "
@@ -137,6 +145,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS_FILE
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER_FILE
 
     @property
     def tensorboard(self) -> Path:

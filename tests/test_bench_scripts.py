@@ -276,14 +276,18 @@ def test_step_clock_stamps_training_steps_only(tmp_path):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_spot_table_has_one_row_per_fault_and_says_how_each_ended():
+def test_spot_table_has_one_row_per_fault_its_audit_and_how_each_ended():
     from bench.spot import Outcome, table
+    from memrl.audit import KINDS
 
-    lines = table([Outcome("rollout_lost", "", hit_step=3, steps_completed=10, max_steps=10, work_lost_s=1.94),
+    audit = {"scheduled": 40, "counts": dict.fromkeys(KINDS, 0) | {"stale": 2}}
+    lines = table([Outcome("rollout_lost", "", hit_step=3, steps_completed=10, max_steps=10, work_lost_s=1.94,
+                           audit=audit),
                    Outcome("learner_drain", "", hit_step=3, steps_completed=6, max_steps=6,
                            error="Preempted(143)", exit_code=143)]).splitlines()
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
-    assert cells[0] == ["scenario", "fault hit step", "steps done", "groups lost", "duplicated",
-                        "work lost s", "ended"]
-    assert cells[2] == ["rollout_lost", "3", "10/10", "0", "0", "1.9", "ok"]
+    assert cells[0] == ["scenario", "fault hit step", "steps done", "prompts audited", "lost", "duplicated",
+                        "out of order", "stale", "wrong count", "outside schedule", "work lost s", "ended"]
+    assert cells[2] == ["rollout_lost", "3", "10/10", "40", "0", "0", "0", "2", "0", "0", "1.9", "ok"]
+    assert cells[3][3:5] == ["—", "—"]  # a scenario that crashed before its audit
     assert cells[3][-1] == "exit 143, resumed" and len(lines) == 4

@@ -1,5 +1,6 @@
 """Fault injection on a local Ray cluster: dead rollout worker, dead memory actor, dead learner,
-live resizing of the rollout pool, and the async mode's staleness bound."""
+live resizing of the rollout pool, and the async mode's staleness bound. Every run directory is
+audited (``memrl audit``): each scheduled prompt trained exactly once, in order."""
 
 import threading
 import time
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import ray
-from trainer_configs import make_config
+from trainer_configs import assert_audit_clean, make_config
 
 from memrl.actors.learner import LearnerError
 from memrl.rollout.engine import SamplingSettings
+from memrl.train.data_stream import PromptStream
 from memrl.train.loop import Trainer
 from memrl.train.metrics import read_metrics
 from memrl.types import RolloutBatch
@@ -62,6 +64,9 @@ def test_killed_rollout_worker_loses_no_prompt_group(ray_cluster, tmp_path):
         assert trainer.pool.events.failures == 1 and trainer.pool.events.redispatched == 1
         assert {b.worker_id for b in batches} != {victim_id}
 
+        # That batch took step 1's prompts from the stream: rewind it, so the run trains them
+        # (the audit below would report them lost otherwise).
+        trainer.stream = PromptStream(trainer.task.dataset("train"), seed=cfg.seed)
         summary = trainer.run()  # training goes on while Ray restarts the victim
 
         reborn = ping_when_back(victim)
@@ -73,6 +78,7 @@ def test_killed_rollout_worker_loses_no_prompt_group(ray_cluster, tmp_path):
     finally:
         trainer.close()
     assert summary["steps"] == 2
+    assert_audit_clean(cfg.output_dir, 2)
 
 
 def test_killed_memory_actor_restarts_from_its_snapshot(ray_cluster, tmp_path):
@@ -98,6 +104,7 @@ def test_killed_memory_actor_restarts_from_its_snapshot(ray_cluster, tmp_path):
     # inserted between the snapshot and the kill are the documented loss (none here).
     stored = [m["memory/success_values"] + m["memory/failure_values"] for m in steps]
     assert stored == [16.0, 32.0, 48.0, 64.0]
+    assert_audit_clean(run, 4)
 
 
 def test_dead_learner_stops_the_job_and_resume_continues(ray_cluster, tmp_path, capsys):
@@ -120,6 +127,17 @@ def test_dead_learner_stops_the_job_and_resume_continues(ray_cluster, tmp_path, 
     assert (run / "checkpoints/latest").read_text().strip() == "step_2"
 
     resumed = Trainer(cfg, resume="auto")
+    workers = set(resumed.pool.workers)
+    first: list[dict] = []  # the infos of the resumed run's first generation
+    finish = resumed.pool.finish
+
+    def note_first(pending):
+        results = finish(pending)
+        if not first:
+            first.extend(r.info for r in results)
+        return results
+
+    resumed.pool.finish = note_first
     try:
         summary = resumed.run()
     finally:
@@ -127,6 +145,10 @@ def test_dead_learner_stops_the_job_and_resume_continues(ray_cluster, tmp_path, 
     assert "resumed from step 2" in capsys.readouterr().out
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
     assert logged_steps(run)[-2:] == [3, 4]
+    # Every worker's first generation after the resume used the checkpoint's weights (version 2).
+    assert {i["worker_id"] for i in first} == workers and {i["weight_version"] for i in first} == {2}
+    # The killed run's uncommitted step 3 (if it got that far) was replaced, not added to.
+    assert_audit_clean(run, 4)
 
 
 def test_workers_added_and_removed_while_training(ray_cluster, tmp_path):
@@ -157,6 +179,7 @@ def test_workers_added_and_removed_while_training(ray_cluster, tmp_path):
     assert summary["steps"] == 6
     # No prompt group lost: every step trained on the full batch of completions.
     assert [m["train/sequences"] for m in steps] == [16.0] * 6
+    assert_audit_clean(run, 6)
 
 
 def test_async_mode_trains_one_version_behind_with_is_correction(ray_cluster, tmp_path):
@@ -173,3 +196,4 @@ def test_async_mode_trains_one_version_behind_with_is_correction(ray_cluster, tm
     assert staleness[0] == 0.0 and staleness[1:] == [1.0, 1.0]
     assert all(s <= cfg.rollout.max_staleness for s in staleness)
     assert steps[-1]["train/stale_token_frac"] == 1.0 and "train/is_weight_mean" in steps[-1]
+    assert_audit_clean(cfg.output_dir, 3)  # one version behind: within rollout.max_staleness

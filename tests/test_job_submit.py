@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from trainer_configs import FAST, TINY
+from trainer_configs import FAST, TINY, assert_audit_clean
 
 from memrl.checkpoint import CheckpointManager
 from memrl.train.metrics import read_metrics
@@ -220,6 +220,7 @@ def test_job_submit_trains_then_resumes(ray_head: RayHead, tmp_path: Path):
     assert [m["step"] for m in steps] == [1, 2]
     assert [m["data/consumed_prompts"] for m in steps] == [PROMPTS_PER_STEP * k for k in (1, 2)]
     assert _latest_checkpoint_step(run) == 2
+    assert_audit_clean(run, 2)
 
     # 2) The same command with 4 steps, submitted without waiting: continues from step 2.
     second_id = f"memrl-resume-{uuid.uuid4().hex[:8]}"
@@ -245,6 +246,7 @@ def test_job_submit_trains_then_resumes(ray_head: RayHead, tmp_path: Path):
     last_line = (run / "metrics.jsonl").read_text().splitlines()[-1]
     assert json.loads(last_line)["step"] == 4
     assert _latest_checkpoint_step(run) == 4
+    assert_audit_clean(run, 4)  # across the resubmission: each prompt once, in order
 
 
 def _start_worker_node(head: RayHead, log_path: Path) -> subprocess.Popen:
@@ -337,3 +339,4 @@ def test_job_survives_a_drained_and_stopped_node(ray_head: RayHead, tmp_path: Pa
     assert (last["rollout/failures"], last["rollout/num_workers"], last["rollout/num_workers_requested"]) \
         == (0, 1, 1), last
     assert max(m["weights/staleness"] for m in steps) == 0
+    assert_audit_clean(run, STEPS)  # through the drain, the scale-down and the node's end

@@ -426,6 +426,10 @@ def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None)
     stale = trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
     assert stale["stale_token_frac"] == 1.0
     assert stale["is_weight_mean"] == pytest.approx(2.0)
+    # Per completion, the gap summed over its real tokens (the ledger's per-worker share).
+    lengths = batch.completion_lengths.float()
+    assert trainer.row_gaps.shape == lengths.shape and bool((trainer.row_gaps > 2.0 * lengths).all())
+    assert float(trainer.row_gaps.sum() / lengths.sum()) == pytest.approx(stale["behaviour_logprob_gap"])
     # The catalogue's train/ keys are these statistics and the reference pass's time, which
     # the learner actor adds (so each has a description, and none is a stale entry).
     assert {k.name for k in CATALOGUE if k.group == "train"} == \
@@ -537,6 +541,14 @@ def test_two_rank_zero2_equals_single_rank_on_the_full_batch(
         for key, value in unpack(packed).items():
             assert torch.equal(value, rank0[key])
         assert [info["weight_version"] for info in group.ping()] == [3, 3]
+
+        # What entered the loss, per group, merged over the ranks (groups 0-1 on rank 0, group 2
+        # on rank 1); group 1 dropped by the keep mask was received, not trained.
+        prepared = group.wait_reference(group.begin_step([ray.put(batch)]))
+        keep = torch.tensor([True, True, False, False, True, True])
+        _, trained = group.finish_step(prepared, advantages, keep)
+        assert {g: (t.record_id, t.received, t.trained, t.versions) for g, t in trained.items()} == {
+            0: ("0", 2, 2, [0, 0]), 1: ("1", 2, 0, []), 2: ("2", 2, 2, [0, 0])}
 
         with pytest.raises(LearnerError, match=r"learner rank \d on node .* failed in load"):
             group.load(tmp_path / "no-checkpoint-here")

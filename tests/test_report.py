@@ -56,7 +56,8 @@ def _make_run(root, name, method, seed, *, shrink, memory, evals, summary):
             "train/kl": 0.001 * s, "time/generate": 2.0, "time/score": 1.0, "time/train": 3.0,
             "time/step": 6.5, "throughput/tokens_per_s": 300.0 + s,
         })
-        if memory:
+        if memory:  # the healthy run's engines drift at steps 12-13 and 20 (bound 0.05)
+            metrics["train/behaviour_logprob_gap"] = {12: 0.08, 13: 0.2, 20: 0.06}.get(s, 0.01)
             metrics.update({"memory/success_keys": s, "memory/failure_keys": 2 * s,
                             "memory/success_values": 8 * s, "memory/failure_values": 16 * s,
                             "memory/exploit_mean": 0.4, "memory/explore_mean": 0.2})
@@ -122,6 +123,15 @@ def test_report_names_the_planted_collapse_with_its_numbers(both_report):
             "< 20 tokens") in text
     healthy = text.split("### memplus-healthy")[1].split("###")[0]
     assert "- no rule fired" in healthy
+
+
+def test_report_marks_the_steps_over_the_drift_bound(both_report, runs):
+    text = both_report.read_text()
+    section = text.split("## Trainer/engine drift")[1].split("## Plots")[0]
+    assert "- r1-collapse: not logged" in section
+    assert "- memplus-healthy: DRIFT at steps 12-13, 20, over 0.05 (highest 0.2000 at step 13)" in section
+    assert summarise_run(runs[1])["drift"] == {"bound": 0.05, "steps": [12, 13, 20], "highest": 0.2,
+                                               "highest_step": 13}
 
 
 def test_report_embeds_plots_notes_runs_missing_from_them_and_shortens_configs(both_report):

@@ -1,7 +1,8 @@
 """Resume correctness: a run killed between checkpoints and resumed with ``--resume auto`` sees
 the same prompts in the same order, the same memory and ends with the same weights as an
-uninterrupted run; resuming at an epoch boundary; SIGTERM writes a checkpoint and exits
-non-zero."""
+uninterrupted run; the same kill mid-step in async mode; resuming at an epoch boundary; SIGTERM
+writes a checkpoint and exits non-zero. Every run directory is audited (``memrl audit``): each
+scheduled prompt of each committed step trained exactly once, in order."""
 
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_configs import FAST, TINY, make_config
+from trainer_configs import FAST, TINY, assert_audit_clean, make_config
 
 from memrl.checkpoint import CheckpointManager
 from memrl.train.loop import Trainer
@@ -118,6 +119,46 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(ray_clust
         torch.testing.assert_close(final_a[key], final_b[key], atol=1e-5, rtol=1e-5)
     state = CheckpointManager(str(run_b)).verify(str(run_b / "checkpoints/step_4"))
     assert state["step"] == 4 and state["stream"]["consumed"] == 16
+    # The ledger: the killed run's step 3 replaced by the resumed run's, each prompt once.
+    assert_audit_clean(run_a, 4)
+    assert_audit_clean(run_b, 4)
+
+
+def ledger(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_of_the_whole_job_mid_step_in_async_mode_then_resume(ray_cluster, tmp_path):
+    # Async mode: step 4's prompts are already generating when step 3 is logged, and the
+    # step-2 checkpoint holds step 3's prompts in flight. The driver (and with it the whole
+    # job) is SIGKILLed mid-step 4, then resumed from step 2 (in this process: the same
+    # `--resume auto`, without a second cluster start).
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli_args(tmp_path, run, "rollout.mode=async"), env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_step(proc, run, 3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert (run / "checkpoints/latest").read_text().strip() == "step_2"
+    assert [line["step"] for line in ledger(run)] == [1, 2, 3]
+    state = json.loads((run / "checkpoints/step_2/driver.json").read_text())
+    assert len(state["inflight_prompts"]) == 4 and state["ledger_lines"] == 2
+
+    resumed = Trainer(make_config(tmp_path, *COMMON, "rollout.mode=async"), resume="auto")
+    try:
+        summary = resumed.run()
+    finally:
+        resumed.close()
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
+    lines = ledger(run)
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]  # the killed run's step 3 replaced
+    # Step 3's in-flight prompts, kept by the checkpoint, regenerated with its weights.
+    assert [(p["id"], p["epoch"], p["index"]) for p in lines[2]["prompts"]] == \
+        [(p["id"], p["epoch"], p["index"]) for p in state["inflight_prompts"]]
+    assert {v for p in lines[2]["prompts"] for v in p["versions"]} == {2}
+    assert_audit_clean(run, 4)
 
 
 def test_resume_exactly_at_an_epoch_boundary_trains_the_remaining_steps(ray_cluster, tmp_path):
@@ -142,6 +183,7 @@ def test_resume_exactly_at_an_epoch_boundary_trains_the_remaining_steps(ray_clus
     assert steps_logged(run) == [1, 2, 3, 4]
     final = json.loads((run / "checkpoints/step_4/driver.json").read_text())
     assert final["stream"] == {"epoch": 1, "position": 8, "consumed": 16}
+    assert_audit_clean(run, 4)  # the replay rolls into epoch 1 as the run did
 
 
 def test_sigterm_checkpoints_and_exits_non_zero(tmp_path):
@@ -162,3 +204,4 @@ def test_sigterm_checkpoints_and_exits_non_zero(tmp_path):
     latest = manager.latest()
     assert latest is not None and latest.endswith(f"step_{done}")
     assert manager.verify(latest)["step"] == done
+    assert_audit_clean(run, done)  # an interrupted run: up to its last committed step

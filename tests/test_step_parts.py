@@ -126,3 +126,35 @@ def test_summary_names_the_starting_model_when_no_step_beat_it(tmp_path):
 def test_summary_without_evaluation_has_no_accuracy(tmp_path):
     result = _summary(tmp_path).finish(steps=3, wall_seconds=1.0, accuracy_after=None, starting_model="/base")
     assert "accuracy_after" not in result and "best_model_dir" not in result
+
+
+def test_a_request_waiting_in_the_queue_is_sent_with_the_weights_newest_at_its_dispatch():
+    # Async mode: the next step's requests are launched while this step trains; one that finds
+    # no free worker waits, and must not leave with the launch's older weights.
+    from types import SimpleNamespace
+
+    from memrl.ledger import PromptId
+    from memrl.train.data_stream import PromptStream
+    from memrl.train.loop import Trainer
+
+    class Pool:
+        def __len__(self) -> int:
+            return 2
+
+        def start(self, requests, submit):
+            self.requests, self.submit = requests, submit
+            return "pending"
+
+    sent = []
+    actor = SimpleNamespace(generate=SimpleNamespace(remote=lambda *args: sent.append(args[3])))
+    data = [Record(str(i), f"q{i}", str(i)) for i in range(4)]
+    driver = SimpleNamespace(cfg=load_config(None, ["grpo.num_generations=2", "grpo.batch_size=4"]),
+                             stream=PromptStream(data, seed=0), pool=Pool(), weights=(3, "ref-3"),
+                             render=lambda record: record.question)
+    launched = Trainer._launch(driver, 5)  # type: ignore[arg-type]
+    driver.pool.submit(actor, driver.pool.requests[0])  # a worker was free
+    driver.weights = (4, "ref-4")  # the step in training publishes the next version
+    driver.pool.submit(actor, driver.pool.requests[1])  # dispatched from the queue afterwards
+    assert sent == [(3, "ref-3"), (4, "ref-4")]
+    assert [p.id for p in launched.prompts] == [r.id for r in launched.records]
+    assert all(isinstance(p, PromptId) and p.epoch == 0 for p in launched.prompts)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_configs import make_config
+from trainer_configs import assert_audit_clean, make_config
 
 from memrl.metric_keys import unknown_keys
 from memrl.train.loop import Trainer
@@ -72,3 +72,12 @@ def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):
         assert m["reward/total/mean"] == pytest.approx(want, abs=1e-9)
     assert any(m["reward/memory_explore/mean"] != 0.0 for m in steps)
     assert (run / "memory").is_dir() and any((run / "tensorboard").iterdir())
+
+    # The prompt ledger: per step the learners' own counts, each prompt trained whole on the
+    # weights of the step before (zero-variance filtering is off here).
+    ledger = [json.loads(line) for line in (run / "ledger.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in ledger] == [1, 2, 3]
+    for line in ledger:
+        assert [(p["received"], p["trained"], p["filtered"], p["versions"]) for p in line["prompts"]] == \
+            [(4, 4, False, [line["step"] - 1] * 4)] * 4
+    assert_audit_clean(run, 3)

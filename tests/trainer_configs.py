@@ -29,3 +29,12 @@ def make_config(tmp_path: Path, *overrides: str) -> Config:
     return load_config(None, [f"output_dir={tmp_path / 'run'}",
                               f"model.tiny.cache_dir={tmp_path.parent / 'tiny-cache'}",
                               *TINY, *FAST, *overrides])
+
+
+def assert_audit_clean(run: Path | str, steps: int) -> None:
+    """``memrl audit`` of the run directory: its ledger records steps 1 to ``steps`` and every
+    prompt they scheduled was trained exactly once, in order, on fresh enough weights."""
+    from memrl.audit import audit_run
+
+    result = audit_run(run)
+    assert result.clean and result.steps == steps, result.to_dict()

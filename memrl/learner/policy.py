@@ -242,6 +242,9 @@ class PolicyTrainer:
         )
         self.reference = self._load_reference() if settings.loss.beta > 0 else None
         self.weight_version: int | None = 0
+        # [N] float32 of the last optimizer_step's rows: Σ |learner − sampler| log-prob over each
+        # completion's real tokens (the prompt ledger and the drift alarm read it per group).
+        self.row_gaps = torch.zeros(0)
 
     # ----------------------------------------------------------------------------- forward
 
@@ -437,6 +440,7 @@ class PolicyTrainer:
         self.engine.train()
         micro_stats: list[dict[str, float]] = []
         gap_sum = 0.0
+        row_gaps = torch.zeros(n, dtype=torch.float32)
         for i, (start, stop, real) in enumerate(self._passes(n, passes)):
             self.engine.set_gradient_accumulation_boundary(i == passes - 1)
             rows = slice(start, stop)
@@ -460,7 +464,9 @@ class PolicyTrainer:
             )
             if real:
                 micro_stats.append(stats)
-                gap_sum += float((old - behaviour).abs().masked_fill(row_mask == 0, 0.0).sum())
+                gaps = (old - behaviour).abs().masked_fill(row_mask == 0, 0.0).sum(dim=1)
+                row_gaps[rows] = gaps.float().cpu()
+                gap_sum += float(gaps.sum())
             else:
                 loss = loss * 0.0  # keeps the collective pattern, adds no gradient
             self.engine.backward(loss)
@@ -474,6 +480,7 @@ class PolicyTrainer:
         reported = self.engine.get_global_grad_norm()
         grad_norm = float(reported) if reported is not None else plain_norm
         self.weight_version = None
+        self.row_gaps = row_gaps
         done = time.perf_counter()
 
         weights = [s["num_tokens"] for s in micro_stats]

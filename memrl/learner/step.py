@@ -4,7 +4,9 @@ Every rank receives all of a step's rollout chunks, so each derives the same sha
 global token and sequence counts of the shared loss normaliser and the micro-batch count that
 every rank must run (:func:`shard_step`). When the driver drops rows after scoring (groups
 whose rewards do not vary), every rank recounts the kept rows of the whole step the same way
-(:func:`step_inputs`). The Ray actor (``actors/learner.py``) only calls these.
+(:func:`step_inputs`). What a rank trained on, per prompt group, is counted from the rows
+that really entered its loss (:func:`trained_groups`, for the prompt ledger). The Ray actor
+(``actors/learner.py``) only calls these.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from memrl.learner.batching import (
     slice_batch,
     take_rows,
 )
+from memrl.ledger import TrainedGroup
 from memrl.types import RolloutBatch
 
 
@@ -90,3 +93,36 @@ def step_inputs(
     options = {"ref_logp": ref_logp, "global_tokens": global_tokens,
                "global_seqs": global_seqs, "num_micro_batches": shard.passes}
     return batch, adv, options
+
+
+def completion_versions(batch: RolloutBatch) -> torch.Tensor:
+    """[N] int64: the weight version that generated each completion, the oldest among its real
+    tokens (``batch.weight_version`` for a completion without any)."""
+    real = batch.completion_mask.bool()
+    newest = torch.iinfo(torch.int64).max
+    oldest = batch.token_versions.masked_fill(~real, newest).min(dim=1).values
+    return torch.where(real.any(dim=1), oldest, torch.full_like(oldest, batch.weight_version))
+
+
+def trained_groups(received: RolloutBatch, trained: RolloutBatch,
+                   row_gaps: torch.Tensor) -> dict[int, TrainedGroup]:
+    """Per prompt group (its position in the step): the completions this rank ``received`` (its
+    shard) and those it ``trained`` on (the rows given to the optimizer step, after the keep
+    mask), with each trained one's weight version and ``row_gaps`` [len(trained)] (Σ |learner
+    − sampler| log-prob over a completion's real tokens)."""
+    if row_gaps.shape != (trained.num_completions,):
+        raise ValueError(f"row_gaps has shape {tuple(row_gaps.shape)}, expected "
+                         f"({trained.num_completions},)")
+    groups: dict[int, TrainedGroup] = {}
+    for position, record_id in zip(received.group_index, received.record_ids):
+        groups.setdefault(position, TrainedGroup(record_id)).received += 1
+    versions = completion_versions(trained).tolist()
+    lengths = trained.completion_lengths.tolist()
+    gaps = row_gaps.tolist()
+    for row, (position, record_id) in enumerate(zip(trained.group_index, trained.record_ids)):
+        group = groups.setdefault(position, TrainedGroup(record_id))
+        group.trained += 1
+        group.versions.append(int(versions[row]))
+        group.gap_sum += float(gaps[row])
+        group.tokens += int(lengths[row])
+    return groups

@@ -1,5 +1,5 @@
-"""What the report says: the headline table, collapse findings, plot captions and configs,
-as a document of blocks (``memrl.report.document``)."""
+"""What the report says: the headline table, collapse findings, trainer/engine drift, plot
+captions and configs, as a document of blocks (``memrl.report.document``)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,28 @@ def _headline_row(s: dict[str, Any]) -> tuple[str, ...]:
             _num(s["final_reward"]), collapse)
 
 
+def _step_ranges(steps: Sequence[int]) -> str:
+    """``3-5, 9`` for steps 3, 4, 5 and 9."""
+    spans: list[list[int]] = []
+    for step in steps:
+        if spans and step == spans[-1][1] + 1:
+            spans[-1][1] = step
+        else:
+            spans.append([step, step])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _drift_text(drift: dict[str, Any] | None) -> str:
+    if drift is None:
+        return "not logged"
+    highest = f"highest {_num(drift['highest'], 4)} at step {drift['highest_step']}"
+    if drift["bound"] <= 0:
+        return f"alarm off (rollout.max_behaviour_logprob_gap 0); {highest}"
+    if not drift["steps"]:
+        return f"no step over {drift['bound']:g} ({highest})"
+    return f"DRIFT at steps {_step_ranges(drift['steps'])}, over {drift['bound']:g} ({highest})"
+
+
 def report_document(runs: Sequence[Run], summaries: Sequence[dict[str, Any]],
                     plots: Sequence[tuple[Topic, Path | None]], smoothing: int,
                     rules: CollapseRules) -> list[Block]:
@@ -70,6 +92,14 @@ def report_document(runs: Sequence[Run], summaries: Sequence[dict[str, Any]],
         items += [f"not checked — {RULE_TITLES[rule]}: {why}"
                   for rule, why in s["collapse_skipped"].items()]
         blocks += [Heading(3, s["run"]), Bullets(tuple(items or ["no rule fired"]))]
+    blocks += [
+        Heading(2, "Trainer/engine drift"),
+        Para("Steps whose `train/behaviour_logprob_gap` (mean |learner − engine| log-prob per "
+             "completion token) exceeded the run's `rollout.max_behaviour_logprob_gap`: the "
+             "rollout engines sampled from other weights than the learners held (healthy runs "
+             "sit near 0.015). The run warned once, at the first, naming the workers."),
+        Bullets(tuple(f"{s['run']}: {_drift_text(s['drift'])}" for s in summaries)),
+    ]
     blocks.append(Heading(2, "Plots"))
     notes = ["Grey dotted lines are the collapse thresholds; grey dashed, the completion cap."]
     if any(s["collapse"] for s in summaries):

@@ -1,4 +1,5 @@
-"""A run's headline numbers: accuracy before/after, best evaluation, final reward, collapse."""
+"""A run's headline numbers: accuracy before/after, best evaluation, final reward, collapse, and
+the steps where the rollout engines drifted from the learners."""
 
 from __future__ import annotations
 
@@ -8,13 +9,30 @@ from typing import Any
 import numpy as np
 
 from memrl.collapse import CollapseRules, check_rules, metric_series
+from memrl.config import RolloutConfig, default_of
+from memrl.metric_keys import TRAIN_BEHAVIOUR_LOGPROB_GAP
 from memrl.report.runs import Run, load_run
+
+GAP_BOUND_KEY = "max_behaviour_logprob_gap"  # of the rollout section
 
 
 def _last_training_step(run: Run) -> int | None:
     steps = [int(r["step"]) for r in run.records
              if any(k != "step" and not k.startswith("eval/") for k in r)]
     return max(steps) if steps else None
+
+
+def drift(run: Run) -> dict[str, Any] | None:
+    """The steps whose ``train/behaviour_logprob_gap`` exceeded the run's
+    ``rollout.max_behaviour_logprob_gap`` (the bound its drift alarm warned at; 0: off):
+    ``bound``, ``steps``, ``highest`` gap and its ``highest_step``. None when not logged."""
+    steps, gaps = metric_series(run.records, TRAIN_BEHAVIOUR_LOGPROB_GAP)
+    if not steps.size:
+        return None
+    bound = float((run.config.get("rollout") or {}).get(GAP_BOUND_KEY, default_of(RolloutConfig, GAP_BOUND_KEY)))
+    over = [int(step) for step, gap in zip(steps, gaps) if bound > 0 and gap > bound]
+    top = int(np.argmax(gaps))
+    return {"bound": bound, "steps": over, "highest": float(gaps[top]), "highest_step": int(steps[top])}
 
 
 def summarise(run: Run, rules: CollapseRules = CollapseRules()) -> dict[str, Any]:
@@ -54,6 +72,7 @@ def summarise(run: Run, rules: CollapseRules = CollapseRules()) -> dict[str, Any
         "final_train_accuracy": float(accuracy[-rules.window:].mean()) if accuracy.size else None,
         "collapse": [c.finding.to_dict() for c in checks if c.finding is not None],
         "collapse_skipped": {c.rule: c.skipped for c in checks if c.skipped is not None},
+        "drift": drift(run),
     }
 
 
@@ -66,6 +85,7 @@ def summarise_run(run_dir: str | Path, rules: CollapseRules = CollapseRules()) -
     step), ``best_accuracy``/``best_step`` (``summary.json``'s, else the best ``eval/accuracy``
     line), ``final_reward`` and ``final_train_accuracy`` (means over the last ``final_window`` =
     ``rules.window`` training steps), ``collapse`` (the fired findings as dicts) and
-    ``collapse_skipped`` (rule -> why it could not be evaluated). Unknown values are None.
+    ``collapse_skipped`` (rule -> why it could not be evaluated) and ``drift`` (the steps over
+    the trainer/engine drift bound, see :func:`drift`). Unknown values are None.
     """
     return summarise(load_run(run_dir), rules)

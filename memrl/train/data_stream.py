@@ -2,7 +2,9 @@
 
 Each epoch is a fresh permutation drawn from ``(seed, epoch)``, so the order depends only on the
 seed and the position — a resumed run that restores ``state()`` consumes exactly the prompts
-the uninterrupted run would have, including across epoch boundaries.
+the uninterrupted run would have, including across epoch boundaries. :meth:`PromptStream.take`
+also says where each prompt came from (its :class:`~memrl.ledger.PromptId`, for the prompt
+ledger); ``memrl audit`` replays the stream from the run's config to check the ledger.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memrl.ledger import PromptId
 from memrl.types import Record
+
+TRAIN_SPLIT = "train"  # the task split the stream hands out
 
 
 @dataclass
@@ -48,7 +53,11 @@ class PromptStream:
 
     def next_batch(self, n: int) -> list[Record]:
         """The next ``n`` records, rolling into the next epoch when this one runs out."""
-        out: list[Record] = []
+        return [record for record, _ in self.take(n)]
+
+    def take(self, n: int) -> list[tuple[Record, PromptId]]:
+        """The next ``n`` records, each with its dataset id (id, epoch, index in the split)."""
+        out: list[tuple[Record, PromptId]] = []
         while len(out) < n:
             if self.state.position >= len(self._order):
                 self.state.epoch += 1
@@ -56,7 +65,9 @@ class PromptStream:
                 self._order = self._permutation(self.state.epoch)
             take = min(n - len(out), len(self._order) - self.state.position)
             idx = self._order[self.state.position : self.state.position + take]
-            out.extend(self._dataset[int(i)] for i in idx)
+            for i in idx:
+                record = self._dataset[int(i)]
+                out.append((record, PromptId(record.id, self.state.epoch, int(i))))
             self.state.position += take
         self.state.consumed += n
         return out

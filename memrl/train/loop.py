@@ -11,8 +11,9 @@ position and weight version. Then per step (:meth:`Trainer.run_step`):
    batches from the object store, the driver never does;
 3. group-relative advantages from the rewards (a few floats per completion);
 4. one optimizer step on the learners; rank 0 publishes the new weights once;
-5. log the step's metrics (:mod:`memrl.train.step_metrics`); checkpoint on cadence (steps,
-   minutes, or a preemption notice, see :mod:`memrl.train.run_control`).
+5. record what the learners trained on in the prompt ledger (:mod:`memrl.ledger`), then log the
+   step's metrics (:mod:`memrl.train.step_metrics`); checkpoint on cadence (steps, minutes, or
+   a preemption notice, see :mod:`memrl.train.run_control`).
 
 Between steps the pool follows the cluster (``rollout.num_workers`` is a target, a number or
 ``auto``; ``control.yaml`` and ``memrl scale`` change it while the job runs).
@@ -47,13 +48,15 @@ from memrl.cluster.requests import GenerationRequest, chunk_requests, request_se
 from memrl.config import Config, config_to_yaml
 from memrl.errors import InputError, RuntimeFault, error_log, phase
 from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
+from memrl.ledger import LedgerWriter, PromptId, ledger_line
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
 from memrl.rollout.engine import load_tokenizer
 from memrl.run_dir import CHECKPOINT_LEARNER_DIR, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.run_lock import RunLock
 from memrl.tasks import build_task
-from memrl.train.data_stream import PromptStream, StreamState
+from memrl.train.data_stream import TRAIN_SPLIT, PromptStream, StreamState
+from memrl.train.drift_alarm import DriftAlarm
 from memrl.train.evaluate import greedy_sampling, score_greedy
 from memrl.train.metrics import MetricsWriter
 from memrl.train.run_control import PREEMPTED_EXIT_CODE, Preempted, RunController
@@ -79,10 +82,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepGeneration:
-    """One step's prompts and their generation (running or finished)."""
+    """One step's prompts, their dataset ids and their generation (running or finished)."""
 
     step: int
     records: list[Record]
+    prompts: list[PromptId]
     pending: PendingGeneration
 
 
@@ -127,7 +131,7 @@ class Trainer:
                              "section", hint="fix that entry of the config (memrl config show "
                              "prints the resolved one)") from exc
         stream_state = StreamState.from_dict(state["stream"]) if state else None
-        self.stream = PromptStream(self.task.dataset("train"), seed=cfg.seed, state=stream_state)
+        self.stream = PromptStream(self.task.dataset(TRAIN_SPLIT), seed=cfg.seed, state=stream_state)
         self.eval_records = list(self.task.dataset("test"))
         self.model_path = prepare_model(cfg, self.task)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -135,6 +139,7 @@ class Trainer:
         if state:
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.metrics_lines = int(state.get("metrics_lines", -1)) if state else 0
+        self.ledger_lines = int(state.get("ledger_lines", -1)) if state else 0
 
         self.files.config.write_text(config_to_yaml(cfg))
         error_log.use_run_dir(self.run_dir)
@@ -145,21 +150,36 @@ class Trainer:
         with StartupReporter() as reporter:
             self._start_actors(resume_from, reporter)
         self.scorer = StepScorer(self.plan, self.composer, cfg.grpo.max_completion_length, self.memory)
+        self.drift = DriftAlarm(cfg.rollout.max_behaviour_logprob_gap, cfg.grpo.num_generations)
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
         self.version = 0
         self.step = 0
         self.resumed_from = resume_from
-        self._inflight: list[Record] = []
+        self._inflight: list[tuple[Record, PromptId]] = []
         self._last_save = time.monotonic()
         self._writer: MetricsWriter | None = None
+        self._ledger: LedgerWriter | None = None
         if state:
             with phase("resume: loading the learner state", timeout_s=cfg.trainer.timeout_s):
                 self.learners.load(f"{resume_from}/{CHECKPOINT_LEARNER_DIR}")
             self.step = int(state["step"])
             self.version = int(state["weight_version"])
             self._publish()
-            self._inflight = [Record(**r) for r in state.get("inflight_records", [])]
+            self._inflight = self._inflight_prompts(state)
             print(f"resumed from step {self.step} ({resume_from})", flush=True)
+
+    def _inflight_prompts(self, state: dict[str, Any]) -> list[tuple[Record, PromptId]]:
+        """The next step's prompts that an async-mode checkpoint holds, with their dataset ids
+        (a checkpoint written before the ledger has none: the stream is replayed to its place)."""
+        records = [Record(**r) for r in state.get("inflight_records", [])]
+        if not records:
+            return []
+        if "inflight_prompts" in state:
+            ids = [PromptId(**p) for p in state["inflight_prompts"]]
+        else:  # the last prompts the stream handed out before the checkpoint
+            replay = PromptStream(self.task.dataset(TRAIN_SPLIT), seed=self.cfg.seed)
+            ids = [p for _, p in replay.take(self.stream.state.consumed)[-len(records):]]
+        return list(zip(records, ids, strict=True))
 
     def _start_actors(self, resume_from: str | None, reporter: StartupReporter) -> None:
         from memrl.actors.learner import LearnerGroup
@@ -216,20 +236,24 @@ class Trainer:
         return record_prompt(self.task, self.tokenizer, record, num_shots=self.cfg.task.num_shots,
                              seed=self.cfg.seed)
 
-    def _launch(self, step: int, records: list[Record] | None = None) -> StepGeneration:
+    def _launch(self, step: int, taken: list[tuple[Record, PromptId]] | None = None) -> StepGeneration:
         """Take the step's prompts (or the given ones) and start generating them."""
-        if records is None:
-            records = self.stream.next_batch(self.cfg.grpo.prompts_per_step)
+        if taken is None:
+            taken = self.stream.take(self.cfg.grpo.prompts_per_step)
+        records = [record for record, _ in taken]
         requests = chunk_requests([self.render(r) for r in records], [r.id for r in records],
                                   num_chunks=len(self.pool))
         g = self.cfg.grpo
-        weights = self.weights
 
         def submit(actor: Any, req: GenerationRequest):
             settings = training_sampling(g, request_seed(self.cfg.seed, step, req.index))
-            return actor.generate.remote(req.prompts, req.record_ids, settings, weights)
+            # The weights newest when the request is sent, not when the step was launched: in
+            # async mode a request that waited in the queue (no worker free) or is re-sent after
+            # a failure must not carry weights older than those in flight.
+            return actor.generate.remote(req.prompts, req.record_ids, settings, self.weights)
 
-        return StepGeneration(step=step, records=records, pending=self.pool.start(requests, submit))
+        return StepGeneration(step=step, records=records, prompts=[p for _, p in taken],
+                              pending=self.pool.start(requests, submit))
 
     def _publish(self) -> float:
         weights_ref, summary = self.learners.publish_weights(self.version)
@@ -251,12 +275,13 @@ class Trainer:
 
     # -- one step --------------------------------------------------------------------------------
     def run_step(self, batch: StepGeneration, next_batch: Callable[[], StepGeneration | None]
-                 ) -> tuple[dict[str, Any], StepGeneration | None]:
+                 ) -> tuple[dict[str, Any], dict[str, Any], StepGeneration | None]:
         """Finish ``batch``'s generation, score it, take one optimizer step, publish weights.
 
         In async mode ``next_batch()`` is called as soon as this step's generation is done, so
-        the next step generates while this one scores and trains. Returns the step's metrics
-        and that next batch (None in sync mode)."""
+        the next step generates while this one scores and trains. Returns the step's metrics,
+        its prompt-ledger line (what the learners trained on) and that next batch (None in sync
+        mode)."""
         cfg, g = self.cfg, self.cfg.grpo
         clock = StepClock(batch.step + 1, cfg.trainer.timeout_s)
         with clock.phase("generate", "generation", actor="the rollout workers"):
@@ -278,13 +303,17 @@ class Trainer:
         if keep is not None and not bool(keep.any()):
             keep = None  # every group is flat: all advantages are 0, the step only moves KL
         with clock.phase("train", "optimizer step", actor="the learners"):
-            train_stats = self.learners.finish_step(prepared, advantages, keep=keep)
+            train_stats, trained = self.learners.finish_step(prepared, advantages, keep=keep)
+        filtered = (~keep_groups).tolist() if keep is not None else [False] * len(batch.records)
+        ledger = ledger_line(clock.step, self.task.name, TRAIN_SPLIT, batch.prompts, trained, filtered)
 
         self.version += 1
         with clock.phase("sync", "weight publish", actor="learner rank 0"):
             publish_seconds = self._publish()
 
         infos = [r.info for r in results]
+        if (drift := self.drift.check(clock.step, train_stats, trained, infos)) is not None:
+            log.warning(drift)
         staleness = weight_staleness(self.version, infos)
         if staleness > cfg.rollout.max_staleness:
             raise RuntimeFault(f"step {clock.step} trained on weights {staleness} versions old, over "
@@ -294,7 +323,7 @@ class Trainer:
                         rollout_infos=infos, durations=clock.durations, step_seconds=clock.elapsed(),
                         records=batch.records, max_completion_length=g.max_completion_length)
         metrics = {**step_metrics(work), **self._run_state_metrics(publish_seconds, staleness)}
-        return metrics, upcoming
+        return metrics, ledger, upcoming
 
     def _run_state_metrics(self, publish_seconds: float, staleness: int) -> dict[str, Any]:
         """Where the run stands after a step: data position, weights, pool health, memory."""
@@ -337,9 +366,11 @@ class Trainer:
                 "torch_rng": torch.get_rng_state().tolist(),
                 # async mode: prompts already taken from the stream for the next step
                 "inflight_records": [dataclasses.asdict(r) for r in upcoming.records] if upcoming else [],
+                "inflight_prompts": [dataclasses.asdict(p) for p in upcoming.prompts] if upcoming else [],
                 "config": self.cfg.model_dump(mode="json"),
                 # metrics.jsonl lines up to here: a resume drops the lines logged after them
                 "metrics_lines": self._writer.lines if self._writer is not None else 0,
+                "ledger_lines": self._ledger.lines if self._ledger is not None else 0,
             }
             uri = self.checkpoints.complete(partial, self.step, state, files=files)
             if self.memory is not None:  # the snapshot moved with the rename of the partial dir
@@ -366,6 +397,8 @@ class Trainer:
             wandb_project=cfg.logging.wandb_project, run_name=self.run_dir.name,
             config=cfg.model_dump(mode="json"),
             keep_lines=self.metrics_lines if self.resumed_from else 0, resume_step=resumed_at)
+        ledger = self._ledger = LedgerWriter(self.files.ledger, keep_lines=self.ledger_lines,
+                                             resume_step=resumed_at)
         controller.arm_sigterm()
         if cfg.trainer.eval_before_after and not summary.has_before:
             before = self.evaluate()
@@ -381,9 +414,10 @@ class Trainer:
             while batch is not None:
                 following = batch.step + 1
                 last = following >= cfg.trainer.max_steps
-                metrics, upcoming = self.run_step(
+                metrics, line, upcoming = self.run_step(
                     batch, lambda following=following, last=last: None if last else self._launch(following))
                 self.step += 1
+                ledger.append(line)  # before the metrics line: a step logged is a step recorded
                 writer.log(self.step, metrics)
                 controller.report(self.step, pool)
                 _show(bar, metrics)
@@ -408,6 +442,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             writer.close()
+            ledger.close()
         with phase("final export (model, memory)", step=self.step, timeout_s=cfg.trainer.timeout_s):
             self.learners.export_hf(self.files.model)
             if self.memory is not None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from memrl.run_dir import RunDir
+from memrl.step_log import count_lines, truncate_after
 
 
 def _finite(value: Any) -> Any:
@@ -35,9 +35,9 @@ class MetricsWriter:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = RunDir(run_dir).metrics
         if resume_step is not None:
-            self.lines = _truncate_after(self.path, keep_lines, resume_step)
+            self.lines = truncate_after(self.path, keep_lines, resume_step)
         else:
-            self.lines = _count_lines(self.path)
+            self.lines = count_lines(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -74,38 +74,6 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def _count_lines(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    with path.open("rb") as fh:
-        return sum(1 for _ in fh)
-
-
-def _truncate_after(path: Path, keep_lines: int, resume_step: int) -> int:
-    """Keep the first ``keep_lines`` lines of ``path`` (or, with -1, the lines of steps up to
-    ``resume_step``), replacing the file atomically; returns the number of lines kept."""
-    if not path.is_file():
-        return 0
-    with path.open("rb") as fh:
-        lines = fh.readlines()
-    if keep_lines >= 0:
-        kept = lines[:keep_lines]
-    else:
-        kept = [line for line in lines if (step := _step_of(line)) is None or step <= resume_step]
-    if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(b"".join(kept))
-        os.replace(tmp, path)
-    return len(kept)
-
-
-def _step_of(line: bytes) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
