@@ -378,3 +378,16 @@ def test_dr_grpo_rejects_completions_longer_than_the_budget() -> None:
     with pytest.raises(ValueError, match="3 tokens, more than max_completion_length=2"):
         settings = LossSettings(beta=0.0, aggregation="dr_grpo", max_completion_length=2)
         grpo_loss(logp, old, ADV, MASK, settings)
+
+
+def test_step_advantages_keep_only_groups_with_a_signal_unless_all_are_flat() -> None:
+    from memrl.grpo.advantages import step_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])  # group 0 differs, group 1 is flat
+    kept = step_advantages(rewards, 2, scale="std", filter_zero_variance=True)
+    assert kept.signal_groups.tolist() == [True, False]
+    assert kept.keep is not None and kept.keep.tolist() == [True, True, False, False]
+    torch.testing.assert_close(kept.advantages, group_advantages(rewards, 2, scale="std"))
+    assert step_advantages(rewards, 2, scale="std", filter_zero_variance=False).keep is None
+    flat = step_advantages(torch.tensor([0.5, 0.5, 1.0, 1.0]), 2, scale="std", filter_zero_variance=True)
+    assert flat.keep is None and flat.signal_groups.tolist() == [False, False]

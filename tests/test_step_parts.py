@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memrl.config import load_config
-from memrl.errors import PhaseTimeout
+from memrl.errors import PhaseTimeout, RuntimeFault
 from memrl.rewards.step_scores import StepScores
 from memrl.run_dir import RunDir
 from memrl.train.run_summary import RunSummary
@@ -86,8 +86,10 @@ def test_a_phase_that_did_not_run_logs_zero_time():
 
 def test_staleness_counts_versions_behind_the_replaced_weights():
     infos = [{"weight_version": 4}, {"weight_version": 3}]
-    assert weight_staleness(5, infos) == 1  # trained version 5 on a completion sampled with 3
-    assert weight_staleness(4, infos) == 0
+    assert weight_staleness(5, infos, step=5, max_staleness=1) == 1  # version 5 trained on a sample of 3
+    assert weight_staleness(4, infos, step=4, max_staleness=0) == 0
+    with pytest.raises(RuntimeFault, match="step 6 trained on weights 2 versions old, over rollout.max_staleness = 1"):
+        weight_staleness(6, infos, step=6, max_staleness=1)
 
 
 def _summary(tmp_path, resumed_at=None, exported=None):
@@ -158,3 +160,30 @@ def test_a_request_waiting_in_the_queue_is_sent_with_the_weights_newest_at_its_d
     assert sent == [(3, "ref-3"), (4, "ref-4")]
     assert [p.id for p in launched.prompts] == [r.id for r in launched.records]
     assert all(isinstance(p, PromptId) and p.epoch == 0 for p in launched.prompts)
+
+
+def test_run_state_metrics_read_the_pool_and_the_memory():
+    from types import SimpleNamespace
+
+    from memrl.cluster.capacity import ClusterState
+    from memrl.train.step_metrics import run_state_metrics
+
+    class Pool:
+        events = SimpleNamespace(failures=2, redispatched=1, draining_nodes_seen=1, preempted_workers=1,
+                                 resent_groups=3, lost_work_s=1.23456)
+
+        def __len__(self):
+            return 3  # asked for
+
+        def num_running(self):
+            return 2
+
+        def cluster(self):
+            return ClusterState(draining={"n1": 10.0})
+
+    m = run_state_metrics(Pool(), consumed_prompts=16, version=4, publish_seconds=0.5, staleness=1,
+                          memory_restarts=1, memory={"success_values": 8})
+    assert (m["rollout/num_workers"], m["rollout/num_workers_requested"], m["rollout/draining_nodes"]) == (2, 3, 1)
+    assert m["rollout/lost_work_s"] == 1.235 and m["rollout/resent_groups"] == 3
+    assert (m["weights/version"], m["weights/staleness"], m["data/consumed_prompts"]) == (4, 1.0, 16)
+    assert m["health/memory_restarts"] == 1 and m["memory/success_values"] == 8

@@ -16,7 +16,7 @@ groups carry no learning signal, and :func:`zero_variance_groups` with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -99,3 +99,22 @@ def keep_mask_for_groups(group_keep: torch.Tensor, group_size: int) -> torch.Ten
     if group_size < 1:
         raise ValueError(f"group_size={group_size} must be >= 1")
     return group_keep.repeat_interleave(group_size)
+
+
+class StepAdvantages(NamedTuple):
+    """A step's advantages and which rows carry a training signal."""
+
+    advantages: torch.Tensor  # [N] float
+    signal_groups: torch.Tensor  # [B] bool: groups whose rewards are not all equal
+    keep: torch.Tensor | None  # [N] bool: rows to train on; None = all of them
+
+
+def step_advantages(rewards: torch.Tensor, group_size: int, *, scale: Literal["std", "none"],
+                    filter_zero_variance: bool) -> StepAdvantages:
+    """:func:`group_advantages` of a step's rewards [N], and with ``filter_zero_variance`` the
+    rows of groups whose rewards differ (a flat group's advantages are all 0: it teaches nothing).
+    When every group is flat, every row is kept: the step then only moves the KL term."""
+    advantages = group_advantages(rewards, group_size, scale=scale)
+    signal = ~zero_variance_groups(rewards, group_size)
+    keep = keep_mask_for_groups(signal, group_size) if filter_zero_variance and bool(signal.any()) else None
+    return StepAdvantages(advantages, signal, keep)

@@ -38,7 +38,6 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from memrl import metric_keys as k
 from memrl.actors.cluster import StartupReporter, init_ray, node_totals
 from memrl.actors.control import start_control
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
@@ -46,8 +45,8 @@ from memrl.checkpoint import CheckpointManager
 from memrl.cluster.placement import check_fits, learner_demands, memory_demands, rollout_demand
 from memrl.cluster.requests import GenerationRequest, chunk_requests, request_seed, training_sampling
 from memrl.config import Config, config_to_yaml
-from memrl.errors import InputError, RuntimeFault, error_log, phase
-from memrl.grpo.advantages import group_advantages, keep_mask_for_groups, zero_variance_groups
+from memrl.errors import InputError, error_log, phase
+from memrl.grpo.advantages import step_advantages
 from memrl.ledger import LedgerWriter, PromptId, ledger_line
 from memrl.prompts import record_prompt
 from memrl.rewards.registry import RewardComposer
@@ -69,7 +68,7 @@ from memrl.train.setup import (
     rollout_worker_factory,
 )
 from memrl.train.step_clock import StepClock
-from memrl.train.step_metrics import StepWork, step_metrics, weight_staleness
+from memrl.train.step_metrics import StepWork, run_state_metrics, step_metrics, weight_staleness
 from memrl.train.step_scoring import StepScorer
 from memrl.types import Record
 
@@ -297,14 +296,11 @@ class Trainer:
             prepared = self.learners.wait_reference(reference)
 
         rewards = torch.tensor(scores.total, dtype=torch.float32)
-        advantages = group_advantages(rewards, g.num_generations, scale=g.scale_rewards)
-        keep_groups = ~zero_variance_groups(rewards, g.num_generations)
-        keep = keep_mask_for_groups(keep_groups, g.num_generations) if g.filter_zero_variance else None
-        if keep is not None and not bool(keep.any()):
-            keep = None  # every group is flat: all advantages are 0, the step only moves KL
+        advantages, signal_groups, keep = step_advantages(
+            rewards, g.num_generations, scale=g.scale_rewards, filter_zero_variance=g.filter_zero_variance)
         with clock.phase("train", "optimizer step", actor="the learners"):
             train_stats, trained = self.learners.finish_step(prepared, advantages, keep=keep)
-        filtered = (~keep_groups).tolist() if keep is not None else [False] * len(batch.records)
+        filtered = (~signal_groups).tolist() if keep is not None else [False] * len(batch.records)
         ledger = ledger_line(clock.step, self.task.name, TRAIN_SPLIT, batch.prompts, trained, filtered)
 
         self.version += 1
@@ -314,40 +310,15 @@ class Trainer:
         infos = [r.info for r in results]
         if (drift := self.drift.check(clock.step, train_stats, trained, infos)) is not None:
             log.warning(drift)
-        staleness = weight_staleness(self.version, infos)
-        if staleness > cfg.rollout.max_staleness:
-            raise RuntimeFault(f"step {clock.step} trained on weights {staleness} versions old, over "
-                               f"rollout.max_staleness = {cfg.rollout.max_staleness}",
-                               hint="a bug in the rollout pool's weight versions; please report it")
-        work = StepWork(scores=scores, keep_groups=keep_groups, train_stats=train_stats,
+        staleness = weight_staleness(self.version, infos, step=clock.step, max_staleness=cfg.rollout.max_staleness)
+        work = StepWork(scores=scores, keep_groups=signal_groups, train_stats=train_stats,
                         rollout_infos=infos, durations=clock.durations, step_seconds=clock.elapsed(),
                         records=batch.records, max_completion_length=g.max_completion_length)
-        metrics = {**step_metrics(work), **self._run_state_metrics(publish_seconds, staleness)}
+        metrics = {**step_metrics(work), **run_state_metrics(
+            self.pool, consumed_prompts=self.stream.state.consumed, version=self.version,
+            publish_seconds=publish_seconds, staleness=staleness, memory_restarts=self.scorer.memory_restarts,
+            memory=self.memory.metrics() if self.memory is not None else {})}
         return metrics, ledger, upcoming
-
-    def _run_state_metrics(self, publish_seconds: float, staleness: int) -> dict[str, Any]:
-        """Where the run stands after a step: data position, weights, pool health, memory."""
-        pool = self.pool
-        events = pool.events
-        metrics: dict[str, Any] = {
-            k.DATA_CONSUMED_PROMPTS: self.stream.state.consumed,
-            k.WEIGHTS_VERSION: self.version,
-            k.WEIGHTS_PUBLISH_SECONDS: publish_seconds,
-            k.WEIGHTS_STALENESS: float(staleness),
-            k.ROLLOUT_NUM_WORKERS: pool.num_running(),  # placed and answering
-            k.ROLLOUT_NUM_WORKERS_REQUESTED: len(pool),  # config, control.yaml or memrl scale
-            k.ROLLOUT_FAILURES: events.failures,
-            k.ROLLOUT_REDISPATCHED: events.redispatched,
-            k.ROLLOUT_DRAINING_NODES: len(pool.cluster().draining),  # now
-            k.ROLLOUT_DRAINING_NODES_SEEN: events.draining_nodes_seen,
-            k.ROLLOUT_PREEMPTED_WORKERS: events.preempted_workers,
-            k.ROLLOUT_RESENT_GROUPS: events.resent_groups,
-            k.ROLLOUT_LOST_WORK_S: round(events.lost_work_s, 3),
-            k.HEALTH_MEMORY_RESTARTS: self.scorer.memory_restarts,
-        }
-        if self.memory is not None:
-            metrics.update({f"memory/{name}": v for name, v in self.memory.metrics().items()})
-        return metrics
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, upcoming: StepGeneration | None = None) -> str:

@@ -1,8 +1,11 @@
 """One step's metrics, assembled from what the step produced (torchtune's ``log_metrics`` habit:
 the step computes, this module names and derives).
 
-Pure functions of plain values, so the metric definitions are tested without Ray. The key
-names and their meanings are owned by :mod:`memrl.metric_keys`.
+:func:`step_metrics` derives what the step did (rewards, lengths, the learners' statistics,
+phase times, throughput); :func:`run_state_metrics` where the run stands after it (data
+position, weights, the rollout pool's health, the memory service). Pure functions of plain
+values and small views, so the definitions are tested without Ray. The key names and their
+meanings are owned by :mod:`memrl.metric_keys`.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from memrl import metric_keys as k
+from memrl.cluster.capacity import ClusterState
+from memrl.errors import RuntimeFault
 from memrl.rewards.step_scores import StepScores
 from memrl.types import Record
 
@@ -42,10 +47,17 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def weight_staleness(version: int, rollout_infos: Sequence[Mapping[str, Any]]) -> int:
+def weight_staleness(version: int, rollout_infos: Sequence[Mapping[str, Any]], *, step: int,
+                     max_staleness: int) -> int:
     """How many versions older than the weights just replaced (``version - 1``) the step's
-    oldest completion was generated with: 0 on-policy, 1 in async mode."""
-    return version - 1 - min(int(info["weight_version"]) for info in rollout_infos)
+    oldest completion was generated with: 0 on-policy, 1 in async mode. Past ``max_staleness``
+    the rollout pool broke its bound: a fault, not a metric."""
+    staleness = version - 1 - min(int(info["weight_version"]) for info in rollout_infos)
+    if staleness > max_staleness:
+        raise RuntimeFault(f"step {step} trained on weights {staleness} versions old, over "
+                           f"rollout.max_staleness = {max_staleness}",
+                           hint="a bug in the rollout pool's weight versions; please report it")
+    return staleness
 
 
 def prompts_digest(records: Sequence[Record]) -> str:
@@ -85,4 +97,39 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
     mean_generate_s = sum(float(i["generate_seconds"]) for i in infos) / len(infos)
     metrics[k.THROUGHPUT_GENERATE_TOKENS_PER_S] = tokens / max(mean_generate_s, 1e-9)
     metrics[k.DATA_PROMPTS_SHA1] = prompts_digest(work.records)
+    return metrics
+
+
+class PoolView(Protocol):
+    """What the run-state metrics read of the rollout pool (:class:`memrl.actors.rollout_pool.RolloutPool`)."""
+
+    events: Any  # PoolEvents: failure counters since the pool was made
+
+    def __len__(self) -> int: ...
+    def num_running(self) -> int: ...
+    def cluster(self) -> ClusterState: ...
+
+
+def run_state_metrics(pool: PoolView, *, consumed_prompts: int, version: int, publish_seconds: float,
+                      staleness: int, memory_restarts: int, memory: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the run stands after a step: data position, weights, the pool's health, the memory
+    service's own metrics (``memory/*``)."""
+    events = pool.events
+    metrics: dict[str, Any] = {
+        k.DATA_CONSUMED_PROMPTS: consumed_prompts,
+        k.WEIGHTS_VERSION: version,
+        k.WEIGHTS_PUBLISH_SECONDS: publish_seconds,
+        k.WEIGHTS_STALENESS: float(staleness),
+        k.ROLLOUT_NUM_WORKERS: pool.num_running(),  # placed and answering
+        k.ROLLOUT_NUM_WORKERS_REQUESTED: len(pool),  # config, control.yaml or memrl scale
+        k.ROLLOUT_FAILURES: events.failures,
+        k.ROLLOUT_REDISPATCHED: events.redispatched,
+        k.ROLLOUT_DRAINING_NODES: len(pool.cluster().draining),  # now
+        k.ROLLOUT_DRAINING_NODES_SEEN: events.draining_nodes_seen,
+        k.ROLLOUT_PREEMPTED_WORKERS: events.preempted_workers,
+        k.ROLLOUT_RESENT_GROUPS: events.resent_groups,
+        k.ROLLOUT_LOST_WORK_S: round(events.lost_work_s, 3),
+        k.HEALTH_MEMORY_RESTARTS: memory_restarts,
+    }
+    metrics.update({f"memory/{name}": value for name, value in memory.items()})
     return metrics
