@@ -2,15 +2,15 @@
 (``memrl.model.replicas``): Qwen2.5-0.5B (``qwen2``), Llama-3.2-1B (``llama3``) and
 Falcon3-1B (``falcon3``). ``-k qwen2`` selects one.
 
-Per architecture, in this order (module-scoped fixtures: one replica, one learner and one
-vLLM engine each): the replica carries the real architecture; rollouts of the transformers
-engine train a DeepSpeed learner under ZeRO 0 and 3 alike, and its checkpoint resumes exactly;
-the learner's saved folder loads in transformers, ``memrl eval`` runs on it, and vLLM's CPU
-engine starts from it; vLLM's behaviour log-probs equal the learner's recomputation; vLLM
-reloads weights in place, verified (a stale load raises); a learner step published to the
-engine brings both to the same new weights; and ``memrl train`` runs two steps on vLLM
-workers. bfloat16: vLLM's CPU build runs each architecture in it (this CPU has AVX-512 BF16).
-"""
+Per architecture, in this order (module-scoped fixtures: one replica, one in-process learner
+and one vLLM rollout worker each): the replica carries the real architecture; rollouts of the
+transformers engine train a DeepSpeed learner under ZeRO 0 and 3 alike, and its checkpoint
+resumes exactly; the learner's saved folder loads in transformers, ``memrl eval`` runs on it,
+and a vLLM CPU worker starts from it; vLLM's behaviour log-probs equal the learner's
+recomputation (and would not without the architecture's distinguishing feature); vLLM reloads
+weights in place, each load verified; a learner step published to the worker brings both to the
+same new weights; and ``memrl train`` runs two steps in bfloat16 on a vLLM worker, as the paper
+configs run."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import json
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 import torch.distributed as dist
-from test_rollout import RECORD_IDS, chat_prompts, perturb
+from test_rollout import RECORD_IDS, chat_prompts, perturb, teacher_forced
 from trainer_configs import make_config
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from memrl.grpo.loss import LossSettings
 from memrl.learner.distributed import free_port, set_rank_env
@@ -90,6 +91,16 @@ def assert_within_tokenizer(batch: RolloutBatch, tokenizer) -> None:
     assert sampled.numel() > 0 and int(sampled.max()) < len(tokenizer)
 
 
+def spare_logmass(model: torch.nn.Module, tokenizer) -> float:
+    """The largest log-probability that the ids past the tokenizer get together, over the
+    test prompts' positions."""
+    inputs = tokenizer(chat_prompts(tokenizer), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
+    spare = torch.logsumexp(logp[..., len(tokenizer):], dim=-1)
+    return float(spare[inputs["attention_mask"].bool()].max())
+
+
 def test_replica_has_the_real_architecture(arch: str, replica: Path) -> None:
     spec = architecture(arch)
     real = spec.hf_config(full_size=True)
@@ -121,10 +132,7 @@ def test_replica_has_the_real_architecture(arch: str, replica: Path) -> None:
     # Spare rows (ids past the tokenizer) carry no probability: they are never sampled.
     tokenizer = AutoTokenizer.from_pretrained(replica)
     assert len(tokenizer) < 600
-    inputs = tokenizer(chat_prompts(tokenizer), return_tensors="pt", padding=True)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
-    assert torch.logsumexp(logp[..., len(tokenizer):], dim=-1).max() < -25
+    assert spare_logmass(model, tokenizer) < -25
 
 
 def test_learner_steps_alike_under_zero_0_and_3_and_resumes_exactly(
@@ -189,71 +197,103 @@ def test_saved_model_loads_in_transformers_and_memrl_eval_runs(
     assert json.loads(out.read_text())["num_total"] == 3
 
 
-@pytest.fixture(scope="module")
-def engine(saved_model: Path):
-    """vLLM's engine (its CPU build here) started from the learner's saved folder."""
-    from memrl.rollout.vllm_engine import VLLMEngine
+class VLLMWorker:
+    """memrl's vLLM rollout worker actor (its CPU build here), as training runs it, and the
+    driver's side of it: weights travel as ``(version, ObjectRef)`` with a request, and the
+    worker verifies every load (a load that leaves the probe unmoved raises
+    ``StaleWeightsError``). An actor rather than an engine in this process: vLLM's teardown
+    destroys the process's torch.distributed group, which the in-process learners share."""
 
-    return VLLMEngine(str(saved_model), max_model_len=256)
+    def __init__(self, actor, tokenizer) -> None:
+        self.actor = actor
+        self.tokenizer = tokenizer
+
+    def generate(self, weights: tuple[int, object] | None = None) -> RolloutBatch:
+        batch, _ = self.actor.generate.remote(chat_prompts(self.tokenizer), RECORD_IDS, SETTINGS, weights)
+        return ray.get(batch, timeout=300)
+
+    def load(self, state: dict[str, torch.Tensor]) -> RolloutBatch:
+        """Hand the worker ``state`` as the next version; returns the batch sampled with it."""
+        version = ray.get(self.actor.ping.remote(), timeout=60)["weight_version"] + 1
+        return self.generate((version, ray.put(pack_state_dict(state, version=version))))
+
+
+@pytest.fixture(scope="module")
+def vllm_worker(saved_model: Path, ray_cluster):
+    """A vLLM rollout worker started from the learner's saved folder."""
+    from memrl.actors.rollout import make_rollout_worker_class
+
+    actor = make_rollout_worker_class(num_cpus=1).remote(
+        "paper-arch", str(saved_model), "vllm", {"dtype": "float32"}, vllm_kwargs={"max_model_len": 256})
+    assert ray.get(actor.ping.remote(), timeout=300)["engine_info"] == "vllm on cpu"
+    yield VLLMWorker(actor, AutoTokenizer.from_pretrained(saved_model))
+    ray.kill(actor, no_restart=True)
 
 
 @needs_vllm
-def test_vllm_starts_from_the_saved_model_and_samples_the_tokenizers_ids(engine) -> None:
-    prompts = chat_prompts(engine.tokenizer)
-    first = engine.generate(prompts, RECORD_IDS, SETTINGS)
+def test_vllm_starts_from_the_saved_model_and_samples_the_tokenizers_ids(vllm_worker: VLLMWorker) -> None:
+    first = vllm_worker.generate()
     assert first.group_index == [0, 0, 1, 1, 2, 2] and first.completion_ids.shape[1] <= 8
-    assert_within_tokenizer(first, engine.tokenizer)
-    again = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    assert_within_tokenizer(first, vllm_worker.tokenizer)
+    again = vllm_worker.generate()
     assert torch.equal(first.completion_ids, again.completion_ids)
 
 
+def without_its_feature(arch: str, folder: Path) -> torch.nn.Module:
+    """The model of ``folder`` with what sets its architecture apart lost, as a wrong loader
+    or config would lose it: Qwen2's q/k/v biases, Llama 3's RoPE scaling, Falcon3's separate
+    output layer (replaced by the input embedding, as if tied)."""
+    if arch == "llama3":
+        config = AutoConfig.from_pretrained(folder)
+        config.rope_parameters = {"rope_type": "default", "rope_theta": config.rope_parameters["rope_theta"]}
+        return AutoModelForCausalLM.from_pretrained(folder, config=config)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        if arch == "qwen2":
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.zero_()
+        else:
+            model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+    return model
+
+
 @needs_vllm
-def test_vllm_behaviour_logprobs_equal_the_learners_recomputation(engine, learner: PolicyTrainer) -> None:
-    batch = engine.generate(chat_prompts(engine.tokenizer), RECORD_IDS, SETTINGS)
-    recomputed = learner.logprobs(batch)
+def test_vllm_behaviour_logprobs_equal_the_learners_recomputation(
+        arch: str, vllm_worker: VLLMWorker, learner: PolicyTrainer, saved_model: Path) -> None:
+    batch = vllm_worker.generate()
     mask = batch.completion_mask.bool()
-    assert (recomputed[mask] - batch.behaviour_logprobs[mask]).abs().max() < 1e-4
+    assert (learner.logprobs(batch)[mask] - batch.behaviour_logprobs[mask]).abs().max() < 1e-4
+    # The comparison is sharp enough to see the architecture: without its distinguishing
+    # feature, the same weights give log-probs outside the tolerance.
+    wrong, _ = teacher_forced(without_its_feature(arch, saved_model), batch, TEMPERATURE)
+    assert (wrong[mask] - batch.behaviour_logprobs[mask]).abs().max() > 1e-4
 
 
 @needs_vllm
-def test_vllm_reloads_in_place_verified(engine, learner: PolicyTrainer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from memrl.rollout.vllm_engine import StaleWeightsError
-
-    prompts = chat_prompts(engine.tokenizer)
+def test_vllm_reloads_in_place_verified(vllm_worker: VLLMWorker, learner: PolicyTrainer) -> None:
     current = learner.state_dict_for_publish()
-    start = engine.weight_version
-    before = engine.generate(prompts, RECORD_IDS, SETTINGS)
-    engine.load_weights(pack_state_dict(perturb(current), version=start + 1))
-    changed = engine.generate(prompts, RECORD_IDS, SETTINGS)
-    assert changed.token_versions.eq(start + 1).all()
+    before = vllm_worker.generate()
+    changed = vllm_worker.load(perturb(current))
+    assert changed.token_versions.eq(changed.weight_version).all() and changed.weight_version > 0
     assert not torch.equal(changed.behaviour_logprobs, before.behaviour_logprobs)
-    engine.load_weights(pack_state_dict(current, version=start + 2))
-    restored = engine.generate(prompts, RECORD_IDS, SETTINGS)
+    restored = vllm_worker.load(current)
+    assert restored.weight_version == changed.weight_version + 1
     assert torch.equal(restored.completion_ids, before.completion_ids)
     assert torch.equal(restored.behaviour_logprobs, before.behaviour_logprobs)
 
-    # A reload that never reaches the live model fails loudly and keeps the version.
-    llm = engine._llm
-    rpc = llm.collective_rpc
-    monkeypatch.setattr(llm, "collective_rpc", lambda method, *a, **k: None
-                        if method == "memrl_load_packed_weights" else rpc(method, *a, **k))
-    with pytest.raises(StaleWeightsError, match=f"version {start + 3}: the packed weights differ"):
-        engine.load_weights(pack_state_dict(perturb(current), version=start + 3))
-    assert engine.weight_version == start + 2
-
 
 @needs_vllm
-def test_a_learner_step_published_to_vllm_samples_the_new_weights(engine, learner: PolicyTrainer) -> None:
+def test_a_learner_step_published_to_vllm_samples_the_new_weights(
+        vllm_worker: VLLMWorker, learner: PolicyTrainer) -> None:
     """The whole loop once: vLLM samples, the learner steps on it, publishes, vLLM reloads and
     then samples with exactly the learner's new weights (not silently the old ones)."""
-    batch = engine.generate(chat_prompts(engine.tokenizer), RECORD_IDS, SETTINGS)
+    batch = vllm_worker.generate()
     stats = learner.optimizer_step(batch, advantages_for(batch))
     assert stats["behaviour_logprob_gap"] < 1e-4
-    version = engine.weight_version + 1
-    engine.load_weights(pack_state_dict(learner.state_dict_for_publish(), version=version))
-    after = engine.generate(chat_prompts(engine.tokenizer), RECORD_IDS, SETTINGS)
-    assert after.weight_version == version
-    assert_within_tokenizer(after, engine.tokenizer)
+    after = vllm_worker.load(learner.state_dict_for_publish())
+    assert after.weight_version == batch.weight_version + 1
+    assert_within_tokenizer(after, vllm_worker.tokenizer)
     mask = after.completion_mask.bool()
     assert (learner.logprobs(after)[mask] - after.behaviour_logprobs[mask]).abs().max() < 1e-4
 
@@ -280,5 +320,6 @@ def test_memrl_train_runs_the_paper_setting_bfloat16_on_vllm_workers(
     # bfloat16 sampler vs bfloat16 learner: equal up to bfloat16 rounding of the logits.
     gaps = [m["train/behaviour_logprob_gap"] for m in steps]
     assert max(gaps) < 0.05, gaps
-    trained = AutoModelForCausalLM.from_pretrained(run / "model")
+    trained = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
     assert type(trained).__name__ == architecture(arch).config["architectures"][0]
+    assert spare_logmass(trained, AutoTokenizer.from_pretrained(run / "model")) < -10  # still never sampled

@@ -21,7 +21,9 @@ model, whose spare rows are never sampled either (Qwen2.5's matrices have 151,93
 151,665 tokens), the ids past the tokenizer are made unsampleable: every real token's input row
 carries a positive anchor on coordinate 0, which dominates the residual stream, and every spare
 output row carries the negative anchor there, so a spare id's logit sits tens of nats below any
-real one's (:data:`ANCHOR`). The weights are otherwise ``from_config``'s random initialisation.
+real one's (:data:`ANCHOR`). The weights are otherwise ``from_config``'s random initialisation,
+with attention sharpened so that RoPE, biases and masks show in the outputs
+(:func:`sharpen_attention`).
 
 A Qwen2 folder's tokenizer is loaded as ``Qwen2Tokenizer`` whatever its ``tokenizer_config.json``
 names (transformers lists ``qwen2`` among the model types whose hub tokenizer class it
@@ -45,8 +47,10 @@ from memrl.model.tiny import train_bpe_tokenizer
 # Coordinate 0 of the residual stream carries ANCHOR for every real token (module docstring);
 # the final norm's gain on it is set so that real logits share an offset of at least
 # TARGET_OFFSET nats and spare ones sit as far below zero: a gap of 2·TARGET_OFFSET.
-ANCHOR = 4.0
+ANCHOR = 0.1
 TARGET_OFFSET = 20.0
+# Std of the attention biases (Qwen2's q/k/v; zero after from_config's initialisation).
+BIAS_STD = 0.1
 
 # Depth and width of the test-size replicas; every other field stays the real model's.
 TEST_SIZE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
@@ -156,6 +160,27 @@ def architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}: choose one of {sorted(ARCHITECTURES)}") from None
 
 
+def sharpen_attention(model: torch.nn.Module) -> None:
+    """Attention that depends on its inputs, as a trained model's does.
+
+    ``from_config``'s initialisation (std ``initializer_range``) gives query-key scores near 0
+    everywhere: attention is uniform and the outputs would not show a wrong RoPE, bias or mask
+    (Llama 3's RoPE scaling moved log-probs by 4e-6). Query and key projections are scaled so
+    that each score has a standard deviation of about 1, and the biases drawn with
+    :data:`BIAS_STD`. Draws from the global RNG (the caller seeds it)."""
+    config = model.config
+    scale = 1.0 / (config.initializer_range * config.hidden_size**0.5)
+    base: Any = model.base_model
+    with torch.no_grad():
+        for layer in base.layers:
+            attention = layer.self_attn
+            attention.q_proj.weight.mul_(scale)
+            attention.k_proj.weight.mul_(scale)
+            for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+                if proj.bias is not None:
+                    proj.bias.normal_(0.0, BIAS_STD)
+
+
 def anchor_to_tokenizer(model: torch.nn.Module, used_ids: int, probe_ids: list[int]) -> None:
     """Make the ids from ``used_ids`` on unsampleable (module docstring).
 
@@ -221,6 +246,7 @@ def build_replica(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        sharpen_attention(model)
     probe = tokenizer.apply_chat_template([{"role": "user", "content": DEFAULT_TEXTS[-1]}],
                                           tokenize=False, add_generation_prompt=True)
     anchor_to_tokenizer(model, len(tokenizer), tokenizer(probe)["input_ids"])
