@@ -28,7 +28,7 @@ from memrl.learner.stats import merge_rank_stats
 from memrl.learner.step import StepShard, shard_step, step_inputs, trained_groups
 from memrl.ledger import TrainedGroup, merge_trained
 from memrl.types import RolloutBatch
-from memrl.weights import PackedWeights, pack_state_dict
+from memrl.weights import PackedWeights
 
 
 class LearnerError(UnexplainedFault, RuntimeError):
@@ -115,11 +115,7 @@ class LearnerWorker:
         can fetch without pulling the weights.
         """
         started = time.perf_counter()
-        packed = None
-        if self.rank == 0 or self.trainer.settings.zero_stage == 3:
-            state = self.trainer.state_dict_for_publish()
-            packed = pack_state_dict(state, version) if self.rank == 0 else None
-        self.trainer.mark_published(version)
+        packed = self.trainer.publish(version)
         summary = {
             "version": int(version),
             "nbytes": packed.nbytes if packed is not None else 0,

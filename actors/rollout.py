@@ -109,6 +109,7 @@ class RolloutWorker:
         self._engine.load_weights(packed)
         self._stats["last_fetch_s"] = fetched - start
         self._stats["last_sync_s"] = time.perf_counter() - start
+        self._stats.update({f"last_{phase}_s": s for phase, s in self._engine.load_phases.items()})
         self._stats["num_syncs"] += 1
 
     @ray.method(num_returns=2)
@@ -170,7 +171,8 @@ class RolloutWorker:
         }
 
     def stats(self) -> dict[str, Any]:
-        """Counters since (re)start: batches, tokens, syncs, last sync and generation timings."""
+        """Counters since (re)start: batches, tokens, syncs, last sync and generation timings
+        (with the engine's phases of the last load, e.g. ``last_reload_s``, ``last_verify_s``)."""
         return {
             "worker_id": self._worker_id,
             "weight_version": self._engine.weight_version,

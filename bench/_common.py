@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from memrl.config import Config, load_config  # noqa: E402
+from memrl.model.replicas import ARCHITECTURES, build_replica  # noqa: E402
 from memrl.prompts import record_prompt  # noqa: E402
 from memrl.report.table import text_table  # noqa: E402
 from memrl.rollout.engine import completion_mask, load_tokenizer, pad_rows  # noqa: E402
@@ -35,20 +36,18 @@ from memrl.train.data_stream import PromptStream  # noqa: E402
 from memrl.train.setup import cache_root, prepare_model  # noqa: E402
 from memrl.types import Record  # noqa: E402
 
-# Shapes of the random models: 34m for CPU; for GPU-sized measurements Qwen2.5-0.5B / -1.5B
-# dimensions in a Llama config (a Qwen2 config reloads the tokenizer as another class, see
-# field notes).
-# attention_bias adds Qwen2's q/k/v biases (and an o_proj bias Qwen2 lacks: 0.004% of params).
+# Shapes of the Llama-shaped random models: 34m for CPU, 1.5b for GPU-sized measurements
+# (Qwen2.5-1.5B's dimensions; attention_bias adds Qwen2's q/k/v biases and an o_proj bias Qwen2
+# lacks). The paper models' own architectures are the replicas (``--model-size qwen2``, ...).
 RANDOM_SHAPES: dict[str, dict[str, int]] = {
     # Hidden 512 x 8 layers (33.6M parameters, vocabulary of the 512-token BPE): on CPU the
     # smallest shape where generation, not per-call overhead, dominates.
     "34m": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8,
             "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 512},
-    "0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-             "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151_936},
     "1.5b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
              "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151_936},
 }
+MODEL_SIZES = ("tiny", *RANDOM_SHAPES, *ARCHITECTURES)
 
 
 def one_thread() -> None:
@@ -65,8 +64,8 @@ def prepare(cfg: Config, model_size: str = "tiny", dtype: str = "float32") -> tu
     """The task, the model folder and its tokenizer (left padding).
 
     ``model_size="tiny"``: the config's model (the tiny one is built once and cached, as
-    ``memrl train`` does); otherwise a random model of that size (:func:`random_model`) saved
-    in ``dtype``."""
+    ``memrl train`` does); otherwise a random model of that size or architecture
+    (:func:`random_model`) saved in ``dtype``."""
     task = build_task(cfg)
     if model_size == "tiny":
         model_path = prepare_model(cfg, task)
@@ -165,8 +164,10 @@ def random_model_config(size: str, vocab_size: int | None = None) -> Any:
 
 def random_model(size: str, cfg: Config, task: Task, dtype: str) -> str:
     """Folder of a randomly initialised model of ``size`` (no download), built once under the
-    memrl cache. Its tokenizer is a small BPE trained on the task's text (ids fit any vocab);
-    the weights are saved in ``dtype`` (``float32`` or ``bfloat16``)."""
+    memrl cache: a paper model's architecture at full size (``qwen2``, ``llama3``, ``falcon3``:
+    :func:`memrl.model.replicas.build_replica`) or a Llama of :data:`RANDOM_SHAPES`. Its tokenizer
+    is a small BPE trained on the task's text (ids fit any vocab); the weights are saved in
+    ``dtype`` (``float32`` or ``bfloat16``)."""
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from memrl.model.tiny import train_bpe_tokenizer
@@ -176,7 +177,12 @@ def random_model(size: str, cfg: Config, task: Task, dtype: str) -> str:
         return str(folder)
     staging = folder.with_name(folder.name + ".partial")
     records = [task.dataset("train")[i] for i in range(200)]
-    tokenizer = train_bpe_tokenizer([task.system_prompt] + [r.question for r in records], 512)
+    texts = [task.system_prompt] + [r.question for r in records]
+    if size in ARCHITECTURES:
+        build_replica(size, staging, full_size=True, dtype=dtype, texts=texts, seed=cfg.seed)
+        staging.rename(folder)
+        return str(folder)
+    tokenizer = train_bpe_tokenizer(texts, 512)
     config = random_model_config(size)
     config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     with torch.random.fork_rng(devices=[]):
@@ -193,9 +199,10 @@ def random_model(size: str, cfg: Config, task: Task, dtype: str) -> str:
 def add_model_arguments(parser: Any) -> None:
     """Add ``--model-size``, ``--dtype``, ``--set`` and ``--json`` to an ``argparse`` parser
     (the options the rollout and weight-sync benchmarks share)."""
-    parser.add_argument("--model-size", default="tiny", choices=["tiny", *RANDOM_SHAPES],
-                        help="tiny: the embedded default's model; else a random model (34m: a "
-                        "CPU-sized one; 0.5b/1.5b: GPU)")
+    parser.add_argument("--model-size", default="tiny", choices=MODEL_SIZES,
+                        help="tiny: the embedded default's model; else a random model (qwen2, "
+                        "llama3, falcon3: a paper model's architecture at full size; 34m: a "
+                        "CPU-sized Llama; 1.5b: a GPU-sized one)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weights of a random model; default bfloat16 on GPU, else float32")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],

@@ -1,10 +1,10 @@
-"""One command for a short GPU loan: every GPU path of memrl, checked within 8 minutes.
+"""One command for a short GPU loan: every GPU path of memrl, checked within 12 minutes.
 
-    python -m bench.gpu_smoke [--json runs/gpu_smoke.json] [--budget-s 480]
+    python -m bench.gpu_smoke [--json runs/gpu_smoke.json] [--budget-s 720]
 
-Needs no internet: the model is a random one of Qwen2.5-0.5B's architecture and size, built
-from its config alone (bench/_common.py's ``0.5b`` shape, the tiny builder's tokenizer). Parts,
-each a child process with its own time limit, run in this order:
+Needs no internet: the models are random ones of the paper models' architectures at full size,
+built from their configs alone (``memrl.model.replicas``, with the tiny builder's tokenizer).
+Parts, each a child process with its own time limit, run in this order:
 
 1. ``gpu_tests``: every ``gpu``-marked test (``pytest -m gpu``);
 2. ``faiss_gpu``: the memory's key index on the GPU, 1M keys, 256-query batches, p50/p99
@@ -12,8 +12,12 @@ each a child process with its own time limit, run in this order:
 3. ``one_gpu_plan``: ``memrl plan`` of the one-GPU paper config against one 80 GiB GPU
    (runs everywhere: it needs no device);
 4. ``paper_5_steps``: 5 steps of that config (vLLM on the GPU, DeepSpeed on NCCL, FAISS GPU);
-5. ``weight_sync``: learner -> vLLM weight sync at 0.5B (``bench.weight_sync``);
-6. ``vllm_tokens``: tokens/s of memrl's vLLM worker vs bare vLLM (``bench.rollout``).
+5. ``paper_archs``: one ``memrl train`` step of each paper architecture at full size
+   (Qwen2.5-0.5B, Llama-3.2-1B, Falcon3-1B) in bfloat16: the learner and a vLLM worker on the
+   GPU, the step's weights published and loaded, verified; "does each paper model train and
+   sync" (the embedded arith task: no data needed);
+6. ``weight_sync``: learner -> vLLM weight sync of Qwen2.5-0.5B (``bench.weight_sync``);
+7. ``vllm_tokens``: tokens/s of memrl's vLLM worker vs bare vLLM (``bench.rollout``).
 
 Without a CUDA GPU the CUDA parts are reported as ``skipped`` with the reason, never failed.
 Prints one table and writes every figure as JSON. Exit code 1 when a part that ran failed.
@@ -120,13 +124,13 @@ def part_plan(timeout_s: float) -> Part:
     cfg = load_config(ROOT / ONE_GPU_CONFIG)
     groups = actor_groups(cfg)
     problem = place(groups, [Node("one-gpu", {"CPU": 16.0, "GPU": 1.0}, [1.0])])
-    from bench._common import random_model_config
-    from memrl.plan import ModelShape
-
-    hf = random_model_config("0.5b")
     import torch
     from transformers import AutoModelForCausalLM
 
+    from memrl.model.replicas import architecture
+    from memrl.plan import ModelShape
+
+    hf = architecture("qwen2").hf_config(full_size=True)
     with torch.device("meta"):
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
     shape = ModelShape(params, hf.num_hidden_layers, hf.num_key_value_heads,
@@ -158,13 +162,48 @@ def part_paper_steps(timeout_s: float) -> Part:
     return Part("paper_5_steps", "ok" if rc == 0 else "failed", 0.0, last, {"output_dir": out})
 
 
-def _random_model_folder() -> str:
-    """Qwen2.5-0.5B's architecture and size with random weights, built from its config."""
+def _random_model_folder(arch: str = "qwen2") -> str:
+    """A paper model's architecture and size with random weights, built from its config."""
     from bench import _common as common
 
     cfg = common.bench_config()
-    task, path, _ = common.prepare(cfg, "0.5b", "bfloat16")
+    task, path, _ = common.prepare(cfg, arch, "bfloat16")
     return path
+
+
+# One step of ``memrl train`` on one GPU: the embedded default (arith, generated: no data) with
+# the learner and one vLLM worker sharing the GPU, in the paper configs' dtype.
+ARCH_STEP = ["trainer.max_steps=1", "trainer.eval_before_after=false", "model.dtype=bfloat16",
+             "rollout.engine=vllm", "rollout.num_workers=1", "learner.num_gpus=0.5",
+             "rollout.num_gpus_per_worker=0.5", "rollout.gpu_memory_utilization=0.3",
+             "grpo.max_prompt_length=512", "logging.progress_bar=false"]
+
+
+def part_paper_archs(timeout_s: float) -> Part:
+    """One training step of each paper architecture at full size (the summary names each one's
+    outcome; figures: its step's metrics)."""
+    reason = cuda_reason()
+    if reason:
+        return Part("paper_archs", "skipped", 0.0, f"{reason} (one bf16 step of qwen2, llama3, falcon3 on vLLM)")
+    from memrl.model.replicas import ARCHITECTURES
+    from memrl.train.metrics import read_metrics
+
+    deadline = time.monotonic() + timeout_s
+    outcomes, figures = [], {}
+    for arch in ARCHITECTURES:
+        model = _random_model_folder(arch) if time.monotonic() < deadline else None
+        left = deadline - time.monotonic()
+        if model is None or left <= 0:
+            outcomes.append(f"{arch} not run (time budget)")
+            continue
+        out = Path(tempfile.mkdtemp(prefix=f"memrl-smoke-{arch}-"))
+        rc, text = _child([sys.executable, "-m", "memrl.cli", "train", f"output_dir={out}",
+                           f"model.name_or_path={model}", *ARCH_STEP], left)
+        steps = [m for m in read_metrics(out) if "weights/version" in m] if rc == 0 else []
+        figures[arch] = steps[-1] if steps else {"rc": rc, "output": text[-1500:]}
+        outcomes.append(f"{arch} {'ok' if steps else f'failed (rc {rc})'}")
+    ok = len(figures) == len(ARCHITECTURES) and all("rc" not in f for f in figures.values())
+    return Part("paper_archs", "ok" if ok else "failed", 0.0, ", ".join(outcomes), figures)
 
 
 def _bench(name: str, module: str, extra: list[str]) -> Callable[[float], Part]:
@@ -173,7 +212,8 @@ def _bench(name: str, module: str, extra: list[str]) -> Callable[[float], Part]:
         if reason:
             return Part(name, "skipped", 0.0, reason)
         out = Path(tempfile.mkdtemp(prefix="memrl-smoke-")) / f"{name}.json"
-        rc, text = _child([sys.executable, "-m", module, "--model-size", "0.5b", "--json", str(out), *extra], timeout_s)
+        rc, text = _child([sys.executable, "-m", module, "--model-size", "qwen2", "--json", str(out), *extra],
+                          timeout_s)
         figures = json.loads(out.read_text()) if out.is_file() else {}
         last = text.strip().splitlines()[-1] if text.strip() else ""
         return Part(name, "ok" if rc == 0 else "failed", 0.0, last, figures)
@@ -186,6 +226,7 @@ PARTS: list[tuple[str, Callable[[float], Part], float]] = [
     ("faiss_gpu", part_faiss, 60.0),
     ("one_gpu_plan", part_plan, 30.0),
     ("paper_5_steps", part_paper_steps, 150.0),
+    ("paper_archs", part_paper_archs, 240.0),
     ("weight_sync", _bench("weight_sync", "bench.weight_sync", ["--repeats", "3"]), 45.0),
     ("vllm_tokens", _bench("vllm_tokens", "bench.rollout", ["--repeats", "2", "--no-two-workers"]), 45.0),
 ]
@@ -224,7 +265,7 @@ def table(parts: list[Part]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=Path("runs/gpu_smoke.json"))
-    parser.add_argument("--budget-s", type=float, default=480.0, help="whole run (default 8 min)")
+    parser.add_argument("--budget-s", type=float, default=720.0, help="whole run (default 12 min)")
     parser.add_argument("--only", nargs="*", default=None, choices=[name for name, _, _ in PARTS])
     args = parser.parse_args(argv)
     parts = run_parts(args.budget_s, args.only)

@@ -22,7 +22,8 @@ Engines run one after the other; within an engine the repetitions interleave the
 memrl, in-process, bare, ...) so that load from other processes on a shared machine hits them
 alike; the first repetition of each row is a warm-up. ``vllm_over_hf`` compares the memrl
 workers of the two engines. ``--model-size 34m`` is a random Llama with hidden size 512 and 8
-layers (a size where generation dominates on CPU); ``0.5b``/``1.5b`` are for GPU machines.
+layers (a size where generation dominates on CPU); ``qwen2``, ``llama3``, ``falcon3`` (the paper
+models' architectures at full size) and ``1.5b`` are for GPU machines.
 
 Run from the repository root: ``python -m bench.rollout --json rollout.json``
 (``--model-size 34m --prompts 32 --max-tokens 32 --no-two-workers`` for the larger model).

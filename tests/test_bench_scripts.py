@@ -2,6 +2,7 @@
 token counting, summaries and ratios, the JSON figures, the TRL settings and reward."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -91,18 +92,43 @@ def test_rollout_figures():
 
 def test_sync_timing_and_figures():
     first = weight_sync.SyncTiming(publish=0.1, pack=0.05, fetch=[0.01, 0.03], load=[0.02, 0.01],
-                                   request_wall=0.2, noop_wall=0.15)
+                                   request_wall=0.2, noop_wall=0.15, reload=[0.015, 0.008],
+                                   verify=[0.005, 0.002])
     second = weight_sync.SyncTiming(publish=0.2, pack=0.1, fetch=[0.05], load=[0.05],
-                                    request_wall=0.3, noop_wall=0.1)
+                                    request_wall=0.3, noop_wall=0.1, reload=[0.03], verify=[0.02])
     assert first.seconds == pytest.approx(0.14)  # publish + slowest worker's fetch + load
     assert first.wall_minus_noop == pytest.approx(0.15)
+    assert first.put == pytest.approx(0.05)  # publish beyond packing
     figures = weight_sync.sync_figures([first, second], nbytes=4096)
     assert figures["seconds"]["median"] == pytest.approx(0.22)
     assert figures["speedup"] == pytest.approx(0.5 / 0.22)
     assert figures["seconds_raw"] == pytest.approx([0.14, 0.3])
     assert figures["fetch_s"]["median"] == pytest.approx(0.04)
+    assert figures["put_s"]["median"] == pytest.approx(0.075)
+    assert figures["reload_s"]["median"] == pytest.approx(0.0225)
     assert figures["nbytes"] == 4096 and figures["target_s"] == 0.5
+    without_phases = weight_sync.sync_figures([weight_sync.SyncTiming(
+        publish=0.1, pack=0.05, fetch=[0.01], load=[0.02], request_wall=0.2, noop_wall=0.1)], 8, 1.5)
+    assert "reload_s" not in without_phases and without_phases["target_s"] == 1.5
     json.dumps(figures)
+
+
+def test_weight_sync_report_and_node_rounds():
+    assert weight_sync.node_rounds(4) == [1, 2, 4]
+    assert weight_sync.node_rounds(6) == [1, 2, 4, 6] and weight_sync.node_rounds(1) == [1]
+    timing = weight_sync.SyncTiming(publish=0.1, pack=0.05, fetch=[0.01], load=[0.02],
+                                    request_wall=0.2, noop_wall=0.1, reload=[0.015], verify=[0.005])
+    figures = weight_sync.sync_figures([timing], nbytes=2**20, target_s=1.5)
+    figures["config"] = {"model": "qwen2", "dtype": "float32", "workers": 1, "engine": "vllm", "repeats": 1}
+    figures["memory"] = {"learner_peak_rss_bytes": 2**31, "worker_peak_rss_bytes": [2**30, None]}
+    figures["late_joiner"] = {"start_s": 30.0, "seconds": 0.5, "fetch_s": 0.1, "load_s": 0.4}
+    figures["nodes"] = {"by_nodes": {"1": {"median": 1.0, "max": 1.1}, "4": {"median": 2.0, "max": 2.5}}}
+    text = weight_sync.report(figures)
+    for expected in ("model qwen2 (1.0 MiB packed, float32)", "put (object store)", "reload", "verify",
+                     "learner 2.00, workers 1.00, ?", "late joiner: started in 30.0 s",
+                     "nodes pulling at once"):
+        assert expected in text, expected
+    assert weight_sync.peak_rss_bytes(os.getpid()) > 0 and weight_sync.peak_rss_bytes(2**30) is None
 
 
 def test_gpu_overrides(monkeypatch):
@@ -116,18 +142,14 @@ def test_gpu_overrides(monkeypatch):
     assert weight_sync.gpu_overrides(placed, 2) == placed
 
 
-def test_random_model_config_has_qwen_0_5b_size():
-    from transformers import LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(common.random_model_config("0.5b"))
-    # Qwen2.5-0.5B: 494,032,768 parameters; the o_proj biases add 24 x 896.
-    assert sum(p.numel() for p in model.parameters()) == 494_032_768 + 24 * 896
+def test_random_model_sizes_and_the_paper_architectures():
     config = common.random_model_config("1.5b")
     assert (config.hidden_size, config.num_hidden_layers, config.num_key_value_heads) == (1536, 28, 2)
     assert config.tie_word_embeddings
     with pytest.raises(ValueError, match="--model-size '7b'"):
         common.random_model_config("7b")
+    # The paper models are built as replicas of their own architectures (memrl.model.replicas).
+    assert {"qwen2", "llama3", "falcon3"} <= set(common.MODEL_SIZES)
 
 
 def test_steady_intervals_drop_warmup_steps():

@@ -104,3 +104,22 @@ def test_bad_input_names_the_offender():
     missing = PackedWeights(version=0, buffers={}, meta=[TensorSpec("w", "float16", (1,), 0, 1)])
     with pytest.raises(ValueError, match="'w' has dtype 'float16' but no buffer"):
         unpack(missing)
+
+
+def test_packer_reuses_its_buffers_for_each_version_and_reallocates_for_another_layout():
+    from memrl.weights import WeightPacker
+
+    packer = WeightPacker()
+    state = mixed_state_dict()
+    first = packer.pack(state, version=1)
+    address = first.buffers["float32"].ctypes.data
+    state["embed.weight"].add_(1.0)
+    second = packer.pack(state, version=2)
+    assert second.version == 2 and second.buffers["float32"].ctypes.data == address
+    for name, tensor in unpack(second).items():
+        assert torch.equal(tensor, state[name]), name
+    assert unpack(first)["embed.weight"].equal(state["embed.weight"])  # overwritten: valid until the next pack
+    bigger = {**state, "extra": torch.zeros(4)}
+    third = packer.pack(bigger, version=3)
+    assert third.buffers["float32"].ctypes.data != address
+    assert unpack(third)["extra"].shape == (4,)

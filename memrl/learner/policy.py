@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from memrl.learner.packing import pack_completions, packable_attention, packed_c
 from memrl.learner.stats import token_weighted_mean
 from memrl.model.loading import load_policy
 from memrl.types import RolloutBatch
+from memrl.weights import PackedWeights, WeightPacker
 
 CHECKPOINT_TAG = "learner"
 _TOKEN_MEAN_STATS = ("kl", "clip_frac", "ratio_mean", "is_weight_mean")
@@ -245,6 +247,7 @@ class PolicyTrainer:
         # [N] float32 of the last optimizer_step's rows: Σ |learner − sampler| log-prob over each
         # completion's real tokens (the prompt ledger and the drift alarm read it per group).
         self.row_gaps = torch.zeros(0)
+        self._packer = WeightPacker()
 
     # ----------------------------------------------------------------------------- forward
 
@@ -510,25 +513,49 @@ class PolicyTrainer:
 
     # ---------------------------------------------------------------------- weights, disk
 
+    @contextmanager
+    def _full_state(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The module's full state dict, on its device and in its dtype, while it is gathered
+        (ZeRO-3 partitions are gathered for the block: a collective, entered on every rank)."""
+        module = self.engine.module
+        deepspeed = load_deepspeed(self.device)
+        with deepspeed.zero.GatheredParameters(
+            list(module.parameters()), modifier_rank=None, enabled=self.settings.zero_stage == 3
+        ):
+            yield module.state_dict()
+
     def state_dict_for_publish(self) -> dict[str, torch.Tensor]:
         """Full model weights on CPU in the model's dtype (bf16 under bf16 training).
 
         Under ZeRO-3 the partitions are gathered first: a collective, call it on every rank.
         Tied tensors (input and output embeddings) stay one tensor under both names.
         """
-        module = self.engine.module
-        deepspeed = load_deepspeed(self.device)
         copies: dict[tuple, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
-        with deepspeed.zero.GatheredParameters(
-            list(module.parameters()), modifier_rank=None, enabled=self.settings.zero_stage == 3
-        ):
-            for name, tensor in module.state_dict().items():
+        with self._full_state() as state:
+            for name, tensor in state.items():
                 key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
                 if key not in copies:
                     copies[key] = tensor.detach().to("cpu", copy=True)
                 out[name] = copies[key]
         return out
+
+    def publish(self, version: int) -> PackedWeights | None:
+        """Pack the current weights as ``version`` (rank 0; other ranks return None) and record
+        that they carry it (:meth:`mark_published`).
+
+        Rank 0 packs straight from the parameters into buffers it reuses (``WeightPacker``: one
+        copy, no fresh memory); the result is valid until the next publish, so hand it on first
+        (an actor method's return value is serialised as the method returns). Under ZeRO-3
+        every rank must call it: the gather is collective.
+        """
+        packed = None
+        if self.rank == 0 or self.settings.zero_stage == 3:
+            with self._full_state() as state:
+                if self.rank == 0:
+                    packed = self._packer.pack(state, version)
+        self.mark_published(version)
+        return packed
 
     def mark_published(self, version: int) -> None:
         """Record that the current weights were published as ``version``."""

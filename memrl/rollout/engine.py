@@ -94,6 +94,12 @@ class GenerationEngine(ABC):
     def load_weights(self, packed: PackedWeights) -> None:
         """Copy ``packed`` into the model in place and set ``weight_version = packed.version``."""
 
+    @property
+    def load_phases(self) -> dict[str, float]:
+        """Seconds of the last :meth:`load_weights` by phase (e.g. ``reload``, ``verify``);
+        empty for an engine that does not break its loads down."""
+        return {}
+
 
 def check_request(prompts: Sequence[str], record_ids: Sequence[str]) -> None:
     """Raise ``ValueError`` unless prompts and record ids are non-empty lists of equal length."""

@@ -11,10 +11,11 @@ loading (calling the model's ``load_weights`` on the live model fails there). Th
 is reset after every load: cached KV blocks were computed with the old weights.
 
 Every load is verified: the engine scores a fixed probe sequence (prompt log-probs, one
-forward) after each load; when the packed weights differ from the ones loaded before (CRC32 of
-the buffers), the probe must differ too, or the load raises ``StaleWeightsError``: silently
+forward) after each load; when the packed weights differ from the ones loaded before
+(``fingerprint``), the probe must differ too, or the load raises ``StaleWeightsError``: silently
 stale weights are the failure RL systems hit most. The first load is compared with the
-checkpoint when its probe did not move.
+checkpoint when its probe did not move. ``load_phases`` holds the seconds of the last load's
+``reload`` (vLLM's copy into the live model) and ``verify`` (probe and fingerprint).
 
 The engine's dtype follows the learner's (``model.dtype``; ``auto`` is float32 on CPU and
 bfloat16 on CUDA, as in ``memrl.learner.policy``): vLLM's own ``auto`` would run a float32
@@ -43,10 +44,11 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
+import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from memrl.errors import UnexplainedFault
@@ -93,10 +95,19 @@ class PackedWeightsWorkerExtension:
         return len(tensors)
 
 
-def fingerprint(packed: PackedWeights) -> tuple[tuple[str, int], ...]:
-    """CRC32 of every buffer of ``packed`` (1-3 GB/s): equal weights give equal fingerprints."""
-    return tuple((name, zlib.crc32(buffer.data.cast("B")))
-                 for name, buffer in sorted(packed.buffers.items()))
+def fingerprint(packed: PackedWeights) -> tuple[tuple[str, int, int], ...]:
+    """Size and wrapping 64-bit sum of every buffer of ``packed``: equal weights give equal
+    fingerprints, and a training step, which changes values rather than swapping them, changes
+    them. One NumPy pass, 0.44 s for 494M float32 parameters on the 2-core CPU machine, where
+    CRC32 took 1.95 s."""
+    prints = []
+    for name, buffer in sorted(packed.buffers.items()):
+        raw = np.ascontiguousarray(buffer).reshape(-1).view(np.uint8)
+        whole = raw.size - raw.size % 8
+        words = int(raw[:whole].view(np.uint64).sum(dtype=np.uint64))
+        tail = int.from_bytes(raw[whole:].tobytes(), "little")
+        prints.append((name, int(raw.size), (words + tail) % 2**64))
+    return tuple(prints)
 
 
 # The dtypes an engine runs in (model.dtype's choices; auto: learner_dtype).
@@ -198,7 +209,8 @@ class VLLMEngine(GenerationEngine):
         self._warned_top_p = False
         self._probe_ids = self._tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:16]
         self._probe = self.probe_logprobs()
-        self._loaded_fingerprint: tuple[tuple[str, int], ...] | None = None  # None: checkpoint
+        self._loaded_fingerprint: tuple[tuple[str, int, int], ...] | None = None  # None: checkpoint
+        self._load_phases: dict[str, float] = {}
 
     @property
     def tokenizer(self) -> Any:
@@ -211,6 +223,10 @@ class VLLMEngine(GenerationEngine):
     @property
     def device(self) -> str:
         return "cpu" if self.on_cpu else "cuda"
+
+    @property
+    def load_phases(self) -> dict[str, float]:
+        return dict(self._load_phases)
 
     def probe_logprobs(self) -> list[float]:
         """Log-probs (temperature 1) of the fixed probe tokens under the engine's weights."""
@@ -231,10 +247,12 @@ class VLLMEngine(GenerationEngine):
 
         Raises ``StaleWeightsError`` when the packed weights differ from the ones held before
         but the probe's log-probs did not move (the version is then left unchanged)."""
-        new_fingerprint = fingerprint(packed)
+        started = time.perf_counter()
         self._llm.collective_rpc("memrl_load_packed_weights", args=(packed,))
+        reloaded = time.perf_counter()
         self._llm.reset_prefix_cache()
         probe = self.probe_logprobs()
+        new_fingerprint = fingerprint(packed)
         if probe == self._probe:
             if self._loaded_fingerprint is None:
                 weights_changed = not equals_checkpoint(self._model_path, unpack(packed))
@@ -250,6 +268,7 @@ class VLLMEngine(GenerationEngine):
         self._probe = probe
         self._loaded_fingerprint = new_fingerprint
         self._weight_version = int(packed.version)
+        self._load_phases = {"reload": reloaded - started, "verify": time.perf_counter() - reloaded}
 
     def check_prompt_lengths(self, prompt_token_ids: list[list[int]], record_ids: list[str],
                              max_tokens: int) -> None:
