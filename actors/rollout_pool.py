@@ -125,6 +125,8 @@ class RolloutPool:
         self.workers: dict[str, Any] = {}
         # worker id -> its node (None until it first answers); workers move when restarted.
         self._nodes: dict[str, str | None] = {}
+        # worker id -> the engine it runs, as it last answered ("vllm on cpu", ...)
+        self._engines: dict[str, str] = {}
         # worker id -> pending ping while the actor starts or restarts; dispatch skips it until
         # it answers (a worker the cluster cannot place yet must not hold requests hostage).
         self._joining: dict[str, _Probe] = {}
@@ -191,11 +193,16 @@ class RolloutPool:
     def _remove(self, worker_id: str) -> None:
         self._joining.pop(worker_id, None)
         self._nodes.pop(worker_id, None)
+        self._engines.pop(worker_id, None)
         ray.kill(self.workers.pop(worker_id), no_restart=True)
 
     def worker_nodes(self) -> dict[str, str | None]:
         """Each worker's node as it last answered (None: it has not answered yet)."""
         return dict(self._nodes)
+
+    def engines(self) -> dict[str, str]:
+        """The engine each worker that has answered runs, e.g. ``vllm on cpu, 1 thread(s)``."""
+        return {w: e for w, e in self._engines.items() if w in self.workers}
 
     def joining(self) -> list[str]:
         """Workers created or restarting but not answering yet (the cluster has not placed them)."""
@@ -228,6 +235,8 @@ class RolloutPool:
             if ping.get("node_id") != self._nodes.get(worker_id):  # restarted elsewhere
                 self._preempted.discard(worker_id)
             self._nodes[worker_id] = ping.get("node_id")
+            self._engines[worker_id] = f"{ping.get('engine_info', ping.get('engine'))}, " \
+                f"{ping.get('threads')} thread(s)"
             log.info("rollout worker %s runs %s (%s thread(s)) on node %s", worker_id,
                      ping.get("engine_info", ping.get("engine")), ping.get("threads"),
                      str(ping.get("node_id", "?"))[:12])

@@ -582,6 +582,14 @@ class LoggingConfig(_Section):
         description="log to this Weights & Biases project (None: off)",
     )
     progress_bar: bool = Field(default=True, description="show a progress bar of the steps")
+    verbose: bool = Field(
+        default=False,
+        description=(
+            "memrl train: also show what the libraries and actors print (vLLM, Ray, DeepSpeed ...) "
+            "on the terminal, as Ray streams it; false: memrl's own lines only, the rest in "
+            "output_dir/logs/ (`memrl train --verbose` sets it)"
+        ),
+    )
 
 
 class RayConfig(_Section):

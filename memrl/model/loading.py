@@ -77,6 +77,18 @@ def locate_model(name_or_path: str) -> ModelSource:
     return ModelSource("hub", f"{constants.ENDPOINT}/{name_or_path}")
 
 
+def loading_stage(name_or_path: str) -> str:
+    """What loading ``name_or_path`` here will do, in a few words for a start-up report: read
+    it, or download it from the hub (not in this machine's cache)."""
+    try:
+        source = locate_model(name_or_path)
+    except ModelUnavailableError:  # the load itself raises it, with the whole message
+        return f"loading the model {name_or_path}"
+    if source.kind == "hub":
+        return f"downloading the model {name_or_path} from {source.location} (not in this node's cache)"
+    return f"loading the model {name_or_path}"
+
+
 def cache_miss_error(name: str) -> ModelUnavailableError | None:
     """For a hub id that is not in the local cache: the error to raise when it cannot be
     downloaded either (offline mode, or the hub does not answer), else None (download it)."""
