@@ -15,6 +15,7 @@ from ray._private import state as ray_state
 
 from memrl.cluster.capacity import ClusterState, draining_deadlines
 from memrl.config import Config
+from memrl.errors import InputError
 from memrl.terminal import LOG_DIR_ENV, terminal
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,46 @@ def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": log_dir is None}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
     if address and address != "local":
-        ray.init(address=address, **kwargs)
-        cpus = ray.cluster_resources().get("CPU", 0)
         how = "the cluster named by ray.address/RAY_ADDRESS" if cfg.ray.address or \
             os.environ.get("RAY_ADDRESS") else "the cluster `ray start` runs on this machine"
+        _check_token(address, how)
+        ray.init(address=address, **kwargs)
+        cpus = ray.cluster_resources().get("CPU", 0)
         ignored = f"; ray.num_cpus={cfg.ray.num_cpus} does not apply to it" if cfg.ray.num_cpus else ""
         terminal.say(f"memrl: joined {how} at {address} ({cpus:g} CPUs){ignored}; set "
                      "ray.address=local to start a separate cluster for this run")
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+class ClusterRefusesToken(InputError):
+    """The Ray cluster the run would join refuses this process's authentication token."""
+
+    label = "cannot join the Ray cluster"
+
+
+def _check_token(address: str, how: str) -> None:
+    """Fail within a second, naming the ways out, when the cluster at ``address`` refuses this
+    process's Ray token (another program's cluster, started with another token): ``ray.init``
+    would retry for 20 s, logging each refusal, and then report a connection failure."""
+    if "://" in address:  # a Ray client or dashboard address: ray.init reports on its own
+        return
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ensure_token_if_auth_enabled(create_token_if_missing=False)  # what ray.init does first
+        GcsClient(address=address).cluster_id  # noqa: B018 - the first request: a token check
+    except AuthenticationError as exc:
+        raise ClusterRefusesToken(
+            f"{how} at {address} refuses this run's Ray token (that cluster was started with a "
+            f"token this process does not have; Ray says: {str(exc).split('. ')[0]})",
+            hint="set ray.address=local to start a separate cluster for this run, or give this "
+                 "process that cluster's token (RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH naming its "
+                 "file; the default file is ~/.ray/auth_token)") from exc
+    except Exception:  # noqa: BLE001 - anything else is ray.init's to report
+        log.debug("token check of %s skipped", address, exc_info=True)
 
 
 def _local_cluster_address() -> str | None:
