@@ -90,3 +90,15 @@ def test_start_up_past_its_limit_names_the_actors_still_waiting():
         wait_for_phases([stuck], timeout_s=0.5, every_s=0.2, say=said.append)
     assert "learner rank 0 (CPU 1) pending placement or starting" in str(info.value)
     assert said and all(line.startswith("memrl: still in start-up of the learners after") for line in said)
+
+
+def test_the_result_line_says_when_evaluation_was_off():
+    from memrl.cli import _accuracy_text
+
+    measured = {"accuracy_before": 0.145, "accuracy_lenient_before": 0.145, "accuracy_after": 0.755,
+                "accuracy_lenient_after": 0.76}
+    assert _accuracy_text(measured) == "accuracy 0.145 -> 0.755 (lenient grader 0.145 -> 0.760)"
+    assert _accuracy_text({}) == ("evaluation was off (trainer.eval_before_after=false, "
+                                  "trainer.eval_every_steps=0)")
+    periodic_only = {"accuracy_after": 0.5, "accuracy_lenient_after": 0.5}
+    assert _accuracy_text(periodic_only) == "accuracy not measured -> 0.500 (lenient grader not measured -> 0.500)"

@@ -108,8 +108,6 @@ class Trainer:
         self._quiet = ExitStack()
         self.log_dir = self.files.logs if quiet else None
         try:
-            if self.log_dir is not None:
-                self._quiet.enter_context(libraries_to_file(self.files.driver_log))
             self._set_up(resume)
         except BaseException:
             self.close()
@@ -147,6 +145,7 @@ class Trainer:
         self.files.config.write_text(config_to_yaml(cfg))
         error_log.use_run_dir(self.run_dir)
         if self.log_dir is not None:
+            self._quiet.enter_context(libraries_to_file(self.files.driver_log))
             terminal.say(f"memrl: the libraries' and actors' output goes to {self.log_dir}/ "
                          "(memrl train --verbose shows it here)")
         self.checkpoints.remove_stale_partials()  # safe: the lock keeps other writers out
