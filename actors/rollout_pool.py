@@ -37,9 +37,11 @@ from memrl.cluster.capacity import (
     drain_plan,
     parse_worker_count,
     target_worker_count,
+    worker_ceiling,
 )
-from memrl.cluster.placement import Demand
+from memrl.cluster.placement import Demand, cluster_autoscales
 from memrl.cluster.requests import GenerationRequest, chunk_requests, least_loaded
+from memrl.config import MAX_ROLLOUT_WORKERS
 from memrl.rollout.engine import SamplingSettings
 from memrl.types import RolloutBatch
 
@@ -122,6 +124,7 @@ class RolloutPool:
         self._worker_demand = dict(worker_demand or {})
         self._others = list(others or [])
         self.requested: WorkerCount = parse_worker_count(size)
+        self._capped: tuple[int, int] | None = None  # the request last capped, and the cap
         self.workers: dict[str, Any] = {}
         # worker id -> its node (None until it first answers); workers move when restarted.
         self._nodes: dict[str, str | None] = {}
@@ -155,11 +158,22 @@ class RolloutPool:
         self.refresh()
 
     def target(self) -> int:
-        """The pool size that ``requested`` means for the cluster as it is now."""
-        if isinstance(self.requested, int):
+        """The pool size that ``requested`` means for the cluster as it is now: a number capped
+        at what the cluster can ever hold (:func:`worker_ceiling`, said once per request)."""
+        if not isinstance(self.requested, int):
+            return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
+                                       self._others)
+        ceiling = worker_ceiling(self.cluster(), self._worker_demand, self._others,
+                                 autoscales=cluster_autoscales())
+        if self.requested <= ceiling:
             return self.requested
-        return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
-                                   self._others)
+        if self._capped != (self.requested, ceiling):
+            self._capped = (self.requested, ceiling)
+            why = (f"the cluster's nodes hold {ceiling} beside the learners and the memory service"
+                   if ceiling < MAX_ROLLOUT_WORKERS else f"a run has at most {MAX_ROLLOUT_WORKERS}")
+            log.warning("rollout.num_workers = %d is more than this run can ever place (%s): running %d; "
+                        "training goes on", self.requested, why, ceiling)
+        return ceiling
 
     def refresh(self) -> None:
         """Bring the pool to :meth:`target` (called at the start of every step)."""

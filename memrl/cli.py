@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from memrl.config import ConfigError, config_to_yaml, load_config
+from memrl.config import MAX_ROLLOUT_WORKERS, ConfigError, config_to_yaml, load_config
 from memrl.errors import EXIT_INPUT, InputError, debug_enabled, error_log, explain, write_traceback
 from memrl.terminal import show_memrl_warnings
 
@@ -106,8 +106,11 @@ def _cmd_scale(ns: argparse.Namespace) -> int:
         print(f"memrl scale: {answer['error']}", file=sys.stderr)
         return 1
     running = f"; {answer['running']} running, step {answer['step']}" if "step" in answer else ""
+    capped = (f" (the run caps a count at what its cluster can ever place, at most {MAX_ROLLOUT_WORKERS}, "
+              "and says so)" if isinstance(answer["requested"], int) and answer["requested"] > MAX_ROLLOUT_WORKERS
+              else "")
     print(f"run {answer['run']}: rollout.num_workers -> {answer['requested']} from its next "
-          f"step{running}")
+          f"step{capped}{running}")
     return 0
 
 

@@ -151,6 +151,12 @@ def unplaceable(demands: list[Demand], nodes: list[dict[str, float]]) -> list[De
     return left
 
 
+def cluster_autoscales() -> bool:
+    """The cluster adds nodes on demand (``MEMRL_CLUSTER_AUTOSCALES=1``): what the nodes hold
+    now does not bound what it can place."""
+    return os.environ.get(AUTOSCALES_ENV, "") not in ("", "0")
+
+
 def check_fits(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     """Raise :class:`RuntimeFault` naming the actors the cluster's ``nodes`` (each node's
     resource totals) can never hold at once."""
@@ -168,7 +174,7 @@ def check_fits(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     where = f"the run asks for {format_resources(asked)} in all; the cluster has {len(nodes)} node(s): {node_text}"
     hint = (f"ask for less ({left[0].keys}; ray.num_cpus when memrl starts the cluster), or add "
             f"nodes; if the cluster autoscales, set {AUTOSCALES_ENV}=1 to wait for new nodes")
-    if os.environ.get(AUTOSCALES_ENV, "") not in ("", "0"):
+    if cluster_autoscales():
         log.warning("%s (%s); waiting for the autoscaler (%s=1)", message, where, AUTOSCALES_ENV)
         return
     raise RuntimeFault(message, where=where, hint=hint)
