@@ -68,8 +68,10 @@ def _check_token(address: str, how: str) -> None:
     would retry for 20 s, logging each refusal, and then report a connection failure."""
     if "://" in address:  # a Ray client or dashboard address: ray.init reports on its own
         return
+    # GcsClient: Ray's own client of the GCS, the one ray.init connects with; the compiled
+    # module's stub (_raylet.pyi) lists few of its classes.
     from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # pyright: ignore[reportAttributeAccessIssue]
     from ray.exceptions import AuthenticationError
 
     try:
