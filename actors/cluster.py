@@ -1,53 +1,91 @@
 """The run's connection to its Ray cluster: joining or starting it, the nodes' resources and
-drains (:class:`ClusterWatch`), and the start-up line that names the actors not ready yet
-(pending placement or starting)."""
+drains (:class:`ClusterWatch`)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Self
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import ray
 from ray._private import state as ray_state
 
 from memrl.cluster.capacity import ClusterState, draining_deadlines
-from memrl.cluster.placement import Demand, waiting_report
 from memrl.config import Config
+from memrl.errors import InputError
+from memrl.terminal import LOG_DIR_ENV, terminal
 
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
     """Connect to Ray as the config says, and say which cluster the run uses.
 
     ``ray.address`` (or ``RAY_ADDRESS``, set for a ``ray job submit`` job) names a cluster to
     join; ``ray.address=local`` starts a new one for this run. Without either, the run joins a
     cluster that ``ray start`` runs on this machine, as Ray's own ``ray.init()`` does (its
     resources then apply, not ``ray.num_cpus``), and otherwise starts its own with
-    ``ray.num_cpus``. One torch thread per process unless an actor is given more CPUs."""
+    ``ray.num_cpus``. One torch thread per process unless an actor is given more CPUs.
+
+    ``log_dir``: each actor writes its output to its own file there
+    (:func:`memrl.terminal.redirect_actor_output`) and Ray streams none of it to the driver;
+    None: Ray streams every actor's output to the driver's terminal."""
     if ray.is_initialized():
         return
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "MEMRL_CACHE", "DS_ACCELERATOR"):
         if key in os.environ:
             env[key] = os.environ[key]
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    if log_dir is not None:
+        env[LOG_DIR_ENV] = str(log_dir.absolute())
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": log_dir is None}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
     if address and address != "local":
-        ray.init(address=address, **kwargs)
-        cpus = ray.cluster_resources().get("CPU", 0)
         how = "the cluster named by ray.address/RAY_ADDRESS" if cfg.ray.address or \
             os.environ.get("RAY_ADDRESS") else "the cluster `ray start` runs on this machine"
+        _check_token(address, how)
+        ray.init(address=address, **kwargs)
+        cpus = ray.cluster_resources().get("CPU", 0)
         ignored = f"; ray.num_cpus={cfg.ray.num_cpus} does not apply to it" if cfg.ray.num_cpus else ""
-        print(f"memrl: joined {how} at {address} ({cpus:g} CPUs){ignored}; set ray.address=local "
-              "to start a separate cluster for this run", file=sys.stderr, flush=True)
+        terminal.say(f"memrl: joined {how} at {address} ({cpus:g} CPUs){ignored}; set "
+                     "ray.address=local to start a separate cluster for this run")
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+class ClusterRefusesToken(InputError):
+    """The Ray cluster the run would join refuses this process's authentication token."""
+
+    label = "cannot join the Ray cluster"
+
+
+def _check_token(address: str, how: str) -> None:
+    """Fail within a second, naming the ways out, when the cluster at ``address`` refuses this
+    process's Ray token (another program's cluster, started with another token): ``ray.init``
+    would retry for 20 s, logging each refusal, and then report a connection failure."""
+    if "://" in address:  # a Ray client or dashboard address: ray.init reports on its own
+        return
+    # GcsClient: Ray's own client of the GCS, the one ray.init connects with; the compiled
+    # module's stub (_raylet.pyi) lists few of its classes.
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    from ray._raylet import GcsClient  # pyright: ignore[reportAttributeAccessIssue]
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ensure_token_if_auth_enabled(create_token_if_missing=False)  # what ray.init does first
+        GcsClient(address=address).cluster_id  # noqa: B018 - the first request: a token check
+    except AuthenticationError as exc:
+        raise ClusterRefusesToken(
+            f"{how} at {address} refuses this run's Ray token (that cluster was started with a "
+            f"token this process does not have; Ray says: {str(exc).split('. ')[0]})",
+            hint="set ray.address=local to start a separate cluster for this run, or give this "
+                 "process that cluster's token (RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH naming its "
+                 "file; the default file is ~/.ray/auth_token)") from exc
+    except Exception:  # noqa: BLE001 - anything else is ray.init's to report
+        log.debug("token check of %s skipped", address, exc_info=True)
 
 
 def _local_cluster_address() -> str | None:
@@ -92,41 +130,3 @@ class ClusterWatch:
         if fresh or self._last is None or now - self._last[0] >= self.every_s:
             self._last = (now, self._read())
         return self._last[1]
-
-
-class StartupReporter:
-    """While running, prints every ``every_s`` seconds what start-up waits for: the phase, the
-    actors memrl created there that have not answered yet (its own list, so it needs no
-    dashboard) and the cluster's free resources.
-
-    ``waiting_for(phase, waiting)`` starts a phase; ``waiting()`` returns the actors still
-    waiting and is called from the reporter's thread, so it must only read (a snapshot)."""
-
-    def __init__(self, every_s: float = 10.0):
-        self.every_s = every_s
-        self._phase_name = "start-up"
-        self._waiting: Callable[[], Sequence[Demand]] = list
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="memrl-startup")
-        self._started = time.monotonic()
-
-    def waiting_for(self, phase_name: str, waiting: Callable[[], Sequence[Demand]]) -> None:
-        self._phase_name, self._waiting = phase_name, waiting
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                line = waiting_report(self._phase_name, time.monotonic() - self._started,
-                                      list(self._waiting()), ray.available_resources())
-            except Exception:  # reporting must never break start-up
-                log.debug("start-up report skipped", exc_info=True)
-                continue
-            print(line, file=sys.stderr, flush=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)

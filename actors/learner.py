@@ -16,10 +16,11 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import RayError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from memrl.actors.startup import announce
 from memrl.checkpoint import digest_dir, local_copy, local_staging
 from memrl.errors import UnexplainedFault
 from memrl.learner.distributed import free_port, node_address, set_rank_env
@@ -27,6 +28,7 @@ from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
 from memrl.learner.step import StepShard, shard_step, step_inputs, trained_groups
 from memrl.ledger import TrainedGroup, merge_trained
+from memrl.terminal import redirect_actor_output
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights
 
@@ -40,23 +42,25 @@ class LearnerWorker:
     """One data-parallel rank: joins the process group and owns a ``PolicyTrainer``.
 
     Torch uses as many threads as the actor was given CPUs (Ray sets ``OMP_NUM_THREADS`` from
-    ``num_cpus`` too, but torch's pool may already exist).
+    ``num_cpus`` too, but torch's pool may already exist). ``rendezvous`` is rank 0's address
+    and port; while it starts, the rank says what it is doing (:func:`announce`).
     """
 
     def __init__(
         self,
         rank: int,
         world_size: int,
-        master_addr: str,
-        master_port: int,
+        rendezvous: tuple[str, int],
         settings: LearnerSettings,
     ) -> None:
+        name = f"learner rank {rank}"
+        redirect_actor_output(name)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
-        set_rank_env(rank, world_size, master_addr, master_port)
+        set_rank_env(rank, world_size, *rendezvous)
         self.rank = rank
         self.world_size = world_size
-        self.trainer = PolicyTrainer(settings)
+        self.trainer = PolicyTrainer(settings, progress=lambda stage: announce(name, stage))
         self._step: tuple[StepShard, torch.Tensor | None] | None = None
 
     def ping(self) -> dict[str, Any]:
@@ -155,7 +159,9 @@ class LearnerGroup:
     Each rank gets a placement-group bundle of ``num_cpus_per_learner`` CPUs and
     ``num_gpus_per_learner`` GPUs (``strategy`` "PACK" or "SPREAD"); the rendezvous is rank
     0's node IP and a free port found there. Every remote call is awaited at most
-    ``timeout_s`` seconds; a failure or time-out raises ``LearnerError``.
+    ``timeout_s`` seconds; a failure or time-out raises ``LearnerError``. With ``wait=False``
+    the constructor returns once the ranks are asked for, and :meth:`poll_ready` says when they
+    have started (the driver starts its other actors meanwhile).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class LearnerGroup:
         resources_per_learner: dict[str, float] | None = None,
         timeout_s: float = 600.0,
         strategy: str = "PACK",
+        wait: bool = True,
     ) -> None:
         if num_learners < 1:
             raise ValueError(f"num_learners = {num_learners}: must be >= 1")
@@ -179,19 +186,11 @@ class LearnerGroup:
         if num_gpus_per_learner > 0:
             bundle["GPU"] = num_gpus_per_learner
         bundle.update(resources_per_learner or {})
+        self._bundle = bundle
         self._pg = placement_group([dict(bundle) for _ in range(num_learners)], strategy=strategy)
-        try:
-            ray.get(self._pg.ready(), timeout=timeout_s)
-        except GetTimeoutError as exc:
-            remove_placement_group(self._pg)
-            raise LearnerError(
-                f"the cluster could not place {num_learners} learners of {bundle} within "
-                f"{timeout_s} s: add nodes or lower learner.num_cpus / learner.num_gpus"
-            ) from exc
-        master_addr, master_port = ray.get(
-            _rendezvous_address.options(scheduling_strategy=self._strategy(0)).remote(),
-            timeout=timeout_s,
-        )
+        # Rank 0's node IP and a free port there, found once the group is placed; Ray resolves
+        # the ref before the ranks start, so nothing here waits for the placement.
+        rendezvous = _rendezvous_address.options(scheduling_strategy=self._strategy(0)).remote()
         # Any: Ray types a handle as ActorProxy (the handle or the class), which types no call
         # of an actor method with a default argument or two returns, nor ray.kill.
         self.workers: list[Any] = [
@@ -200,19 +199,49 @@ class LearnerGroup:
                 num_gpus=num_gpus_per_learner,
                 resources=dict(resources_per_learner or {}),
                 scheduling_strategy=self._strategy(rank),
-            ).remote(rank, num_learners, master_addr, master_port, settings)
+            ).remote(rank, num_learners, rendezvous, settings)
             for rank in range(num_learners)
         ]
-        # Nodes are known once the actors answer; until then errors name rank 0's only. Errors
-        # name a node by address and Ray node id (nodes of one machine share an address).
-        self.nodes = [master_addr] + ["(not yet known)"] * (num_learners - 1)
+        # Nodes are known once the actors answer; until then errors name none. Errors name a
+        # node by address and Ray node id (nodes of one machine share an address).
+        self.nodes = ["(not yet known)"] * num_learners
         self.node_ids: list[str | None] = [None] * num_learners
+        self._first_pings: list[ray.ObjectRef] | None = [w.ping.remote() for w in self.workers]
+        if wait:
+            self.wait_ready()
+
+    def poll_ready(self) -> bool:
+        """Whether every rank has started (does not block); raises ``LearnerError`` naming the
+        rank when one failed to start."""
+        if self._first_pings is None:
+            return True
+        done, _ = ray.wait(self._first_pings, num_returns=len(self._first_pings), timeout=0)
+        if len(done) < len(self._first_pings):
+            for ref in done:  # a rank that failed answers at once: report it now
+                self._answer(self._first_pings.index(ref), ref, "start-up")
+            return False
+        answers = [self._answer(rank, ref, "start-up") for rank, ref in enumerate(self._first_pings)]
+        self.node_ids = [info["node_id"] for info in answers]
+        self.nodes = [f"{info['node']} (id {info['node_id'][:12]})" for info in answers]
+        self._first_pings = None
+        return True
+
+    def wait_ready(self) -> None:
+        """Block until every rank has started (up to ``timeout_s``); on failure the group is shut
+        down (the caller gets no handle to clean up after a failed start)."""
         try:
-            answers = self.ping()
-            self.node_ids = [info["node_id"] for info in answers]
-            self.nodes = [f"{info['node']} (id {info['node_id'][:12]})" for info in answers]
+            placed, _ = ray.wait([self._pg.ready()], timeout=self.timeout_s)
+            if not placed:
+                raise LearnerError(
+                    f"the cluster could not place {self.world_size} learners of {self._bundle} within "
+                    f"{self.timeout_s} s: add nodes or lower learner.num_cpus / learner.num_gpus")
+            deadline = time.monotonic() + self.timeout_s
+            while not self.poll_ready():
+                if time.monotonic() > deadline:
+                    raise LearnerError(f"the learners did not start within {self.timeout_s} s")
+                time.sleep(0.1)
         except LearnerError:
-            self.shutdown()  # the caller gets no handle to clean up after a failed start
+            self.shutdown()
             raise
 
     def _strategy(self, rank: int) -> PlacementGroupSchedulingStrategy:
@@ -243,13 +272,17 @@ class LearnerGroup:
                     "(a stuck collective usually means another rank died)"
                 )
             rank = rank_of[ready[0]]
-            try:
-                results[rank] = ray.get(ready[0])
-            except RayError as exc:
-                raise LearnerError(
-                    f"learner rank {rank} on node {self.nodes[rank]} failed in {method}: {exc}"
-                ) from exc
+            results[rank] = self._answer(rank, ready[0], method)
         return [results[rank] for rank in range(len(refs))]
+
+    def _answer(self, rank: int, ref: ray.ObjectRef, method: str) -> Any:
+        """The finished call ``ref`` of ``rank``'s; ``LearnerError`` naming both when it failed."""
+        try:
+            return ray.get(ref)
+        except RayError as exc:
+            raise LearnerError(
+                f"learner rank {rank} on node {self.nodes[rank]} failed in {method}: {exc}"
+            ) from exc
 
     def ping(self) -> list[dict[str, Any]]:
         """Every rank's ``ping`` (rank, node, pid, device, steps, weight_version)."""

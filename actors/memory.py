@@ -36,6 +36,7 @@ import numpy as np
 import ray
 from ray.experimental import internal_kv
 
+from memrl.actors.startup import announce
 from memrl.checkpoint import is_local, local_copy, local_path, upload_dir
 from memrl.errors import RuntimeFault
 from memrl.memory.index import resolve_device
@@ -45,6 +46,7 @@ from memrl.memory.shard import EncodedStep, MemoryShard, PartialLookup
 from memrl.memory.snapshot import shard_dir, write_shard_index
 from memrl.memory.store import load_into, read_shard, save_shard
 from memrl.run_dir import MEMORY_UPLOAD_PREFIX
+from memrl.terminal import redirect_actor_output
 
 _LATENCY_WINDOW = 1000
 
@@ -119,10 +121,12 @@ class MemoryActor:
         num_shards: int = 1,
         peers: Sequence[Any] = (),
     ):
+        redirect_actor_output("memory shard 0")
         import torch  # first tensor use in a fresh worker is slow unless torch is imported early
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.settings = MemorySettings.from_dict(settings)
+        announce("memory shard 0", f"loading the question encoder ({self.settings.embedder})")
         self.rewarder = MemoryRewarder(self.settings, shard_index=0, num_shards=num_shards)
         self.num_shards = num_shards
         self.peers = list(peers)
@@ -243,6 +247,7 @@ class MemoryShardActor:
         snapshot_root: str | None = None,
         initial_snapshot: str | None = None,
     ):
+        redirect_actor_output(f"memory shard {shard_index}")
         self.settings = MemorySettings.from_dict(settings)
         self.shard_index = shard_index
         self.num_shards = num_shards
@@ -345,6 +350,21 @@ class MemoryClient:
             .remote(settings.to_dict(), snapshot_root, initial_snapshot, num_shards, peers)
         )
         self.peers = peers
+        # Answered once every actor has started: what poll_ready waits for.
+        self._first_answers: list[ray.ObjectRef] | None = [
+            self.actor.loaded_snapshot.remote(), *[p.sizes.remote() for p in peers]]
+
+    def poll_ready(self) -> bool:
+        """Whether every actor of the service has started (does not block); raises the error of
+        one whose start failed."""
+        if self._first_answers is None:
+            return True
+        done, waiting = ray.wait(self._first_answers, num_returns=len(self._first_answers), timeout=0)
+        ray.get(done)
+        if waiting:
+            return False
+        self._first_answers = None
+        return True
 
     def score_and_insert(
         self,

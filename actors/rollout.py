@@ -17,8 +17,11 @@ from typing import Any
 
 import ray
 
+from memrl.actors.startup import announce
+from memrl.model.loading import loading_stage
 from memrl.rollout.engine import SamplingSettings
 from memrl.rollout.factory import make_engine, resolve_engine_kind
+from memrl.terminal import redirect_actor_output
 from memrl.types import RolloutBatch
 
 WeightsHandle = tuple[int, ray.ObjectRef]
@@ -51,6 +54,7 @@ class RolloutWorker:
         weight_fetch_timeout_s: float = 300.0,
         vllm_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        redirect_actor_output(worker_id)
         # Imported here so the first tensor this process receives does not pay for it (~29 s).
         import torch
 
@@ -67,6 +71,7 @@ class RolloutWorker:
             memory = ray.get_runtime_context().get_assigned_resources().get("memory")
             if memory:  # half of the actor's reserved memory for the KV cache (CPU build)
                 kwargs.setdefault("kv_cache_gib", max(1.0, memory / 2**31))
+        announce(worker_id, f"starting the {self._engine_kind} engine ({loading_stage(model_path)})")
         self._engine = make_engine(self._engine_kind, model_path, **kwargs)
         self._engine_info = f"{self._engine_kind} on {self._engine.device}"
         # One line per worker (re)start in its log and the driver's: which engine really runs.

@@ -37,9 +37,11 @@ from memrl.cluster.capacity import (
     drain_plan,
     parse_worker_count,
     target_worker_count,
+    worker_ceiling,
 )
-from memrl.cluster.placement import Demand
+from memrl.cluster.placement import Demand, cluster_autoscales
 from memrl.cluster.requests import GenerationRequest, chunk_requests, least_loaded
+from memrl.config import MAX_ROLLOUT_WORKERS
 from memrl.rollout.engine import SamplingSettings
 from memrl.types import RolloutBatch
 
@@ -122,9 +124,12 @@ class RolloutPool:
         self._worker_demand = dict(worker_demand or {})
         self._others = list(others or [])
         self.requested: WorkerCount = parse_worker_count(size)
+        self._capped: tuple[int, int] | None = None  # the request last capped, and the cap
         self.workers: dict[str, Any] = {}
         # worker id -> its node (None until it first answers); workers move when restarted.
         self._nodes: dict[str, str | None] = {}
+        # worker id -> the engine it runs, as it last answered ("vllm on cpu", ...)
+        self._engines: dict[str, str] = {}
         # worker id -> pending ping while the actor starts or restarts; dispatch skips it until
         # it answers (a worker the cluster cannot place yet must not hold requests hostage).
         self._joining: dict[str, _Probe] = {}
@@ -153,11 +158,22 @@ class RolloutPool:
         self.refresh()
 
     def target(self) -> int:
-        """The pool size that ``requested`` means for the cluster as it is now."""
-        if isinstance(self.requested, int):
+        """The pool size that ``requested`` means for the cluster as it is now: a number capped
+        at what the cluster can ever hold (:func:`worker_ceiling`, said once per request)."""
+        if not isinstance(self.requested, int):
+            return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
+                                       self._others)
+        ceiling = worker_ceiling(self.cluster(), self._worker_demand, self._others,
+                                 autoscales=cluster_autoscales())
+        if self.requested <= ceiling:
             return self.requested
-        return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
-                                   self._others)
+        if self._capped != (self.requested, ceiling):
+            self._capped = (self.requested, ceiling)
+            why = (f"the cluster's nodes hold {ceiling} beside the learners and the memory service"
+                   if ceiling < MAX_ROLLOUT_WORKERS else f"a run has at most {MAX_ROLLOUT_WORKERS}")
+            log.warning("rollout.num_workers = %d is more than this run can ever place (%s): running %d; "
+                        "training goes on", self.requested, why, ceiling)
+        return ceiling
 
     def refresh(self) -> None:
         """Bring the pool to :meth:`target` (called at the start of every step)."""
@@ -191,11 +207,16 @@ class RolloutPool:
     def _remove(self, worker_id: str) -> None:
         self._joining.pop(worker_id, None)
         self._nodes.pop(worker_id, None)
+        self._engines.pop(worker_id, None)
         ray.kill(self.workers.pop(worker_id), no_restart=True)
 
     def worker_nodes(self) -> dict[str, str | None]:
         """Each worker's node as it last answered (None: it has not answered yet)."""
         return dict(self._nodes)
+
+    def engines(self) -> dict[str, str]:
+        """The engine each worker that has answered runs, e.g. ``vllm on cpu, 1 thread(s)``."""
+        return {w: e for w, e in self._engines.items() if w in self.workers}
 
     def joining(self) -> list[str]:
         """Workers created or restarting but not answering yet (the cluster has not placed them)."""
@@ -228,6 +249,8 @@ class RolloutPool:
             if ping.get("node_id") != self._nodes.get(worker_id):  # restarted elsewhere
                 self._preempted.discard(worker_id)
             self._nodes[worker_id] = ping.get("node_id")
+            self._engines[worker_id] = f"{ping.get('engine_info', ping.get('engine'))}, " \
+                f"{ping.get('threads')} thread(s)"
             log.info("rollout worker %s runs %s (%s thread(s)) on node %s", worker_id,
                      ping.get("engine_info", ping.get("engine")), ping.get("threads"),
                      str(ping.get("node_id", "?"))[:12])

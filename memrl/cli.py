@@ -10,8 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from memrl.config import ConfigError, config_to_yaml, load_config
+from memrl.config import MAX_ROLLOUT_WORKERS, ConfigError, config_to_yaml, load_config
 from memrl.errors import EXIT_INPUT, InputError, debug_enabled, error_log, explain, write_traceback
+from memrl.terminal import show_memrl_warnings
 
 EXIT_CONFIG_ERROR = EXIT_INPUT
 
@@ -49,18 +50,29 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         return _cmd_plan(argparse.Namespace(args=ns.args, address=None, gpu_memory_gib=None))
     path, overrides = _split_config_args(ns.args)
+    if ns.verbose:
+        overrides = [*overrides, "logging.verbose=true"]
     cfg = load_config(path, overrides)
+    print(f"memrl: training {cfg.model.name_or_path} with {cfg.method} on {cfg.task.name} for "
+          f"{cfg.trainer.max_steps} steps; run directory {cfg.output_dir}", file=sys.stderr, flush=True)
     from memrl.train.loop import run_training
 
-    summary = run_training(cfg, resume=ns.resume)
-    nan = float("nan")
-    print(
-        f"done: {summary['steps']} steps in {summary['wall_seconds']:.0f} s; "
-        f"accuracy {summary.get('accuracy_before', nan):.3f} -> {summary.get('accuracy_after', nan):.3f} "
-        f"(lenient grader {summary.get('accuracy_lenient_before', nan):.3f} -> "
-        f"{summary.get('accuracy_lenient_after', nan):.3f}); run dir {cfg.output_dir}"
-    )
+    summary = run_training(cfg, resume=ns.resume, quiet=not cfg.logging.verbose)
+    print(f"done: {summary['steps']} steps in {summary['wall_seconds']:.0f} s; {_accuracy_text(summary)}; "
+          f"run dir {cfg.output_dir}")
     return 0
+
+
+def _accuracy_text(summary: dict) -> str:
+    """The result line's accuracy: before -> after under both graders, or why there is none."""
+    if "accuracy_after" not in summary:
+        return "evaluation was off (trainer.eval_before_after=false, trainer.eval_every_steps=0)"
+    nan = float("nan")
+    before = "not measured" if "accuracy_before" not in summary else f"{summary['accuracy_before']:.3f}"
+    lenient_before = "not measured" if "accuracy_lenient_before" not in summary else \
+        f"{summary['accuracy_lenient_before']:.3f}"
+    return (f"accuracy {before} -> {summary['accuracy_after']:.3f} (lenient grader {lenient_before} -> "
+            f"{summary.get('accuracy_lenient_after', nan):.3f})")
 
 
 def _cmd_build_base(ns: argparse.Namespace) -> int:
@@ -94,8 +106,11 @@ def _cmd_scale(ns: argparse.Namespace) -> int:
         print(f"memrl scale: {answer['error']}", file=sys.stderr)
         return 1
     running = f"; {answer['running']} running, step {answer['step']}" if "step" in answer else ""
+    capped = (f" (the run caps a count at what its cluster can ever place, at most {MAX_ROLLOUT_WORKERS}, "
+              "and says so)" if isinstance(answer["requested"], int) and answer["requested"] > MAX_ROLLOUT_WORKERS
+              else "")
     print(f"run {answer['run']}: rollout.num_workers -> {answer['requested']} from its next "
-          f"step{running}")
+          f"step{capped}{running}")
     return 0
 
 
@@ -165,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--dry-run", action="store_true",
                        help="check the job instead of running it (memrl plan)")
+    train.add_argument("--verbose", action="store_true",
+                       help="also show the libraries' and actors' output (logging.verbose=true); "
+                            "by default it goes to OUTPUT_DIR/logs/ and the terminal shows memrl's lines")
     train.set_defaults(func=_cmd_train)
 
     scale = sub.add_parser(
@@ -280,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args([a for a in argv if a != "--debug"])
     error_log.use_run_dir(None)  # a run sets it once it owns its directory
+    show_memrl_warnings()  # as `memrl: ...` lines, like memrl's others
     try:
         return ns.func(ns)
     except (Exception, KeyboardInterrupt) as exc:  # SystemExit (preemption) passes through

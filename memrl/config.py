@@ -412,13 +412,20 @@ class TrainerConfig(_Section):
     )
 
 
+# The most rollout workers a run asks for, whatever the config, control.yaml or memrl scale say
+# (a count the cluster cannot place is capped lower still, see memrl.cluster.capacity).
+MAX_ROLLOUT_WORKERS = 1024
+
+
 class RolloutConfig(_Section):
-    num_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    num_workers: Annotated[int, Field(ge=1, le=MAX_ROLLOUT_WORKERS)] | Literal["auto"] = Field(
         default=2,
         description=(
             "rollout workers generating completions: a target the pool keeps up as nodes come "
             "and go; auto: as many as the usable nodes hold after the learners and memory "
-            "(grows and shrinks with the cluster)"
+            "(grows and shrinks with the cluster). At most 1024; while the job runs "
+            "(control.yaml, memrl scale) a count the cluster can never place is capped at what "
+            "its nodes hold"
         ),
     )
     engine: Literal["auto", "hf", "vllm"] = Field(
@@ -591,6 +598,14 @@ class LoggingConfig(_Section):
         description="log to this Weights & Biases project (None: off)",
     )
     progress_bar: bool = Field(default=True, description="show a progress bar of the steps")
+    verbose: bool = Field(
+        default=False,
+        description=(
+            "memrl train: also show what the libraries and actors print (vLLM, Ray, DeepSpeed ...) "
+            "on the terminal, as Ray streams it; false: memrl's own lines only, the rest in "
+            "output_dir/logs/ (`memrl train --verbose` sets it)"
+        ),
+    )
 
 
 class RayConfig(_Section):

@@ -37,6 +37,8 @@ CONTROL_FILE = "control.yaml"
 LOCK_FILE = ".memrl.lock"
 ERROR_LOG_FILE = ERROR_LOG  # named in memrl.errors, which writes it
 REPORT_DIR = "report"
+LOGS_DIR = "logs"
+DRIVER_LOG_FILE = "driver.log"  # under LOGS_DIR
 
 
 def checkpoint_name(step: int) -> str:
@@ -59,6 +61,12 @@ def checkpoints_uri(output: str) -> str:
 def eval_result_name(task: str, split: str) -> str:
     """``eval_<task>_<split>.json``: the file ``memrl eval`` writes into the model folder."""
     return f"eval_{task}_{split}.json"
+
+
+def actor_log_name(actor: str) -> str:
+    """``<actor>.log``: the file under ``logs/`` of the actor named ``actor`` at start-up
+    (``learner rank 0`` -> ``learner-rank-0.log``, ``rollout-1`` -> ``rollout-1.log``)."""
+    return f"{actor.replace(' ', '-')}.log"
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,14 @@ LAYOUT: tuple[Entry, ...] = (
           "refused, naming the holder ([troubleshooting.md](troubleshooting.md))"),
     Entry(ERROR_LOG_FILE, "the full traceback of a failure whose short message was printed"),
     Entry(f"{REPORT_DIR}/", "what `memrl report runs/default` wrote (plots and tables)"),
+    Entry(f"{LOGS_DIR}/", "what the libraries and actors wrote, off the terminal (`memrl train` "
+          "prints memrl's own lines only; `--verbose` or `logging.verbose: true` keeps everything on "
+          "the terminal and writes nothing here)"),
+    Entry(f"{LOGS_DIR}/{DRIVER_LOG_FILE}", "the driver process's library output and log records "
+          "(Ray, transformers, warnings), with times"),
+    Entry(f"{LOGS_DIR}/{actor_log_name('<actor>')}", "one actor's output, e.g. `learner-rank-0.log`, "
+          "`rollout-0.log`, `memory-shard-0.log` (vLLM's engine, DeepSpeed, the memory's encoder); a "
+          "restarted actor appends to its file"),
 )
 
 
@@ -205,3 +221,11 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / REPORT_DIR
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS_DIR
+
+    @property
+    def driver_log(self) -> Path:
+        return self.logs / DRIVER_LOG_FILE

@@ -30,6 +30,10 @@ class RunDirBusy(InputError):
     """Another run holds the output directory."""
 
 
+class RunDirUnwritable(InputError):
+    """The output directory cannot be created or written (read-only, no permission)."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,9 +78,8 @@ class RunLock:
         if self._fd is not None:
             return self
         self._created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -109,6 +112,17 @@ class RunLock:
         os.fsync(fd)
         self._fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file, created with its directory; RunDirUnwritable when they cannot be."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirUnwritable(
+                f"cannot write to the output directory {self.run_dir} ({exc.strerror or exc})",
+                where=f"output_dir = {self.run_dir}",
+                hint="pick a folder this user can write: output_dir=PATH") from exc
 
     def _busy(self, holder: dict[str, Any]) -> RunDirBusy:
         return RunDirBusy(

@@ -16,8 +16,10 @@ from memrl.cluster.capacity import (
     draining_deadlines,
     parse_worker_count,
     target_worker_count,
+    worker_ceiling,
 )
 from memrl.cluster.placement import Demand
+from memrl.config import MAX_ROLLOUT_WORKERS
 from memrl.train.run_control import read_control
 
 SPOT = {"CPU": 1.0, "rollout_node": 0.01}
@@ -53,6 +55,20 @@ def test_target_follows_the_cluster_for_auto_and_ignores_draining_nodes():
     assert target_worker_count(AUTO, grown, SPOT) == 4
     assert target_worker_count(AUTO, draining, SPOT) == 2
     assert target_worker_count(3, draining, SPOT) == 3  # a number is a number
+
+
+def test_a_worker_count_is_capped_at_what_the_cluster_can_ever_hold():
+    totals = {"head": {"CPU": 4.0}, "spot-a": {"CPU": 2.0, "rollout_node": 1.0}}
+    others = [Demand("learner rank 0", {"CPU": 2.0}, ""), Demand("memory shard 0", {"CPU": 1.0}, "")]
+    # Every live node counts, a draining one too (it is usually replaced).
+    state = ClusterState(totals=totals, draining={"spot-a": 1e12})
+    assert worker_ceiling(state, {"CPU": 1.0}, others) == 1 + 2
+    assert worker_ceiling(state, SPOT, others) == 2
+    # A cluster that adds nodes on demand, or a worker that asks for nothing: the stated maximum.
+    assert worker_ceiling(state, {"CPU": 1.0}, others, autoscales=True) == MAX_ROLLOUT_WORKERS
+    assert worker_ceiling(state, {}, others) == MAX_ROLLOUT_WORKERS
+    many = ClusterState(totals={f"n{i}": {"CPU": 64.0} for i in range(32)})
+    assert worker_ceiling(many, {"CPU": 1.0}) == MAX_ROLLOUT_WORKERS
 
 
 def test_draining_deadlines_from_ray_milliseconds():

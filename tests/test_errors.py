@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -132,6 +133,27 @@ def test_bad_input_is_reported_and_nothing_is_written(case, build, code, pattern
         logs = list((tmp_path / "logs").glob("memrl-error-*.log"))
         assert len(logs) == 1 and "Traceback" in logs[0].read_text()
         assert f"full traceback: {logs[0]}" in err
+
+
+def test_an_output_dir_that_cannot_be_written_is_bad_input(tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes through permissions; not into a read-only filesystem
+        target = Path("/sys/memrl-test-run")
+        try:
+            target.mkdir()
+        except OSError:
+            pass
+        else:
+            target.rmdir()
+            pytest.skip("/sys is writable here: no read-only folder to test with")
+    else:
+        readonly = tmp_path / "readonly"
+        readonly.mkdir()
+        readonly.chmod(0o500)
+        target = readonly / "run"
+    assert main(["train", f"output_dir={target}", f"model.tiny.cache_dir={tmp_path / 'cache'}", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the output directory {target}" in err, err
+    assert "output_dir=PATH" in err and "looks like a bug" not in err and "Traceback" not in err
 
 
 def test_debug_switch_prints_the_traceback(tmp_path, capsys, monkeypatch):

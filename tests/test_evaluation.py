@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -398,6 +399,53 @@ def test_eval_of_a_run_ignore_run_and_contradictions(trained_run, capsys):
     assert "--task-option" in err and "--run-override" in err
     assert main_eval(model=str(run), run_override=["task.arith.max_valu=9"]) == 2
     assert "max_valu" in capsys.readouterr().err
+
+
+def test_eval_of_a_broken_run_names_the_run_the_folder_and_what_is_wrong(trained_run, capsys):
+    run, _ = trained_run
+    weights = run / "model" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # an export cut short
+    assert main_eval(model=str(run), limit=2, engine="hf") == 2
+    err = capsys.readouterr().err
+    assert f"memrl eval: run {run}: " in err and f"{weights} is cut short" in err, err
+    weights.write_bytes(whole)
+    (run / "model" / "tokenizer.json").unlink()
+    assert main_eval(model=str(run / "model"), limit=2, engine="hf") == 2
+    err = capsys.readouterr().err
+    assert f"run {run}: " in err and f"the folder {run / 'model'} has no tokenizer" in err, err
+    shutil.rmtree(run / "model")
+    assert main_eval(model=str(run), limit=2, engine="hf") == 2
+    err = capsys.readouterr().err
+    assert f"run {run} has no model folder {run / 'model'}" in err and "--task is required" not in err
+
+
+def test_eval_into_a_folder_it_cannot_write_writes_here_or_says_where_to(trained_run, capsys, monkeypatch,
+                                                                         tmp_path):
+    from memrl.eval import results
+
+    run, _ = trained_run
+    write = results.write_result
+
+    def read_only_model_folder(result, path):
+        if Path(path).parent == run / "model" or Path(path).parent == tmp_path / "readonly":
+            raise OSError(30, "Read-only file system")
+        return write(result, path)
+
+    monkeypatch.setattr(results, "write_result", read_only_model_folder)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main_eval(model=str(run), limit=2, max_tokens=4, engine="hf") == 0
+    out = capsys.readouterr().out
+    assert f"could not write {run / 'model' / 'eval_arith_test.json'} (Read-only file system); wrote the " \
+        "result here instead" in out
+    assert f"wrote {here / 'eval_arith_test.json'}" in out and (here / "eval_arith_test.json").is_file()
+    assert main_eval(model=str(run), limit=2, max_tokens=4, engine="hf",
+                     out=str(tmp_path / "readonly" / "result.json")) == 2
+    err = capsys.readouterr().err
+    assert "could not write the result: " in err and "result.json (Read-only file system)" in err
+    assert "pass --out FILE in a folder you can write" in err
 
 
 def test_task_is_required_without_a_run(tiny_model, capsys):

@@ -4,6 +4,9 @@ Ray LearnerGroup (two data-parallel ranks, ZeRO-2, gloo) against a single-rank r
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -437,6 +440,25 @@ def test_stale_tokens_get_importance_weights(model_dir: Path, single_rank: None)
     trainer.mark_published(7)
     batch.token_versions.fill_(7)
     assert "is_weight_mean" not in trainer.optimizer_step(batch, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+
+
+def test_a_cpu_learner_compiles_nothing_at_run_time(model_dir: Path, tmp_path: Path) -> None:
+    """A learner on CPU joins its process group without DeepSpeed's run-time C++ build (its
+    shared-memory op, which a killed build used to leave locked for every later run): a fresh
+    torch-extensions cache stays empty. In a child process: this one may have joined already."""
+    code = ("import sys; from memrl.learner.distributed import free_port, set_rank_env; "
+            "from memrl.learner.policy import LearnerSettings, PolicyTrainer; "
+            "set_rank_env(0, 1, '127.0.0.1', free_port()); "
+            "PolicyTrainer(LearnerSettings(model_path=sys.argv[1], max_steps=1, bf16=False), device='cpu')")
+    extensions, home = tmp_path / "torch_extensions", tmp_path / "home"
+    extensions.mkdir()
+    home.mkdir()
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions), "HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code, str(model_dir)], env=env, check=True, timeout=300,
+                   capture_output=True)
+    assert sorted(p.name for p in extensions.rglob("*")) == []
 
 
 def test_publish_save_and_resume(model_dir: Path, single_rank: None, tmp_path: Path) -> None:

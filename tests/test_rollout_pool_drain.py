@@ -15,6 +15,7 @@ import ray
 from memrl.actors.cluster import ClusterWatch
 from memrl.actors.rollout_pool import RolloutPool
 from memrl.cluster.capacity import ClusterState
+from memrl.cluster.placement import Demand
 from memrl.cluster.requests import chunk_requests
 
 
@@ -115,3 +116,24 @@ def test_trainer_checkpoints_and_exits_when_the_learners_node_drains(ray_cluster
     for t in watchdogs:
         t.join(timeout=5)
     assert not any(t.is_alive() for t in watchdogs), watchdogs
+
+
+def test_a_request_for_more_workers_than_the_cluster_holds_is_capped_and_said_once(ray_cluster, caplog):
+    # Two fake 2-CPU nodes, one taken by the learner and the memory: 2 + 0 workers of 1 CPU fit.
+    view = {"now": ClusterState(totals={"spot-a": {"CPU": 2.0}, "spot-b": {"CPU": 2.0}})}
+    pool = RolloutPool(lambda w: FakeWorker.remote(w, "spot-a"), 1, timeout_s=60,
+                       watch=ClusterWatch(every_s=0.0, read=lambda: view["now"]), worker_demand={"CPU": 1.0},
+                       others=[Demand("learner rank 0", {"CPU": 1.0}, ""), Demand("memory shard 0", {"CPU": 1.0}, "")])
+    try:
+        with caplog.at_level("WARNING", logger="memrl.actors.rollout_pool"):
+            pool.set_target(10**12)  # what control.yaml or memrl scale may ask for
+            pool.refresh()  # the next step: the same request is not said again
+        assert len(pool) == 2 and pool.requested == 10**12
+        capped = [r.getMessage() for r in caplog.records if "more than this run can ever place" in r.getMessage()]
+        assert capped == ["rollout.num_workers = 1000000000000 is more than this run can ever place (the "
+                          "cluster's nodes hold 2 beside the learners and the memory service): running 2; "
+                          "training goes on"], capped
+        pool.set_target(1)
+        assert len(pool) == 1
+    finally:
+        pool.resize(0, allow_empty=True)

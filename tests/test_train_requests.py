@@ -55,13 +55,20 @@ def test_waiting_report_lists_what_memrl_created_and_waits_for(tmp_path):
     waiting = [rollout_demand(cfg, "rollout-1"), rollout_demand(cfg, "rollout-3")]
     line = waiting_report("start-up of the rollout workers", 12.4, waiting,
                           {"CPU": 1.0, "GPU": 0.0, "memory": 1e9, "node:10.0.0.1": 1.0, "spot_node": 0.0,
-                           "bundle_group_0_9aee": 999.999})
+                           "bundle_group_0_9aee": 999.999, "CPU_group_0_9aee": 1.0, "CPU_group_9aee": 1.0})
     assert line == ("memrl: still in start-up of the rollout workers after 12 s; 2 actor(s) not ready "
-                    "yet (pending placement or starting): rollout-1 (CPU 2, spot_node 0.5), rollout-3 "
-                    "(CPU 2, spot_node 0.5); free in the cluster now: CPU 1, GPU 0, spot_node 0")
+                    "yet: rollout-1 (CPU 2, spot_node 0.5) pending placement or starting; rollout-3 "
+                    "(CPU 2, spot_node 0.5) pending placement or starting; free in the cluster now: "
+                    "CPU 1, GPU 0, spot_node 0")
+    # An actor that said what it does while it starts is shown doing it, for how long.
+    line = waiting_report("start-up of the rollout workers", 30, waiting, {"CPU": 0.0},
+                          {"rollout-3": ("starting the vllm engine (model /m)", 21.6)})
+    assert "rollout-1 (CPU 2, spot_node 0.5) pending placement or starting; rollout-3 (CPU 2, " \
+        "spot_node 0.5) starting the vllm engine (model /m) for 22 s; free" in line
     ranks = [Demand(f"learner rank {i}", {"CPU": 1.0, "GPU": 1.0}, "") for i in range(10)]
     line = waiting_report("start-up of the learners", 3, ranks, {})
-    assert "learner rank 7 (CPU 1, GPU 1) and 2 more;" in line and "learner rank 8" not in line
+    assert "learner rank 7 (CPU 1, GPU 1) pending placement or starting and 2 more;" in line
+    assert "learner rank 8" not in line
     assert line.endswith("free in the cluster now: nothing")
     assert [d.actor for d in learner_demands(cfg)] == [f"learner rank {i}" for i in range(cfg.learner.num_learners)]
     # Nothing left to place (the phase waits on something else, e.g. a model load): no list.

@@ -7,6 +7,8 @@ from Ray and :mod:`memrl.actors.rollout_pool` / :mod:`memrl.train.loop` act on t
   ``memrl scale`` give it: a whole number >= 1 or ``auto``.
 - :func:`auto_worker_count`: how many rollout workers the cluster's usable nodes hold once the
   other actors are placed (what ``auto`` means).
+- :func:`worker_ceiling`: the most workers the cluster can ever hold; a larger request (from
+  ``control.yaml`` or ``memrl scale``) is capped there.
 - :func:`drain_plan`: which workers get no new prompt groups (their node is draining or gone)
   and which requests in flight are re-sent now because they will not finish before the
   node's deadline.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from memrl.cluster.placement import Demand, Node, fit_problem, take
+from memrl.config import MAX_ROLLOUT_WORKERS
 
 AUTO = "auto"
 WorkerCount = int | Literal["auto"]
@@ -90,6 +93,17 @@ def auto_worker_count(nodes: Mapping[str, Mapping[str, float]], worker: Mapping[
             take(worker, node)
             count += 1
     return max(1, count)
+
+
+def worker_ceiling(state: ClusterState, worker: Mapping[str, float], others: Sequence[Demand] = (), *,
+                   autoscales: bool = False) -> int:
+    """The most rollout workers asking for ``worker`` that the cluster can ever hold: what all
+    its live nodes (draining ones too: a drained node is usually replaced) hold once the
+    ``others`` are packed; ``MAX_ROLLOUT_WORKERS`` when it adds nodes on demand
+    (``autoscales``) or a worker asks for nothing. Never above ``MAX_ROLLOUT_WORKERS``."""
+    if autoscales or not any(v > 0 for v in worker.values()):
+        return MAX_ROLLOUT_WORKERS
+    return min(MAX_ROLLOUT_WORKERS, auto_worker_count(state.totals, worker, others))
 
 
 def target_worker_count(requested: WorkerCount, state: ClusterState, worker: Mapping[str, float],

@@ -5,7 +5,7 @@ until ``trainer.timeout_s``. :func:`check_fits` packs the actors' resource deman
 nodes' totals (first fit, largest first) and fails at once with the list that does not fit;
 with ``MEMRL_CLUSTER_AUTOSCALES=1`` (a cluster that adds nodes on demand) it only warns.
 :func:`waiting_report` is the line start-up prints every few seconds while actors it created
-have not answered yet (``memrl.actors.cluster.StartupReporter`` prints it). Plain functions: the
+have not answered yet (:func:`memrl.actors.startup.wait_for_phases` prints it). Plain functions: the
 node totals and free resources come from the caller.
 """
 
@@ -151,6 +151,12 @@ def unplaceable(demands: list[Demand], nodes: list[dict[str, float]]) -> list[De
     return left
 
 
+def cluster_autoscales() -> bool:
+    """The cluster adds nodes on demand (``MEMRL_CLUSTER_AUTOSCALES=1``): what the nodes hold
+    now does not bound what it can place."""
+    return os.environ.get(AUTOSCALES_ENV, "") not in ("", "0")
+
+
 def check_fits(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     """Raise :class:`RuntimeFault` naming the actors the cluster's ``nodes`` (each node's
     resource totals) can never hold at once."""
@@ -168,23 +174,34 @@ def check_fits(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
     where = f"the run asks for {format_resources(asked)} in all; the cluster has {len(nodes)} node(s): {node_text}"
     hint = (f"ask for less ({left[0].keys}; ray.num_cpus when memrl starts the cluster), or add "
             f"nodes; if the cluster autoscales, set {AUTOSCALES_ENV}=1 to wait for new nodes")
-    if os.environ.get(AUTOSCALES_ENV, "") not in ("", "0"):
+    if cluster_autoscales():
         log.warning("%s (%s); waiting for the autoscaler (%s=1)", message, where, AUTOSCALES_ENV)
         return
     raise RuntimeFault(message, where=where, hint=hint)
 
 
 def waiting_report(phase_name: str, elapsed_s: float, waiting: Sequence[Demand],
-                   free: Mapping[str, float]) -> str:
+                   free: Mapping[str, float], stages: Mapping[str, tuple[str, float]] | None = None) -> str:
     """What start-up waits for: the phase, the actors memrl created that have not answered yet
-    with the resources each asked for, and what the cluster has free (CPU, GPU, custom)."""
-    # Ray's internal resources (node ids, placement-group bundles, memory) mean nothing to a user.
+    with the resources each asked for and what each is doing (``stages``: actor name ->
+    (what it said it does, for how many seconds); an actor that said nothing yet is pending
+    placement or its process is starting), and what the cluster has free (CPU, GPU, custom)."""
+    # Ray's internal resources (node ids, placement-group bundles such as CPU_group_0_<id>,
+    # memory) mean nothing to a user.
     internal = ("node:", "memory", "object_store", "accelerator_type:", "bundle_group_")
     free_text = format_resources({k: v for k, v in free.items() if k in ("CPU", "GPU") or
-                                  not k.startswith(internal)})
-    # An actor that has not answered is either pending (no room) or still starting up: the
-    # free resources beside the list tell which.
-    actors = (f"; {len(waiting)} actor(s) not ready yet (pending placement or starting): {_listing(waiting)}"
-              if waiting else "")
+                                  not (k.startswith(internal) or "_group_" in k)})
+    stages = stages or {}
+
+    def state(d: Demand) -> str:
+        if d.actor not in stages:
+            return f"{d.actor} ({format_resources(d.resources)}) pending placement or starting"
+        what, seconds = stages[d.actor]
+        return f"{d.actor} ({format_resources(d.resources)}) {what} for {seconds:.0f} s"
+
+    limit = 8
+    listing = "; ".join(state(d) for d in waiting[:limit]) + \
+        (f" and {len(waiting) - limit} more" if len(waiting) > limit else "")
+    actors = f"; {len(waiting)} actor(s) not ready yet: {listing}" if waiting else ""
     return (f"memrl: still in {phase_name} after {elapsed_s:.0f} s{actors}; "
             f"free in the cluster now: {free_text}")

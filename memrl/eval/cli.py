@@ -115,12 +115,13 @@ def main_eval(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
     or 2 with a message on stderr when the model, data or options cannot be used."""
     from memrl.eval.evaluate import evaluate
     from memrl.eval.from_run import find_run, settings_from_run
-    from memrl.eval.results import format_table, write_result
+    from memrl.eval.results import format_table
     from memrl.model.loading import ModelUnavailableError
     from memrl.tasks.hub import DatasetUnavailableError
 
     options = {**(vars(args) if args is not None else {}), **kwargs}
     model = options["model"]
+    run = None
     try:
         found = None if options.get("ignore_run") else find_run(model)
         run = settings_from_run(*found, options) if found is not None else None
@@ -150,10 +151,30 @@ def main_eval(args: argparse.Namespace | None = None, **kwargs: Any) -> int:
         ConfigError,
         EvalSettingsError,
     ) as exc:
-        print(f"memrl eval: {exc}", file=sys.stderr)
+        which = f"run {run.run_dir}: " if run is not None else ""
+        print(f"memrl eval: {which}{exc}", file=sys.stderr)
         return EXIT_USAGE_ERROR
-    out = options.get("out") or default_output_path(model, result.task, result.split)
-    path = write_result(result, out)
     print(format_table(result))
-    print(f"wrote {path}")
-    return 0
+    return _write(result, options.get("out"), default_output_path(model, result.task, result.split))
+
+
+def _write(result: Any, asked: str | None, default: Path) -> int:
+    """Write the result JSON to ``asked`` (``--out``), else to ``default`` or, when that folder
+    cannot be written (a read-only model folder), to the current folder; says where."""
+    from memrl.eval.results import write_result
+
+    places = [Path(asked)] if asked else list(dict.fromkeys([default, Path.cwd() / default.name]))
+    failures = []
+    for place in places:
+        try:
+            path = write_result(result, place)
+        except OSError as exc:
+            failures.append(f"{place} ({exc.strerror or exc})")
+            continue
+        if failures:
+            print(f"could not write {failures[0]}; wrote the result here instead")
+        print(f"wrote {path}")
+        return 0
+    print(f"memrl eval: could not write the result: {'; '.join(failures)}; pass --out FILE in a folder "
+          "you can write", file=sys.stderr)
+    return EXIT_USAGE_ERROR

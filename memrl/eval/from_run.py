@@ -50,12 +50,20 @@ class RunSettings:
 
 def find_run(model: str) -> tuple[Path, Path] | None:
     """(run directory, model folder) when ``model`` is a run directory (its ``model`` folder is
-    evaluated) or a model folder inside one (``model``, ``best_model``); else None."""
+    evaluated) or a model folder inside one (``model``, ``best_model``); else None.
+    EvalSettingsError names the run when it has no ``model`` folder."""
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return None
     run = RunDir(folder)
-    if run.config.is_file() and run.model.is_dir():
+    if run.config.is_file():
+        if not run.model.is_dir():
+            instead = f"its best model ({run.best_model})" if run.best_model.is_dir() else \
+                f"a checkpoint's model ({run.checkpoints}/step_N/learner/hf, with --task)"
+            raise EvalSettingsError(
+                f"run {folder} has no model folder {run.model}: a run writes it when training ends, "
+                f"so this one did not finish (or the folder was removed); evaluate {instead}, or "
+                "resume the run (memrl train ... --resume auto)")
         return folder, run.model
     if RunDir(folder.parent).config.is_file():
         return folder.parent, folder

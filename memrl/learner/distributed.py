@@ -3,6 +3,10 @@
 DeepSpeed picks its accelerator when it is first imported (``DS_ACCELERATOR``), and
 ``torch.distributed`` reads the rendezvous from environment variables, so both are set here,
 before anything touches DeepSpeed: gloo on CPU, NCCL on CUDA GPUs.
+
+Joining the process group compiles nothing at run time: on CPU, DeepSpeed would build its
+shared-memory communication op (a C++ extension) there, which memrl's training never calls
+(see :func:`skip_shm_comm_build`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,22 @@ def load_deepspeed(device: str | None = None) -> ModuleType:
     return deepspeed
 
 
+def skip_shm_comm_build(deepspeed: ModuleType) -> None:
+    """Mark DeepSpeed's shared-memory CPU communication op unavailable, so that
+    ``deepspeed.init_distributed`` does not compile it.
+
+    DeepSpeed's torch backend builds the op on every CPU process-group start
+    (``deepspeed.comm.torch.build_shm_op``): a C++ compile into the torch-extensions cache,
+    ~85 s on a 2-core machine's first run, behind a ``lock`` file that a build killed midway
+    leaves there, so that every later build on that machine waits on it forever. The op serves
+    only ``inference_all_reduce`` (DeepSpeed's tensor-parallel inference); training's
+    collectives go through torch.distributed (gloo) with or without it. DeepSpeed reads the
+    table set here only for this op (0.19); probing the table costs ~0.1 s, and DeepSpeed
+    would probe it anyway.
+    """
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(device: str, timeout_s: float = 600.0) -> None:
     """Join the process group described by the rank environment (see :func:`set_rank_env`).
 
@@ -124,6 +144,8 @@ def init_distributed(device: str, timeout_s: float = 600.0) -> None:
         if key not in os.environ:
             raise RuntimeError(f"environment variable {key} is not set: call set_rank_env first")
     deepspeed = load_deepspeed(device)
+    if device == "cpu":
+        skip_shm_comm_build(deepspeed)
     if device == "cuda":
         # DeepSpeed places the engine on cuda:LOCAL_RANK: make both name the assigned GPU.
         index = cuda_device_index()

@@ -24,8 +24,9 @@ pass equal those computed before it (ratio 1 on the first update of a batch).
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, pol
 from memrl.learner.distributed import detect_device, init_distributed, load_deepspeed
 from memrl.learner.packing import pack_completions, packable_attention, packed_completion_logprobs
 from memrl.learner.stats import token_weighted_mean
-from memrl.model.loading import load_policy
+from memrl.model.loading import load_policy, loading_stage
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, WeightPacker
 
@@ -205,18 +206,22 @@ class PolicyTrainer:
     """DeepSpeed-wrapped policy (and optional frozen reference) of one data-parallel rank.
 
     The process must have its rank environment set (``memrl.learner.distributed.set_rank_env``);
-    the constructor joins the process group. With ``loss.beta > 0`` a second, frozen copy of
-    the initial model is kept as the KL reference (a plain module on the same device, not
-    partitioned by ZeRO).
+    the constructor joins the process group, saying each stage to ``progress`` as it begins.
+    With ``loss.beta > 0`` a second, frozen copy of the initial model is kept as the KL
+    reference (a plain module on the same device, not partitioned by ZeRO).
 
     ``weight_version`` is the version under which the current weights were published (0 for
     the initial weights, which rollout workers load from ``model_path`` too), or None once an
     update has changed them since. Tokens sampled under any other version are stale.
     """
 
-    def __init__(self, settings: LearnerSettings, *, device: str | None = None) -> None:
+    def __init__(self, settings: LearnerSettings, *, device: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        say = progress or (lambda stage: None)  # what start-up is doing now (an actor's announcement)
         self.settings = settings
         self.device = device or detect_device()
+        say(f"joining the process group (world size {os.environ.get('WORLD_SIZE', '?')}, rendezvous "
+            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')})")
         init_distributed(self.device, settings.collective_timeout_s)
         deepspeed = load_deepspeed(self.device)
         self.rank = dist.get_rank()
@@ -225,6 +230,7 @@ class PolicyTrainer:
         torch.manual_seed(settings.seed)
 
         # fp32 weights: with bf16 DeepSpeed casts the module and keeps fp32 master weights.
+        say(loading_stage(settings.model_path))
         model, self.tokenizer = load_policy(settings.model_path, dtype=torch.float32)
         disable_dropout(model)
         if settings.gradient_checkpointing:
@@ -234,6 +240,7 @@ class PolicyTrainer:
         optimizer = torch.optim.AdamW(
             adamw_param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
         )
+        say("setting up DeepSpeed")
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -242,6 +249,8 @@ class PolicyTrainer:
                 opt, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.max_steps
             ),
         )
+        if settings.loss.beta > 0:
+            say("loading the reference model")
         self.reference = self._load_reference() if settings.loss.beta > 0 else None
         self.weight_version: int | None = 0
         # [N] float32 of the last optimizer_step's rows: Σ |learner − sampler| log-prob over each

@@ -8,6 +8,7 @@ hub client's retries (tens of seconds).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,11 @@ def locate_model(name_or_path: str) -> ModelSource:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise _unavailable(name_or_path, f"the folder {folder} has no config.json")
+        problem = model_folder_problem(folder)
+        if problem is not None:
+            raise ModelUnavailableError(
+                f"cannot load model {name_or_path!r}: {problem}. To fix: write the folder again "
+                "(a copy or an export cut short leaves it so), or pass another model folder")
         return ModelSource("folder", str(folder))
     if _looks_like_path(name_or_path):
         raise _unavailable(name_or_path, f"the folder {folder} does not exist")
@@ -75,6 +81,61 @@ def locate_model(name_or_path: str) -> ModelSource:
     if missing is not None:
         raise missing
     return ModelSource("hub", f"{constants.ENDPOINT}/{name_or_path}")
+
+
+# Files of which a Hugging Face tokenizer needs one (fast, SentencePiece, BPE or WordPiece).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def model_folder_problem(folder: Path) -> str | None:
+    """What makes the model folder ``folder`` unloadable, read from its files without loading
+    them (weights missing or cut short, no tokenizer), or None. Safetensors files are checked
+    against their own header: its tensors must end within the file."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not list(folder.glob("pytorch_model*.bin")):
+        return f"the folder {folder} has no weights (model.safetensors or pytorch_model.bin)"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            return f"{path} {problem}"
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return (f"the folder {folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); "
+                "copy the tokenizer files of the model it was trained from into it")
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` is incomplete (its header promises more bytes than it
+    has, or cannot be read), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"is cut short ({size} bytes, not even a header)"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"is cut short ({size} bytes; its header alone needs {8 + length})"
+        try:
+            header = json.loads(fh.read(length))
+            end = max((int(t["data_offsets"][1]) for name, t in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "has an unreadable header (not a safetensors file, or damaged)"
+    if 8 + length + end > size:
+        return f"is cut short ({size} bytes of the {8 + length + end} its header describes)"
+    return None
+
+
+def loading_stage(name_or_path: str) -> str:
+    """What loading ``name_or_path`` here will do, in a few words for a start-up report: read
+    it, or download it from the hub (not in this machine's cache)."""
+    try:
+        source = locate_model(name_or_path)
+    except ModelUnavailableError:  # the load itself raises it, with the whole message
+        return f"loading the model {name_or_path}"
+    if source.kind == "hub":
+        return f"downloading the model {name_or_path} from {source.location} (not in this node's cache)"
+    return f"loading the model {name_or_path}"
 
 
 def cache_miss_error(name: str) -> ModelUnavailableError | None:

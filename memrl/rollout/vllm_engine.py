@@ -79,6 +79,20 @@ class PromptTooLongError(UnexplainedFault, ValueError):
 # A fixed probe scored after every load (any text: the tokenizer maps it to some ids).
 PROBE_TEXT = "Probe: 12 plus 7 is 19, and 3 times 4 is 12. The answer is"
 
+# vLLM's in-place reload warns "RotaryEmbedding: Failed to load weights" on every load. It counts
+# every tensor of a layer as loadable, and a rotary embedding's only tensor is its cos/sin cache,
+# a non-persistent buffer computed from the config (rope_theta, the positions) that no checkpoint
+# holds; finding nothing loaded for the layer, the reload puts the cache it had back
+# (finalize_layerwise_processing in vllm/model_executor/model_loader/reload/layerwise.py). That
+# is right, since the cache does not depend on the weights: the warning is harmless and dropped
+# (the probe check of every load proves the new weights reached the model).
+_HARMLESS_RELOAD_WARNING = "RotaryEmbedding: Failed to load weights"
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+def _not_the_harmless_reload_warning(record: logging.LogRecord) -> bool:
+    return record.getMessage() != _HARMLESS_RELOAD_WARNING
+
 
 class PackedWeightsWorkerExtension:
     """Methods mixed into vLLM's worker, CPU or GPU (passed as ``worker_extension_cls``).
@@ -192,6 +206,7 @@ class VLLMEngine(GenerationEngine):
         self._add_special_tokens = add_special_tokens
         self.dtype = learner_dtype(self.on_cpu) if dtype == "auto" else dtype
         self._max_model_len = max_model_len
+        logging.getLogger(_RELOAD_LOGGER).addFilter(_not_the_harmless_reload_warning)
         self._llm = LLM(
             model=model_path,
             dtype=self.dtype,

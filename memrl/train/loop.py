@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +38,10 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from memrl.actors.cluster import StartupReporter, init_ray, node_totals
+from memrl.actors.cluster import init_ray, node_totals
 from memrl.actors.control import start_control
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
+from memrl.actors.startup import StartupPhase, wait_for_phases
 from memrl.checkpoint import CheckpointManager
 from memrl.cluster.placement import check_fits, learner_demands, memory_demands, rollout_demand
 from memrl.cluster.requests import GenerationRequest, chunk_requests, request_seed, training_sampling
@@ -54,6 +55,7 @@ from memrl.rollout.engine import load_tokenizer
 from memrl.run_dir import CHECKPOINT_LEARNER_DIR, CHECKPOINT_MEMORY_DIR, RunDir
 from memrl.run_lock import RunLock
 from memrl.tasks import build_task
+from memrl.terminal import libraries_to_file, terminal
 from memrl.train.data_stream import TRAIN_SPLIT, PromptStream, StreamState
 from memrl.train.drift_alarm import DriftAlarm
 from memrl.train.evaluate import greedy_sampling, score_greedy
@@ -93,17 +95,21 @@ class Trainer:
     """Owns the run's actors and metadata; ``run()`` is the training loop."""
 
     # Set by start-up, in this order; close() stops those that exist (start-up can fail midway).
+    controller: RunController
     memory: MemoryClient | None  # None: the method uses no memory
     learners: LearnerGroup
-    controller: RunController
     pool: RolloutPool
 
-    def __init__(self, cfg: Config, resume: str = "none"):
+    def __init__(self, cfg: Config, resume: str = "none", *, quiet: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.output_dir)
         self.files = RunDir(self.run_dir)
         # Before anything is written: one run per output directory.
         self.lock = RunLock(self.run_dir).acquire()
+        # quiet: the libraries' and actors' output goes to OUTPUT_DIR/logs/, memrl's lines to
+        # the terminal (memrl train's default; in-process callers keep everything where it was).
+        self._quiet = ExitStack()
+        self.log_dir = self.files.logs if quiet else None
         try:
             self._set_up(resume)
         except BaseException:
@@ -142,12 +148,15 @@ class Trainer:
 
         self.files.config.write_text(config_to_yaml(cfg))
         error_log.use_run_dir(self.run_dir)
+        if self.log_dir is not None:
+            self._quiet.enter_context(libraries_to_file(self.files.driver_log))
+            terminal.say(f"memrl: the libraries' and actors' output goes to {self.log_dir}/ "
+                         "(memrl train --verbose shows it here)")
         self.checkpoints.remove_stale_partials()  # safe: the lock keeps other writers out
 
-        init_ray(cfg)
+        init_ray(cfg, self.log_dir)
         check_fits(cfg, node_totals())
-        with StartupReporter() as reporter:
-            self._start_actors(resume_from, reporter)
+        self._start_actors(resume_from)
         self.scorer = StepScorer(self.plan, self.composer, cfg.grpo.max_completion_length, self.memory)
         self.drift = DriftAlarm(cfg.rollout.max_behaviour_logprob_gap, cfg.grpo.num_generations)
         self.weights: tuple[int, ray.ObjectRef] | None = None  # None: the model folder's weights
@@ -165,7 +174,7 @@ class Trainer:
             self.version = int(state["weight_version"])
             self._publish()
             self._inflight = self._inflight_prompts(state)
-            print(f"resumed from step {self.step} ({resume_from})", flush=True)
+            terminal.say(f"resumed from step {self.step} ({resume_from})", result=True)
 
     def _inflight_prompts(self, state: dict[str, Any]) -> list[tuple[Record, PromptId]]:
         """The next step's prompts that an async-mode checkpoint holds, with their dataset ids
@@ -180,42 +189,52 @@ class Trainer:
             ids = [p for _, p in replay.take(self.stream.state.consumed)[-len(records):]]
         return list(zip(records, ids, strict=True))
 
-    def _start_actors(self, resume_from: str | None, reporter: StartupReporter) -> None:
+    def _start_actors(self, resume_from: str | None) -> None:
+        """Start the memory service, the learners and the rollout workers at once, then wait for
+        each (:mod:`memrl.actors.startup` reports them by name). The pool needs the others'
+        demands only for ``rollout.num_workers: auto``'s arithmetic, not their readiness."""
         from memrl.actors.learner import LearnerGroup
         from memrl.actors.memory import MemoryClient
 
         cfg, timeout_s = self.cfg, self.cfg.trainer.timeout_s
-        self.memory = None
-        if cfg.uses_memory:
-            shards = memory_demands(cfg)
-            reporter.waiting_for("start-up of the memory service", lambda: shards)
-            with phase("start-up of the memory service", timeout_s=timeout_s):
-                self.memory = MemoryClient(
-                    memory_settings(cfg), num_shards=cfg.memory.num_shards,
-                    num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
-                    resources=cfg.memory.resources,
-                    snapshot_root=str(self.files.memory.absolute()),
-                    initial_snapshot=f"{resume_from}/{CHECKPOINT_MEMORY_DIR}" if resume_from else None,
-                    timeout_s=timeout_s,
-                )
-        ranks = learner_demands(cfg)  # placed together (one placement group)
-        reporter.waiting_for("start-up of the learners", lambda: ranks)
-        with phase("start-up of the learners", timeout_s=timeout_s):
-            self.learners = LearnerGroup(
-                learner_settings(cfg, self.model_path), cfg.learner.num_learners,
-                num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
-                resources_per_learner=cfg.learner.resources, timeout_s=timeout_s,
-            )
+        parts = ["the memory service"] if cfg.uses_memory else []
+        workers = cfg.rollout.num_workers
+        parts += [f"{cfg.learner.num_learners} learner(s)",
+                  f"{workers} rollout worker(s) (rollout.engine {cfg.rollout.engine})"]
+        terminal.say(f"memrl: starting {', '.join(parts)}")
         # Named in the cluster so that `memrl scale` finds this run; read at every step.
         self.controller = RunController(cfg, self.files.control, start_control(cfg.output_dir), self._critical_roles)
-        with phase("start-up of the rollout workers", timeout_s=timeout_s):
-            self.pool = pool = RolloutPool(
-                rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
-                timeout_s=timeout_s, worker_demand=rollout_demand(cfg, "rollout worker").resources,
-                others=learner_demands(cfg) + memory_demands(cfg))
-            reporter.waiting_for("start-up of the rollout workers",
-                                 lambda: [rollout_demand(cfg, w) for w in pool.joining()])
-            pool.wait_until_ready()
+        phases = []
+        self.memory = None
+        if cfg.uses_memory:
+            self.memory = memory = MemoryClient(
+                memory_settings(cfg), num_shards=cfg.memory.num_shards,
+                num_cpus=cfg.memory.num_cpus, num_gpus=cfg.memory.num_gpus,
+                resources=cfg.memory.resources,
+                snapshot_root=str(self.files.memory.absolute()),
+                initial_snapshot=f"{resume_from}/{CHECKPOINT_MEMORY_DIR}" if resume_from else None,
+                timeout_s=timeout_s,
+            )
+            phases.append(StartupPhase("the memory service", ready=memory.poll_ready,
+                                       waiting=lambda: memory_demands(cfg)))
+        self.learners = learners = LearnerGroup(
+            learner_settings(cfg, self.model_path), cfg.learner.num_learners,
+            num_cpus_per_learner=cfg.learner.num_cpus, num_gpus_per_learner=cfg.learner.num_gpus,
+            resources_per_learner=cfg.learner.resources, timeout_s=timeout_s, wait=False,
+        )
+        ranks = learner_demands(cfg)
+        phases.append(StartupPhase(
+            "the learners", ready=learners.poll_ready,
+            waiting=lambda: [d for d, node in zip(ranks, learners.node_ids) if node is None]))
+        self.pool = pool = RolloutPool(
+            rollout_worker_factory(cfg, self.model_path), cfg.rollout.num_workers,
+            timeout_s=timeout_s, worker_demand=rollout_demand(cfg, "rollout worker").resources,
+            others=ranks + memory_demands(cfg))
+        phases.append(StartupPhase(
+            f"the {len(pool)} rollout worker(s)", ready=lambda: pool.num_running() == len(pool),
+            waiting=lambda: [rollout_demand(cfg, w) for w in pool.joining()],
+            detail=lambda: "; ".join(sorted(set(pool.engines().values())))))
+        wait_for_phases(phases, timeout_s=timeout_s)
 
     def _critical_roles(self) -> dict[str, str | None]:
         """The node of each actor whose loss stops the run: the driver, each learner rank and
@@ -261,8 +280,8 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy of the current policy on the held-out records."""
-        print(f"memrl: evaluating the policy at step {self.step} on {len(self.eval_records)} held-out "
-              "problems (greedy)", file=sys.stderr, flush=True)
+        terminal.say(f"memrl: evaluating the policy at step {self.step} on {len(self.eval_records)} "
+                     "held-out problems (greedy)")
         with phase("evaluation", step=self.step, timeout_s=self.cfg.trainer.timeout_s):
             max_tokens = self.cfg.grpo.max_completion_length
             batches = self.pool.generate_batches(
@@ -443,6 +462,7 @@ class Trainer:
             # Last: a preemption watchdog still fires if stopping the actors overran the deadline.
             if "controller" in started:
                 started["controller"].close()
+            self._quiet.close()
             self.lock.release()
 
 
@@ -452,7 +472,7 @@ def _progress(cfg: Config, initial: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=cfg.trainer.max_steps, initial=initial, desc="train", unit="step",
-                dynamic_ncols=True)
+                dynamic_ncols=True, file=terminal.err)
 
 
 def _show(bar: Any, metrics: dict[str, Any]) -> None:
@@ -463,13 +483,14 @@ def _show(bar: Any, metrics: dict[str, Any]) -> None:
                     tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
 
 
-def run_training(cfg: Config, resume: str = "none") -> dict[str, Any]:
+def run_training(cfg: Config, resume: str = "none", *, quiet: bool = False) -> dict[str, Any]:
     """Train with ``cfg``; returns the run summary (also written to ``summary.json``).
 
     ``resume``: ``none`` (fresh), ``auto`` (the latest complete checkpoint if any) or a
-    checkpoint directory/URI.
+    checkpoint directory/URI. ``quiet``: the libraries' and actors' output goes to
+    ``OUTPUT_DIR/logs/`` instead of the terminal (``memrl train`` without ``--verbose``).
     """
-    trainer = Trainer(cfg, resume=resume)
+    trainer = Trainer(cfg, resume=resume, quiet=quiet)
     try:
         return trainer.run()
     finally:
