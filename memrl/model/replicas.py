@@ -37,10 +37,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from memrl.model.tiny import train_bpe_tokenizer
 
@@ -160,7 +167,7 @@ def architecture(name: str) -> Architecture:
         raise ValueError(f"unknown architecture {name!r}: choose one of {sorted(ARCHITECTURES)}") from None
 
 
-def sharpen_attention(model: torch.nn.Module) -> None:
+def sharpen_attention(model: PreTrainedModel) -> None:
     """Attention that depends on its inputs, as a trained model's does.
 
     ``from_config``'s initialisation (std ``initializer_range``) gives query-key scores near 0
@@ -168,7 +175,7 @@ def sharpen_attention(model: torch.nn.Module) -> None:
     (Llama 3's RoPE scaling moved log-probs by 4e-6). Query and key projections are scaled so
     that each score has a standard deviation of about 1, and the biases drawn with
     :data:`BIAS_STD`. Draws from the global RNG (the caller seeds it)."""
-    config: Any = model.config
+    config = model.config
     scale = 1.0 / (config.initializer_range * config.hidden_size**0.5)
     base: Any = model.base_model
     with torch.no_grad():
@@ -181,7 +188,7 @@ def sharpen_attention(model: torch.nn.Module) -> None:
                     proj.bias.normal_(0.0, BIAS_STD)
 
 
-def anchor_to_tokenizer(model: torch.nn.Module, used_ids: int, probe_ids: list[int]) -> None:
+def anchor_to_tokenizer(model: PreTrainedModel, used_ids: int, probe_ids: list[int]) -> None:
     """Make the ids from ``used_ids`` on unsampleable (module docstring).
 
     Coordinate 0 becomes a constant channel: +ANCHOR on it in every used input row, no layer
@@ -190,8 +197,8 @@ def anchor_to_tokenizer(model: torch.nn.Module, used_ids: int, probe_ids: list[i
     from one forward over ``probe_ids``: large enough that at the probe's largest residual norm
     the shared offset of the real logits is TARGET_OFFSET nats."""
     base: Any = model.base_model
-    embed: torch.Tensor = cast(Any, model).get_input_embeddings().weight
-    output: torch.Tensor = cast(Any, model).get_output_embeddings().weight
+    layers: Any = (model.get_input_embeddings(), model.get_output_embeddings())
+    embed, output = layers[0].weight, layers[1].weight
     captured: list[torch.Tensor] = []
     hook = base.norm.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
     with torch.no_grad():
