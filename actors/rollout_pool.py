@@ -42,6 +42,7 @@ from memrl.cluster.capacity import (
 from memrl.cluster.placement import Demand, cluster_autoscales
 from memrl.cluster.requests import GenerationRequest, chunk_requests, least_loaded
 from memrl.config import MAX_ROLLOUT_WORKERS
+from memrl.errors import RuntimeFault
 from memrl.rollout.engine import SamplingSettings
 from memrl.types import RolloutBatch
 
@@ -52,6 +53,19 @@ log = logging.getLogger(__name__)
 _WORKER_FAILURES = (RayActorError, GetTimeoutError)
 PROBE_EVERY_S = 1.0  # a worker waiting for its restart is pinged this often
 _DURATIONS_KEPT = 20  # recent request times that estimate how long a request runs
+
+
+class RolloutWorkerStartError(RuntimeFault):
+    """A rollout worker's constructor raised: Ray does not restart it, and no retry would help."""
+
+    label = "a rollout worker could not start"
+    hint = "fix what its error names; the worker's whole output is in OUTPUT_DIR/logs/ (its id).log"
+
+
+def _start_failure(worker_id: str, exc: RayActorError) -> RolloutWorkerStartError:
+    """The worker's error, from the last line of the traceback Ray reports (``Type: message``)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return RolloutWorkerStartError(f"{worker_id}: {lines[-1] if lines else type(exc).__name__}")
 
 
 @dataclass
@@ -243,7 +257,9 @@ class RolloutPool:
             worker_id = by_ref[ref]
             try:
                 ping = ray.get(ref)
-            except RayActorError:  # restarting; calls fail at once until it is back
+            except RayActorError as exc:  # restarting; calls fail at once until it is back ...
+                if getattr(exc, "actor_init_failed", False):  # ... unless its constructor raised
+                    raise _start_failure(worker_id, exc) from exc
                 continue
             del self._joining[worker_id]
             if ping.get("node_id") != self._nodes.get(worker_id):  # restarted elsewhere

@@ -137,3 +137,28 @@ def test_a_request_for_more_workers_than_the_cluster_holds_is_capped_and_said_on
         assert len(pool) == 1
     finally:
         pool.resize(0, allow_empty=True)
+
+
+@ray.remote(num_cpus=0.1, max_restarts=-1, max_task_retries=0)
+class WorkerThatCannotStart:
+    def __init__(self, worker_id: str):
+        raise RuntimeError(f"rollout engine 'vllm' cannot start on {worker_id}: no vLLM here")
+
+    def ping(self) -> dict:
+        return {}
+
+
+def test_a_worker_whose_start_fails_stops_the_wait_at_once_with_its_error(ray_cluster):
+    from memrl.actors.rollout_pool import RolloutWorkerStartError
+
+    pool = RolloutPool(lambda w: WorkerThatCannotStart.remote(w), 1, timeout_s=600,
+                       watch=ClusterWatch(every_s=0.0, read=lambda: ClusterState(totals={"n": {}})))
+    started = time.monotonic()
+    try:
+        with pytest.raises(RolloutWorkerStartError) as info:
+            pool.wait_until_ready()
+    finally:
+        pool.resize(0, allow_empty=True)
+    assert time.monotonic() - started < 60  # not the 600 s start-up limit
+    assert str(info.value).startswith("rollout-0: RuntimeError: rollout engine 'vllm' cannot start on "
+                                      "rollout-0: no vLLM here")
