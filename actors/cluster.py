@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,8 @@ def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
     if log_dir is not None:
         env[LOG_DIR_ENV] = str(log_dir.absolute())
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": log_dir is None}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
-    if address and address != "local":
-        how = "the cluster named by ray.address/RAY_ADDRESS" if cfg.ray.address or \
-            os.environ.get("RAY_ADDRESS") else "the cluster `ray start` runs on this machine"
+    address, how = _cluster_to_join(cfg)
+    if address is not None:
         _check_token(address, how)
         ray.init(address=address, **kwargs)
         cpus = ray.cluster_resources().get("CPU", 0)
@@ -54,6 +54,25 @@ def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
                      "ray.address=local to start a separate cluster for this run")
     else:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+
+
+def check_cluster_token(cfg: Config) -> None:
+    """Fail at once, before anything slow (a model build), when the cluster this run would join
+    refuses its Ray token; :func:`init_ray` checks again when it joins."""
+    address, how = _cluster_to_join(cfg)
+    if address is not None and not ray.is_initialized():
+        _check_token(address, how)
+
+
+def _cluster_to_join(cfg: Config) -> tuple[str | None, str]:
+    """The address of the existing cluster the run joins (None: it starts its own) and how it
+    was named."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or _local_cluster_address()
+    if not address or address == "local":
+        return None, "a cluster of its own"
+    named = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    return address, ("the cluster named by ray.address/RAY_ADDRESS" if named
+                     else "the cluster `ray start` runs on this machine")
 
 
 class ClusterRefusesToken(InputError):
@@ -76,7 +95,9 @@ def _check_token(address: str, how: str) -> None:
 
     try:
         ensure_token_if_auth_enabled(create_token_if_missing=False)  # what ray.init does first
-        GcsClient(address=address).cluster_id  # noqa: B018 - the first request: a token check
+        # Ray's C++ client logs each refusal to stderr (fd 2); the message below says it instead.
+        with _stderr_silenced():
+            GcsClient(address=address).cluster_id  # noqa: B018 - the first request: a token check
     except AuthenticationError as exc:
         raise ClusterRefusesToken(
             f"{how} at {address} refuses this run's Ray token (that cluster was started with a "
@@ -86,6 +107,21 @@ def _check_token(address: str, how: str) -> None:
                  "file; the default file is ~/.ray/auth_token)") from exc
     except Exception:  # noqa: BLE001 - anything else is ray.init's to report
         log.debug("token check of %s skipped", address, exc_info=True)
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null inside (a C++ library's own logging included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _local_cluster_address() -> str | None:

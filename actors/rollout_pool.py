@@ -138,6 +138,9 @@ class RolloutPool:
         self._worker_demand = dict(worker_demand or {})
         self._others = list(others or [])
         self.requested: WorkerCount = parse_worker_count(size)
+        # The config's own count (at most MAX_ROLLOUT_WORKERS) waits for nodes that join later, as
+        # a spot cluster's do; only a later request (control.yaml, memrl scale) is capped below.
+        self._configured = self.requested
         self._capped: tuple[int, int] | None = None  # the request last capped, and the cap
         self.workers: dict[str, Any] = {}
         # worker id -> its node (None until it first answers); workers move when restarted.
@@ -172,11 +175,14 @@ class RolloutPool:
         self.refresh()
 
     def target(self) -> int:
-        """The pool size that ``requested`` means for the cluster as it is now: a number capped
-        at what the cluster can ever hold (:func:`worker_ceiling`, said once per request)."""
+        """The pool size that ``requested`` means for the cluster as it is now: the config's own
+        count as it is (workers beyond the nodes wait to be placed), a later request's capped at
+        what the cluster can ever hold (:func:`worker_ceiling`, said once per request)."""
         if not isinstance(self.requested, int):
             return target_worker_count(self.requested, self.cluster(fresh=True), self._worker_demand,
                                        self._others)
+        if self.requested == self._configured:
+            return self.requested
         ceiling = worker_ceiling(self.cluster(), self._worker_demand, self._others,
                                  autoscales=cluster_autoscales())
         if self.requested <= ceiling:

@@ -81,10 +81,14 @@ class StartupPhase:
     detail: Callable[[], str] = str
 
 
+MAX_REPORT_EVERY_S = 60.0
+
+
 def wait_for_phases(phases: Sequence[StartupPhase], *, timeout_s: float, every_s: float = 10.0,
                     say: Callable[[str], None] = terminal.say) -> None:
-    """Wait until every phase is ready; say each one's readiness as it comes, and every
-    ``every_s`` seconds what the others wait for. Past ``timeout_s`` raise
+    """Wait until every phase is ready; say each one's readiness as it comes, and what the others
+    wait for after ``every_s`` seconds, then at doubling intervals up to a minute (a slow start on
+    a busy machine stays a few lines). Past ``timeout_s`` raise
     :class:`~memrl.errors.PhaseTimeout` naming the actors not ready and what they were doing."""
     started = time.monotonic()
     left = list(phases)
@@ -110,6 +114,7 @@ def wait_for_phases(phases: Sequence[StartupPhase], *, timeout_s: float, every_s
                              "log is in OUTPUT_DIR/logs/")
                 say(line)
                 next_report = now + every_s
+                every_s = min(2 * every_s, MAX_REPORT_EVERY_S)
             if left:
                 time.sleep(POLL_S)
     finally:

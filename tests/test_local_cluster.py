@@ -128,6 +128,6 @@ def test_train_beside_another_programs_ray_start_cluster_says_the_ways_out_at_on
     assert "ray.address=local" in err and "RAY_AUTH_TOKEN" in err
     assert "gcs_client" not in err and "Traceback" not in err and "looks like a bug" not in err
     assert len(err.splitlines()) <= 6, err
-    # One refused request, not Ray's 20 retries a second apart (in the run's driver log).
-    assert (tmp_path / "run" / "logs" / "driver.log").read_text().count("InvalidAuthToken") <= 1
+    # Checked before anything slow or written: no model build, no run directory.
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
     assert seconds < 60, seconds

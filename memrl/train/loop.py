@@ -38,7 +38,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from memrl.actors.cluster import init_ray, node_totals
+from memrl.actors.cluster import check_cluster_token, init_ray, node_totals
 from memrl.actors.control import start_control
 from memrl.actors.rollout_pool import PendingGeneration, RolloutPool
 from memrl.actors.startup import StartupPhase, wait_for_phases
@@ -135,6 +135,7 @@ class Trainer:
             raise InputError(str(exc), where=f"config {'rewards' if hasattr(self, 'task') else 'task'} "
                              "section", hint="fix that entry of the config (memrl config show "
                              "prints the resolved one)") from exc
+        check_cluster_token(cfg)  # seconds, not after minutes of building the model
         stream_state = StreamState.from_dict(state["stream"]) if state else None
         self.stream = PromptStream(self.task.dataset(TRAIN_SPLIT), seed=cfg.seed, state=stream_state)
         self.eval_records = list(self.task.dataset("test"))
