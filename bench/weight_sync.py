@@ -321,10 +321,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         pool.wait_until_ready()
         print(f"learner and {workers} rollout workers up in {time.perf_counter() - started:.1f} s")
-        timings, nbytes = [], 0
+        timings, nbytes, handle = [], 0, None
         for version in range(1, args.repeats + 2):
+            handle = None  # one version in the object store at a time: 2 GB each at 494M fp32
             timing, nbytes, handle = measure(learners, list(pool.workers.values()), prompt, version)
             timings.append(timing)
+        assert handle is not None
         pings = ray.get([w.ping.remote() for w in pool.workers.values()])
         engine = pings[0]["engine"]
         memory = {"learner_peak_rss_bytes": peak_rss_bytes(learners.ping()[0]["pid"]),
