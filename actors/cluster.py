@@ -46,7 +46,8 @@ def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": log_dir is None}
     address, how = _cluster_to_join(cfg)
     if address is not None:
-        _check_token(address, how)
+        if address not in _TOKEN_CHECKED:
+            _check_token(address, how)
         ray.init(address=address, **kwargs)
         cpus = ray.cluster_resources().get("CPU", 0)
         ignored = f"; ray.num_cpus={cfg.ray.num_cpus} does not apply to it" if cfg.ray.num_cpus else ""
@@ -56,12 +57,16 @@ def init_ray(cfg: Config, log_dir: Path | None = None) -> None:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
 
 
+_TOKEN_CHECKED: set[str] = set()  # addresses whose token check passed in this process
+
+
 def check_cluster_token(cfg: Config) -> None:
     """Fail at once, before anything slow (a model build), when the cluster this run would join
     refuses its Ray token; :func:`init_ray` checks again when it joins."""
     address, how = _cluster_to_join(cfg)
     if address is not None and not ray.is_initialized():
         _check_token(address, how)
+        _TOKEN_CHECKED.add(address)
 
 
 def _cluster_to_join(cfg: Config) -> tuple[str | None, str]:
