@@ -27,6 +27,7 @@ from memrl.learner.distributed import free_port, node_address, set_rank_env
 from memrl.learner.policy import LearnerSettings, PolicyTrainer
 from memrl.learner.stats import merge_rank_stats
 from memrl.learner.step import StepShard, shard_step, step_inputs, trained_groups
+from memrl.learner.threads import node_cores, resolve_train_threads, torch_threads
 from memrl.ledger import TrainedGroup, merge_trained
 from memrl.terminal import redirect_actor_output
 from memrl.types import RolloutBatch
@@ -61,6 +62,14 @@ class LearnerWorker:
         self.rank = rank
         self.world_size = world_size
         self.trainer = PolicyTrainer(settings, progress=lambda stage: announce(name, stage))
+        self.train_threads = torch.get_num_threads()  # on a GPU the threads only launch kernels
+        if self.trainer.device == "cpu":
+            # world_size: CPU learners are assumed to share one node, the cautious count
+            self.train_threads = resolve_train_threads(
+                settings.train_threads, rollout_overlaps=settings.rollout_overlaps, assigned_cpus=cpus,
+                cores=node_cores(), learners_on_node=world_size)
+        print(f"{name}: {self.trainer.device}, {torch.get_num_threads()} torch thread(s), "
+              f"{self.train_threads} in the optimiser step", flush=True)
         self._step: tuple[StepShard, torch.Tensor | None] | None = None
 
     def ping(self) -> dict[str, Any]:
@@ -71,6 +80,7 @@ class LearnerWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "device": self.trainer.device,
+            "train_threads": self.train_threads,
             "steps": self.trainer.steps,
             "weight_version": self.trainer.weight_version,
         }
@@ -103,7 +113,8 @@ class LearnerWorker:
             raise RuntimeError(f"learner rank {self.rank}: finish_step without begin_step")
         (shard, ref_logp), self._step = self._step, None
         batch, adv, options = step_inputs(shard, advantages, keep, ref_logp)
-        stats = self.trainer.optimizer_step(batch, adv, **options)
+        with torch_threads(self.train_threads):
+            stats = self.trainer.optimizer_step(batch, adv, **options)
         return stats, trained_groups(shard.batch, batch, self.trainer.row_gaps)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -504,6 +504,14 @@ class LearnerConfig(_Section):
         default=False,
         description="recompute activations in the backward pass to save memory",
     )
+    train_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "torch threads of each CPU learner during its optimiser step. auto: with "
+            "rollout.mode sync the node's cores shared among its learners (the rollout "
+            "workers wait meanwhile), with async its num_cpus (they generate meanwhile)"
+        ),
+    )
 
 
 class MemoryConfig(_Section):

@@ -55,6 +55,8 @@ def _type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
+    if origin is typing.Annotated:  # a constrained type: its bounds are in their own column
+        return _type_name(args[0])
     if origin in (Union, types.UnionType):
         named = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(named) + (" or null" if type(None) in args else "")

@@ -49,6 +49,7 @@ from memrl.learner.batching import micro_batch_bounds, micro_batches_needed, pol
 from memrl.learner.distributed import detect_device, init_distributed, load_deepspeed
 from memrl.learner.packing import pack_completions, packable_attention, packed_completion_logprobs
 from memrl.learner.stats import token_weighted_mean
+from memrl.learner.threads import TrainThreads
 from memrl.model.loading import load_policy, loading_stage
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, WeightPacker
@@ -69,6 +70,9 @@ class LearnerSettings:
     ``collective_timeout_s`` bounds every collective (a dead peer raises instead of hanging).
     ``pack_sequences`` runs forwards in the packed layout of ``memrl.learner.packing`` (no
     padding, one prompt per group) where the model allows it; the numbers do not depend on it.
+    ``train_threads`` and ``rollout_overlaps`` (the rollout workers generate while the learner
+    trains: ``rollout.mode`` async) set the threads of a CPU learner's optimiser step
+    (``memrl.learner.threads``).
     """
 
     model_path: str
@@ -87,6 +91,8 @@ class LearnerSettings:
     pack_sequences: bool = True
     seed: int = default_of(Config, "seed")
     collective_timeout_s: float = default_of(TrainerConfig, "timeout_s")
+    train_threads: TrainThreads = "auto"
+    rollout_overlaps: bool = False
 
     def __post_init__(self) -> None:
         checks = {

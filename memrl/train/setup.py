@@ -82,6 +82,8 @@ def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
         gradient_checkpointing=cfg.learner.gradient_checkpointing,
         seed=cfg.seed,
         collective_timeout_s=t.timeout_s,
+        train_threads=cfg.learner.train_threads,
+        rollout_overlaps=cfg.rollout.mode == "async",
     )
 
 
