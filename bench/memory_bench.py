@@ -32,8 +32,9 @@ reported as its median and range (min-max). Then the encoder work of the headlin
 (texts and tokens encoded per step; ``design_speedup`` = ``work_ratio`` × ``per_token_speedup``),
 encoder costs per text, exact-search throughput for larger key counts (synthetic), and the
 compact tables last. ``--json PATH`` writes the figures; each row records its
-``encoder_backend`` and each ratio its two ``sides``. At the default size the four rows hold
-about 12 GB of memories (3 GB per memrl row, 1.5 GB shared by the official row's two).
+``encoder_backend`` and each ratio its two ``sides``. At the default size the rows hold about
+11 GB of memories (by arithmetic: 2 × 1.5 GB of float32 values per memrl row, 1.5 GB that the
+official row's two memories share).
 
 Run from the repository root: ``python -m bench.memory_bench --json memory_bench.json``
 """
