@@ -18,9 +18,9 @@ for _key, _value in {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
 
 import json  # noqa: E402
 import platform  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -117,6 +117,44 @@ def ratio(numerator: float, denominator: float, what: str) -> float:
     if not denominator > 0:
         raise ValueError(f"{what}: denominator {denominator!r} must be > 0")
     return float(numerator) / float(denominator)
+
+
+T = TypeVar("T")
+
+
+def alternating_rounds(rows: dict[str, Callable[[int], T]], rounds: int,
+                       warmup: int = 0) -> dict[str, list[T]]:
+    """Run every row once per round, in ``rows``' order, for ``warmup + rounds`` rounds; the
+    results of each row per round, the ``warmup`` first rounds dropped.
+
+    Each row is called with the round's index (0-based, warm-ups included: a seed or the
+    round's data). Rows take turns within each round so that a drift of a shared machine's
+    speed hits them alike; compare rows round by round (:func:`ratio_rounds`)."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"alternating_rounds: rounds {rounds} must be >= 1 and warmup {warmup} >= 0")
+    results: dict[str, list[T]] = {name: [] for name in rows}
+    for index in range(warmup + rounds):
+        for name, row in rows.items():
+            value = row(index)
+            if index >= warmup:
+                results[name].append(value)
+    return results
+
+
+def ratio_rounds(numerators: Sequence[float], denominators: Sequence[float],
+                 what: str) -> dict[str, Any]:
+    """Round-by-round ratios of two rows (:func:`alternating_rounds`): :func:`summarise` of
+    them (median, min, max = the range) plus ``per_round``; ``what`` names the ratio in errors."""
+    if len(numerators) != len(denominators):
+        raise ValueError(f"{what}: {len(numerators)} numerator rounds but {len(denominators)} "
+                         "denominator rounds")
+    per_round = [ratio(n, d, what) for n, d in zip(numerators, denominators)]
+    return {**summarise(per_round), "per_round": per_round}
+
+
+def median_range(summary: dict[str, Any], digits: int = 2) -> str:
+    """``"median (min-max)"`` of a :func:`summarise` result, ``digits`` decimals."""
+    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-{summary['max']:.{digits}f})"
 
 
 def machine() -> dict[str, Any]:

@@ -4,24 +4,37 @@ Builds success and failure memories of ``--keys`` questions (default 10,000) wit
 ``--values-per-key`` stored responses each (default 100, the Memory-R+ capacity), filled with
 synthetic random unit vectors so the build is fast. Each timed step then scores
 ``--questions`` × ``--completions`` (16 × 16) real texts — GSM8K questions and reasoning
-variants made from their reference solutions — with the real all-MiniLM-L6-v2 encoder:
+variants made from their reference solutions — with the real all-MiniLM-L6-v2 encoder on the
+CPU. Four rows:
 
-(a) memrl, ``paper`` mode (the default): one batched encoder call for the step's distinct
-    texts (question cache cold: every question is new to it) on memrl's encoder backend
-    (``--backend``, default ``memory.embedder_backend``: ``onnx``, the same weights run by
-    onnxruntime), batched FAISS lookups;
-(b) memrl, ``reference`` mode: same encoding, the official insert-then-score order;
-(c) bench/official_memory.py: the official code's per-sample path (one encoder call per text
-    with the PyTorch sentence-transformers model, as the official code, one FAISS search per
-    insert and per score, in each memory).
+- ``official``: bench/official_memory.py, the official code's per-sample path (one encoder call
+  per text with the PyTorch sentence-transformers model, as the official code, one FAISS search
+  per insert and per score, in each memory);
+- ``memrl_paper_torch``: memrl, ``paper`` mode (the default): one batched encoder call for the
+  step's distinct texts (question cache cold: every question is new to it), batched FAISS
+  lookups, on the same torch encoder as the official row;
+- ``memrl_paper_onnx``: the same on memrl's default encoder backend, ONNX Runtime (the same
+  weights, ``memory.embedder_backend: onnx``);
+- ``memrl_reference``: memrl, ``reference`` mode (the official insert-then-score order), torch.
 
-Every path starts from the same memory contents and scores the same steps (new questions each
-repetition, as in a first epoch; ``--stored-fraction`` of them already stored, as in later
-epochs); the paths take turns step by step, so a drift in the machine's speed hits them
-alike. Prints the median seconds per step and the ratio, the encoder work of each path (texts
-and tokens encoded per step; ``speedup`` = ``work_ratio`` × ``per_token_speedup``), then
-exact-search throughput for larger key counts (synthetic), and a compact table last.
-``--json PATH`` writes the figures; the official/memrl-paper ratio is under ``speedup``.
+The headline, ``design_speedup``, is official ÷ memrl paper on the same (torch) backend:
+memrl's design (fewer encoder calls, batching) alone. The official code could switch its
+encoder to ONNX with one argument (``SentenceTransformer(..., backend="onnx")``, which needs
+the ``optimum`` package), so the ONNX backend's gain is a separate figure, ``onnx_gain``
+(memrl torch ÷ memrl onnx); ``design_and_onnx_speedup`` (official torch ÷ memrl onnx) is
+both together, the figure this benchmark used to report as its headline.
+
+Every row starts from the same memory contents and scores the same steps (new questions each
+round, as in a first epoch; ``--stored-fraction`` of them already stored, as in later epochs).
+The rows take turns step by step over ``--rounds`` rounds (after one untimed warm-up round), so
+a drift in the machine's speed hits them alike; each ratio is taken round by round and
+reported as its median and range (min-max). Then the encoder work of the headline's two rows
+(texts and tokens encoded per step; ``design_speedup`` = ``work_ratio`` × ``per_token_speedup``),
+encoder costs per text, exact-search throughput for larger key counts (synthetic), and the
+compact tables last. ``--json PATH`` writes the figures; each row records its
+``encoder_backend`` and each ratio its two ``sides``. At the default size the rows hold about
+11 GB of memories (by arithmetic: 2 × 1.5 GB of float32 values per memrl row, 1.5 GB that the
+official row's two memories share).
 
 Run from the repository root: ``python -m bench.memory_bench --json memory_bench.json``
 """
@@ -31,15 +44,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+import bench._common as common  # first: offline hubs, one thread per process
 from bench.official_memory import OfficialMemory, official_step
 from bench.shared_data import gsm8k_file
 from memrl.memory import MemoryRewarder, MemorySettings, SentenceTransformerEmbedder
@@ -93,9 +106,9 @@ def completions_for(solution: str, count: int, rng: np.random.Generator) -> list
 def build_steps(args: argparse.Namespace) -> list[tuple[list[str], list[str], list[bool]]]:
     """One (questions, reasonings, correct) batch per repetition (+1 untimed warm-up)."""
     rng = np.random.default_rng(args.seed)
-    problems = load_problems(args.data, args.questions * (args.repeats + 1), args.seed)
+    problems = load_problems(args.data, args.questions * (args.rounds + 1), args.seed)
     steps = []
-    for r in range(args.repeats + 1):
+    for r in range(args.rounds + 1):
         questions, reasonings = [], []
         for question, solution in problems[r * args.questions : (r + 1) * args.questions]:
             questions += [question] * args.completions
@@ -300,6 +313,37 @@ def search_scaling(sizes: list[int], dim: int, k: int, batch: int, repeats: int,
     return rows
 
 
+ROWS = ("official", "memrl_paper_torch", "memrl_paper_onnx", "memrl_reference")
+# (figure, numerator row, denominator row): seconds over seconds, round by round.
+RATIOS = (
+    ("design_speedup", "official", "memrl_paper_torch"),
+    ("onnx_gain", "memrl_paper_torch", "memrl_paper_onnx"),
+    ("design_and_onnx_speedup", "official", "memrl_paper_onnx"),
+    ("reference_mode_speedup", "official", "memrl_reference"),
+)
+
+
+def step_row(name: str, path, steps) -> Callable[[int], tuple[float, object, list[str]]]:
+    """Round ``index`` of a row: (seconds, rewards, texts encoded) of ``path`` on ``steps[index]``."""
+    def run(index: int) -> tuple[float, object, list[str]]:
+        first = len(path.encoded)
+        seconds, out = path.step(*steps[index])
+        print(f"round {index}{' (warm-up)' if index == 0 else ''}: {name} {seconds:.3f} s", flush=True)
+        return seconds, out, path.encoded[first:]
+    return run
+
+
+def ratio_figures(times: dict[str, list[float]], backends: dict[str, str]) -> dict[str, dict]:
+    """Every figure of :data:`RATIOS` from the rows' per-round seconds: median, range and
+    ``per_round`` ratios, the two ``sides`` and whether they ran on the same encoder backend."""
+    out = {}
+    for name, numerator, denominator in RATIOS:
+        out[name] = {**common.ratio_rounds(times[numerator], times[denominator], name),
+                     "sides": [numerator, denominator],
+                     "same_backend": backends[numerator] == backends[denominator]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keys", type=int, default=10_000)
@@ -307,120 +351,113 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--completions", type=int, default=16)
     parser.add_argument("--k", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per path")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds, one step per row each (+1 untimed warm-up round)")
     parser.add_argument("--accuracy", type=float, default=0.3, help="fraction of correct completions")
     parser.add_argument("--stored-fraction", type=float, default=0.5)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     parser.add_argument("--scale-keys", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--scale-repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch, onnxruntime and FAISS threads (both paths)")
-    parser.add_argument("--backend", choices=EMBEDDER_BACKENDS, default=MemorySettings.default().embedder_backend,
-                        help="memrl's encoder backend (the official path always runs torch)")
+                        help="torch, onnxruntime and FAISS threads (every row)")
     parser.add_argument("--encode-batch-size", type=int, default=MemorySettings.default().encode_batch_size,
                         help="texts per forward pass of memrl's encoder (memory.encode_batch_size)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds {args.rounds}: must be >= 1")
 
     import faiss
     import torch
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    embedder = SentenceTransformerEmbedder(
-        device="cpu", batch_size=args.encode_batch_size, backend=args.backend
-    )
-    embedder.encode(["warm-up text"] * 8)
-    embedder.encode_torch(["warm-up text"] * 8)
-    print(f"memrl encoder backend: {embedder.backend}; official path: torch, one text per call")
+    embedders = {backend: SentenceTransformerEmbedder(device="cpu", batch_size=args.encode_batch_size,
+                                                      backend=backend)
+                 for backend in EMBEDDER_BACKENDS}
+    for embedder in embedders.values():
+        embedder.encode(["warm-up text"] * 8)
+    torch_embedder = embedders["torch"]
+    if embedders["onnx"].backend != "onnx":  # fell back (the warning above says why)
+        print("memrl_paper_onnx runs on torch: onnx_gain compares torch with itself")
     steps = build_steps(args)
     t = time.perf_counter()
-    contents = Contents(args, embedder, steps)
+    contents = Contents(args, torch_embedder, steps)
     print(f"built {args.keys} keys x {args.values_per_key} values per memory in {time.perf_counter() - t:.1f} s; "
-          f"{len(steps) - 1} timed steps of {args.questions} x {args.completions} completions")
+          f"{args.rounds} timed rounds of {args.questions} x {args.completions} completions per row")
 
-    base = dict(k=args.k, capacity_keys=args.keys, capacity_values=args.values_per_key,
-                embedder="all-MiniLM-L6-v2", embedder_backend=embedder.backend, device="cpu",
-                encode_batch_size=args.encode_batch_size)
-    paper = MemorySettings.default(**base, warmup=0)  # explore active, as in the official run after warm-up
-    reference = MemorySettings.reference(**base)
-    # The paths take turns on each step, so a machine whose speed drifts (shared cores) slows
-    # all of them alike; step 0 warms up and is not timed.
-    paths = {"paper": MemrlPath(paper, embedder, contents), "reference": MemrlPath(reference, embedder, contents),
-             "official": OfficialPath(args, embedder, contents)}
+    def settings(mode: str, embedder: SentenceTransformerEmbedder) -> MemorySettings:
+        base = dict(k=args.k, capacity_keys=args.keys, capacity_values=args.values_per_key,
+                    embedder="all-MiniLM-L6-v2", embedder_backend=embedder.backend, device="cpu",
+                    encode_batch_size=args.encode_batch_size)
+        # paper: explore active, as in the official run after warm-up
+        return MemorySettings.default(**base, warmup=0) if mode == "paper" else MemorySettings.reference(**base)
+
+    paths = {
+        "official": OfficialPath(args, torch_embedder, contents),
+        "memrl_paper_torch": MemrlPath(settings("paper", torch_embedder), torch_embedder, contents),
+        "memrl_paper_onnx": MemrlPath(settings("paper", embedders["onnx"]), embedders["onnx"], contents),
+        "memrl_reference": MemrlPath(settings("reference", torch_embedder), torch_embedder, contents),
+    }
+    backends = {"official": "torch", "memrl_paper_torch": torch_embedder.backend,
+                "memrl_paper_onnx": embedders["onnx"].backend, "memrl_reference": torch_embedder.backend}
     del contents
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    results: dict[str, list] = {name: [] for name in paths}
-    encoded: dict[str, list[list[str]]] = {"official": [], "paper": []}
-    for i, step in enumerate(steps):
-        first = {name: len(paths[name].encoded) for name in encoded}
-        for name, path in paths.items():
-            seconds, out = path.step(*step)
-            if i:
-                times[name].append(seconds)
-                results[name].append(out)
-        if i:
-            for name in encoded:
-                encoded[name].append(paths[name].encoded[first[name]:])
-            print(f"step {i}: " + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in paths))
+    # Round 0 (steps[0]) warms every row up and is dropped.
+    results = common.alternating_rounds({name: step_row(name, paths[name], steps) for name in ROWS},
+                                        args.rounds, warmup=1)
     del paths
     gc.collect()
-    paper_times, reference_times, official_times = times["paper"], times["reference"], times["official"]
-    reference_results, official_results = results["reference"], results["official"]
-    print(f"memrl paper      median {statistics.median(paper_times):.3f} s/step")
-    print(f"memrl reference  median {statistics.median(reference_times):.3f} s/step")
-    print(f"official         median {statistics.median(official_times):.3f} s/step")
-
-    diffs = np.concatenate(
-        [np.abs(np.asarray(o[i]) - r[i]) for r, o in zip(reference_results, official_results) for i in (0, 1)]
-    )
-    official_median = statistics.median(official_times)
-    figures = {
-        "speedup": official_median / statistics.median(paper_times),
-        "speedup_reference_mode": official_median / statistics.median(reference_times),
-        "memrl_paper_median_s": statistics.median(paper_times),
-        "memrl_reference_median_s": statistics.median(reference_times),
-        "official_median_s": official_median,
-        "memrl_paper_times_s": paper_times,
-        "memrl_reference_times_s": reference_times,
-        "official_times_s": official_times,
-        "speedup_per_step": [o / p for o, p in zip(official_times, paper_times)],
-        "memrl_embedder_backend": embedder.backend,
+    times = {name: [seconds for seconds, _, _ in results[name]] for name in ROWS}
+    diffs = np.concatenate([
+        np.abs(np.asarray(official[i]) - reference[i])
+        for (_, reference, _), (_, official, _) in zip(results["memrl_reference"], results["official"])
+        for i in (0, 1)
+    ])
+    figures: dict = {
+        "rows": {name: {"encoder_backend": backends[name], "times_s": times[name],
+                        "seconds": common.summarise(times[name])} for name in ROWS},
+        **ratio_figures(times, backends),
         "reference_vs_official_max_abs_diff": float(diffs.max()),
         "reference_vs_official_frac_over_1e-3": float((diffs > 1e-3).mean()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"},
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "torch": torch.__version__, "faiss": faiss.__version__},
+        "machine": {**common.machine(), "threads": args.threads, "faiss": faiss.__version__, "device": "cpu"},
     }
     print(f"reference mode vs official: max |diff| {figures['reference_vs_official_max_abs_diff']:.2e} "
           f"({100 * figures['reference_vs_official_frac_over_1e-3']:.1f}% of rewards over 1e-3; "
           "batched vs single-text encoder rounding meeting self-match windows)")
 
-    figures["encoder_work"] = encoder_work(embedder, encoded["official"], encoded["paper"])
-    figures["per_token_speedup"] = figures["speedup"] / figures["encoder_work"]["work_ratio"]
+    figures["encoder_work"] = encoder_work(torch_embedder, [texts for _, _, texts in results["official"]],
+                                           [texts for _, _, texts in results["memrl_paper_torch"]])
+    figures["per_token_speedup"] = figures["design_speedup"]["median"] / figures["encoder_work"]["work_ratio"]
     questions, reasonings, _ = steps[0]
-    figures["encoder_reasonings"] = encoder_costs(embedder, reasonings[:64])
-    figures["encoder_questions"] = encoder_costs(embedder, list(dict.fromkeys(questions)))
+    figures["encoder_reasonings"] = encoder_costs(embedders["onnx"], reasonings[:64])
+    figures["encoder_questions"] = encoder_costs(embedders["onnx"], list(dict.fromkeys(questions)))
     scaling = search_scaling(args.scale_keys, 384, args.k, args.questions, args.scale_repeats, args.seed)
     figures["search_scaling"] = scaling
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+    common.write_json(args.json, figures)
 
     print()
     print(f"one step = {args.questions} x {args.completions} completions, {args.keys} keys x "
-          f"{args.values_per_key} values, k={args.k}, {args.threads} threads")
-    print(f"{'path':<22}{'median s/step':>14}{'vs official':>13}")
-    print(f"{'official per-sample':<22}{official_median:>14.3f}{1.0:>12.1f}x")
-    print(f"{'memrl reference mode':<22}{statistics.median(reference_times):>14.3f}"
-          f"{figures['speedup_reference_mode']:>12.1f}x")
-    print(f"{'memrl paper (default)':<22}{statistics.median(paper_times):>14.3f}{figures['speedup']:>12.1f}x"
-          f"   (per step: {', '.join(f'{r:.1f}' for r in figures['speedup_per_step'])})")
+          f"{args.values_per_key} values, k={args.k}, {args.threads} threads, CPU; "
+          f"{args.rounds} rounds, ratios round by round: median (min-max)")
+    print(common.format_table(
+        ["row", "encoder", "median s/step", "min", "max"],
+        [[name, backends[name], row["seconds"]["median"], row["seconds"]["min"], row["seconds"]["max"]]
+         for name, row in figures["rows"].items()]))
+    print(common.format_table(
+        ["figure", "rows", "median", "range"],
+        [[name, " / ".join(figures[name]["sides"]), figures[name]["median"],
+          f"{figures[name]['min']:.2f}-{figures[name]['max']:.2f}"] for name, _, _ in RATIOS]))
+    headline = figures["design_speedup"]
+    print(f"design_speedup (both on the {backends['official']} encoder): {common.median_range(headline)}x; "
+          f"onnx_gain {common.median_range(figures['onnx_gain'])}x; together "
+          f"{common.median_range(figures['design_and_onnx_speedup'])}x")
     w = figures["encoder_work"]
     print(f"encoder work per step: official {w['official_texts_per_step']:.0f} texts / "
           f"{w['official_tokens_per_step']:.0f} tokens, memrl {w['memrl_texts_per_step']:.0f} texts / "
-          f"{w['memrl_tokens_per_step']:.0f} tokens: ratio {w['work_ratio']:.2f}; speedup = "
-          f"{w['work_ratio']:.2f} x {figures['per_token_speedup']:.2f} per token")
+          f"{w['memrl_tokens_per_step']:.0f} tokens: ratio {w['work_ratio']:.2f}; design_speedup = "
+          f"{w['work_ratio']:.2f} x {figures['per_token_speedup']:.2f} per token (batching)")
     for name in ("reasonings", "questions"):
         e = figures[f"encoder_{name}"]
         print(f"encoder, {name} ({e['mean_tokens']:.0f} tokens), ms/text: one by one (torch) "
@@ -434,6 +471,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

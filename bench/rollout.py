@@ -14,16 +14,20 @@ For each engine (``--engines``, default vLLM when a working build is installed, 
   chunking and per-chunk seeds, timed on the driver from dispatch to every worker's answer
   (the batch stays in the object store, as in training). 1 worker (1 CPU, 1 thread) against
   the bare engine is the like-for-like figure (``fraction``, target >= 0.9); 2 workers is a
-  second row (``--two-workers``);
+  second phase (``--two-workers``) that alternates with the bare engine again;
 - diagnostic (hf only): memrl's ``HFEngine`` in this process, without Ray, to split memrl's
   overhead into engine work (log-prob recording, batch assembly, decoding) and Ray transport.
 
-Engines run one after the other; within an engine the repetitions interleave the rows (bare,
-memrl, in-process, bare, ...) so that load from other processes on a shared machine hits them
-alike; the first repetition of each row is a warm-up. ``vllm_over_hf`` compares the memrl
-workers of the two engines. ``--model-size 34m`` is a random Llama with hidden size 512 and 8
-layers (a size where generation dominates on CPU); ``qwen2``, ``llama3``, ``falcon3`` (the paper
-models' architectures at full size) and ``1.5b`` are for GPU machines.
+Engines run one after the other; within an engine the rows alternate over ``--repeats`` rounds
+(default 5; bare, memrl, in-process, bare, ...: ``bench._common.alternating_rounds``) so that
+load from other processes on a shared machine hits them alike; one warm-up round comes first
+and is dropped. Every ratio is taken round by round (tokens/s over the bare engine's tokens/s
+of the same round) and reported as its median and range (min-max). ``vllm_over_hf`` compares
+the memrl 1-worker rows of the two engines round by round; the engines ran one after the
+other, so its range also holds the machine's drift between them. ``--model-size 34m`` is a
+random Llama with hidden size 512 and 8 layers (a size where generation dominates on CPU);
+``qwen2``, ``llama3``, ``falcon3`` (the paper models' architectures at full size) and ``1.5b``
+are for GPU machines.
 
 Run from the repository root: ``python -m bench.rollout --json rollout.json``
 (``--model-size 34m --prompts 32 --max-tokens 32 --no-two-workers`` for the larger model).
@@ -195,29 +199,37 @@ class MemrlPool:
         self.pool.resize(0, allow_empty=True)
 
 
-def rate_summary(runs: Sequence[Run]) -> dict[str, float]:
-    """Tokens/s statistics of ``runs`` (each run's tokens over its own seconds)."""
-    return common.summarise([r.tokens_per_s for r in runs])
+def rate_summary(runs: Sequence[Run]) -> dict[str, Any]:
+    """Tokens/s statistics of ``runs`` (each run's tokens over its own seconds) and the rates
+    themselves, ``per_round``."""
+    rates = [r.tokens_per_s for r in runs]
+    return {**common.summarise(rates), "per_round": rates}
 
 
 def rollout_figures(bare: Sequence[Run], memrl: dict[str, Sequence[Run]],
-                    in_process: Sequence[Run] = ()) -> dict[str, Any]:
-    """The benchmark's figures from timed runs (warm-ups already dropped).
+                    in_process: Sequence[Run] = (),
+                    bare_for: dict[str, Sequence[Run]] | None = None) -> dict[str, Any]:
+    """The benchmark's figures from timed rounds (warm-ups already dropped).
 
-    ``memrl`` maps a row name (``"1_worker"``, ``"2_workers"``) to its runs; the
-    ``"1_worker"`` row against ``bare`` is ``fraction`` (median tokens/s over median tokens/s).
+    ``memrl`` maps a row name (``"1_worker"``, ``"2_workers"``) to its runs, one per round;
+    ``bare`` (and ``in_process``) ran in the same rounds as ``"1_worker"``; a row measured in
+    another phase names its own rounds of the bare engine in ``bare_for`` (their tokens/s:
+    ``bare_<row>_phase_tokens_per_s``). ``fraction_<row>`` is the row's tokens/s over the bare
+    engine's of the same round: median, range (min, max) and ``per_round``
+    (:func:`bench._common.ratio_rounds`); ``fraction`` is the 1-worker one.
     ``overhead_s`` splits memrl's 1-worker seconds per call (medians): ``ray`` = driver wall
     minus the worker's engine time; ``engine`` = the worker's engine time minus the bare call.
     """
     if "1_worker" not in memrl:
         raise ValueError("rollout_figures needs the '1_worker' memrl row (the like-for-like one)")
-    bare_rate = rate_summary(bare)
-    figures: dict[str, Any] = {"bare_tokens_per_s": bare_rate,
+    figures: dict[str, Any] = {"bare_tokens_per_s": rate_summary(bare),
                                "bare_tokens_per_call": common.summarise([r.tokens for r in bare])}
+    for name, runs in (bare_for or {}).items():
+        figures[f"bare_{name}_phase_tokens_per_s"] = rate_summary(runs)
+    bare_for = {name: bare for name in memrl} | (bare_for or {})
     for name, runs in memrl.items():
-        rate = rate_summary(runs)
-        figures[f"memrl_{name}_tokens_per_s"] = rate
-        figures[f"fraction_{name}"] = common.ratio(rate["median"], bare_rate["median"], name)
+        figures[f"memrl_{name}_tokens_per_s"] = rate_summary(runs)
+        figures[f"fraction_{name}"] = fraction_rounds(runs, bare_for[name], name)
     figures["fraction"] = figures["fraction_1_worker"]
     one = memrl["1_worker"]
     bare_s = common.summarise([r.seconds for r in bare])["median"]
@@ -226,41 +238,50 @@ def rollout_figures(bare: Sequence[Run], memrl: dict[str, Sequence[Run]],
         "engine": common.summarise([r.engine_seconds for r in one])["median"] - bare_s,
     }
     if in_process:
-        rate = rate_summary(in_process)
-        figures["in_process_engine_tokens_per_s"] = rate
-        figures["fraction_in_process_engine"] = common.ratio(rate["median"], bare_rate["median"],
-                                                             "in-process engine")
+        figures["in_process_engine_tokens_per_s"] = rate_summary(in_process)
+        figures["fraction_in_process_engine"] = fraction_rounds(in_process, bare, "in-process engine")
     figures["same_tokens"] = [r.tokens for r in bare] == [r.tokens for r in one]
     figures["target_fraction"] = TARGET_FRACTION
     return figures
 
 
+def fraction_rounds(runs: Sequence[Run], bare: Sequence[Run], what: str) -> dict[str, Any]:
+    """Tokens/s of ``runs`` over those of ``bare``, round by round, summarised."""
+    return common.ratio_rounds([r.tokens_per_s for r in runs], [r.tokens_per_s for r in bare], what)
+
+
 def side_by_side(by_engine: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Figures of every engine plus ``vllm_over_hf``: memrl's 1-worker vLLM tokens/s over its
-    1-worker hf tokens/s (medians), when both engines ran."""
+    1-worker hf tokens/s, round by round (same round index; the engines ran one after the
+    other), summarised, when both engines ran."""
     figures: dict[str, Any] = {"engines": by_engine}
     if {"vllm", "hf"} <= set(by_engine):
-        figures["vllm_over_hf"] = common.ratio(
-            by_engine["vllm"]["memrl_1_worker_tokens_per_s"]["median"],
-            by_engine["hf"]["memrl_1_worker_tokens_per_s"]["median"], "vllm over hf")
+        figures["vllm_over_hf"] = common.ratio_rounds(
+            by_engine["vllm"]["memrl_1_worker_tokens_per_s"]["per_round"],
+            by_engine["hf"]["memrl_1_worker_tokens_per_s"]["per_round"], "vllm over hf")
     return figures
 
 
 def table_rows(by_engine: dict[str, dict[str, Any]]) -> list[list[Any]]:
-    """``[row, median tokens/s, min, vs bare of the same engine]`` for every engine's rows."""
+    """``[row, median tokens/s, min, max, vs bare of the same engine: median, its range]`` for
+    every engine's rows (the ratio's median and range over rounds)."""
     rows: list[list[Any]] = []
+
+    def row(name: str, rate: dict[str, Any], fraction: dict[str, Any] | None) -> list[Any]:
+        if fraction is None:
+            return [name, rate["median"], rate["min"], rate["max"], 1.0, ""]
+        return [name, rate["median"], rate["min"], rate["max"], fraction["median"],
+                f"{fraction['min']:.3f}-{fraction['max']:.3f}"]
+
     for kind, figures in by_engine.items():
-        rate = figures["bare_tokens_per_s"]
-        rows.append([f"bare {BARE_NAMES[kind]} (1 thread)", rate["median"], rate["min"], 1.0])
+        rows.append(row(f"bare {BARE_NAMES[kind]} (1 thread)", figures["bare_tokens_per_s"], None))
         if "in_process_engine_tokens_per_s" in figures:
-            rate = figures["in_process_engine_tokens_per_s"]
-            rows.append(["memrl HFEngine, no Ray", rate["median"], rate["min"],
-                         figures["fraction_in_process_engine"]])
+            rows.append(row("memrl HFEngine, no Ray", figures["in_process_engine_tokens_per_s"],
+                            figures["fraction_in_process_engine"]))
         for name in ("1_worker", "2_workers"):
             if f"memrl_{name}_tokens_per_s" in figures:
-                rate = figures[f"memrl_{name}_tokens_per_s"]
-                rows.append([f"memrl {kind} rollout, {name.replace('_', ' ')}", rate["median"],
-                             rate["min"], figures[f"fraction_{name}"]])
+                rows.append(row(f"memrl {kind} rollout, {name.replace('_', ' ')}",
+                                figures[f"memrl_{name}_tokens_per_s"], figures[f"fraction_{name}"]))
     return rows
 
 
@@ -270,29 +291,33 @@ BARE_NAMES = {"vllm": "vllm.LLM.generate", "hf": "transformers generate"}
 def measure_engine(kind: str, overrides: Sequence[str], model_path: str, tokenizer: Any,
                    prompts: list[str], template: SamplingSettings, repeats: int,
                    two_workers: bool) -> dict[str, Any]:
-    """The rows of one engine (``"vllm"`` or ``"hf"``), warm-ups dropped."""
+    """The rows of one engine (``"vllm"`` or ``"hf"``), alternating over ``repeats`` rounds
+    after a dropped warm-up round; the 2-worker phase alternates with the bare engine again."""
     cfg = common.bench_config([*overrides, f"rollout.engine={kind}"])
     bare = BareVLLM(model_path, tokenizer, cfg) if kind == "vllm" else BareHF(model_path, tokenizer)
     in_process = InProcessEngine(model_path, cfg.seed) if kind == "hf" else None
     pool = MemrlPool(cfg, model_path, 1)
-    runs: dict[str, list[Run]] = {"bare": [], "1_worker": [], "in_process": [], "2_workers": []}
+
+    def seeded(r: int) -> SamplingSettings:  # the seed memrl's 1-chunk request gets in round r
+        return dataclasses.replace(template, seed=request_seed(cfg.seed, r, 0))
+
+    rows: dict[str, Any] = {"bare": lambda r: bare.generate(prompts, seeded(r)),
+                            "1_worker": lambda r: pool.generate(prompts, template, r)}
+    if in_process is not None:
+        rows["in_process"] = lambda r: in_process.generate(prompts, seeded(r))
     try:
-        for r in range(repeats + 1):
-            settings = dataclasses.replace(template, seed=request_seed(cfg.seed, r, 0))
-            runs["bare"].append(bare.generate(prompts, settings))
-            runs["1_worker"].append(pool.generate(prompts, template, r))
-            if in_process is not None:
-                runs["in_process"].append(in_process.generate(prompts, settings))
+        one = common.alternating_rounds(rows, repeats, warmup=1)
+        two: dict[str, list[Run]] = {}
         if two_workers:
             pool.resize(2)
-            for r in range(repeats + 1):
-                runs["2_workers"].append(pool.generate(prompts, template, r))
+            two = common.alternating_rounds({"bare": rows["bare"], "2_workers": rows["1_worker"]},
+                                            repeats, warmup=1)
     finally:
         pool.close()
         bare.close()
-    timed = {name: values[1:] for name, values in runs.items()}  # drop each row's warm-up
-    memrl_rows = {name: timed[name] for name in ("1_worker", "2_workers") if timed[name]}
-    return rollout_figures(timed["bare"], memrl_rows, timed["in_process"])
+    memrl_rows = {"1_worker": one["1_worker"], **({"2_workers": two["2_workers"]} if two else {})}
+    return rollout_figures(one["bare"], memrl_rows, one.get("in_process", ()),
+                           {"2_workers": two["bare"]} if two else None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -301,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--generations", type=int, default=None, help="default: grpo.num_generations")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="new tokens per completion; default grpo.max_completion_length")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (+1 warm-up)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds, one call per row each (+1 warm-up round)")
     parser.add_argument("--two-workers", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure 2 rollout workers")
     parser.add_argument("--engines", default=None,
@@ -357,16 +383,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.write_json(args.json, figures)
 
     print(f"{prompt_count} prompts x {template.num_generations} completions x "
-          f"{template.max_tokens} new tokens, model {args.model_size}; median of {args.repeats} "
-          "calls; tokens counted up to and including EOS")
+          f"{template.max_tokens} new tokens, model {args.model_size}; {args.repeats} alternating "
+          "rounds, ratios round by round: median (min-max); tokens counted up to and including EOS")
     for kind, f in by_engine.items():
         print(f"{kind}: memrl 1-worker overhead per call: Ray transport "
               f"{f['overhead_s']['ray']:.3f} s, engine extras {f['overhead_s']['engine']:.3f} s; "
               f"same tokens as bare: {f['same_tokens']}; fraction (1 worker / bare) = "
-              f"{f['fraction']:.3f} (target >= {TARGET_FRACTION})")
-    print(common.format_table(["row", "median tokens/s", "min", "vs bare"], table_rows(by_engine)))
+              f"{common.median_range(f['fraction'], 3)} (target >= {TARGET_FRACTION})")
+    print(common.format_table(["row", "median tokens/s", "min", "max", "vs bare", "range"],
+                              table_rows(by_engine)))
     if "vllm_over_hf" in figures:
-        print(f"memrl vLLM worker / memrl hf worker = {figures['vllm_over_hf']:.2f}")
+        print(f"memrl vLLM worker / memrl hf worker = {common.median_range(figures['vllm_over_hf'])} "
+              "(engines measured one after the other)")
     return figures
 
 

@@ -1,5 +1,5 @@
 """The pure parts of the throughput benchmarks (bench/rollout.py, weight_sync.py, e2e_vs_trl.py):
-token counting, summaries and ratios, the JSON figures, the TRL settings and reward."""
+token counting, summaries and ratios, alternating rounds, the JSON figures, the TRL settings and reward."""
 
 import json
 import os
@@ -72,22 +72,63 @@ def test_request_seeds_differ_per_run_step_and_chunk_and_the_rollout_bench_uses_
     assert rollout.request_seed is request_seed  # the benchmark samples as training does
 
 
+def test_alternating_rounds_take_turns_and_drop_the_warmup():
+    calls = []
+
+    def row(name):
+        def run(index):
+            calls.append((name, index))
+            return 10 * index + len(name)
+        return run
+
+    out = common.alternating_rounds({"a": row("a"), "bb": row("bb")}, rounds=3, warmup=1)
+    # Round by round, rows in the given order, each told its round; the warm-up round dropped.
+    assert calls == [("a", 0), ("bb", 0), ("a", 1), ("bb", 1), ("a", 2), ("bb", 2), ("a", 3), ("bb", 3)]
+    assert out == {"a": [11, 21, 31], "bb": [12, 22, 32]}
+    with pytest.raises(ValueError, match="rounds 0"):
+        common.alternating_rounds({"a": row("a")}, rounds=0)
+
+
+def test_ratio_rounds_and_median_range():
+    r = common.ratio_rounds([2.0, 3.0, 8.0], [1.0, 2.0, 2.0], "speedup")
+    assert r["per_round"] == [2.0, 1.5, 4.0]  # round by round, not a ratio of medians (3/2)
+    assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 1.5, 4.0, 3)
+    assert common.median_range(r) == "2.00 (1.50-4.00)"
+    with pytest.raises(ValueError, match="speedup: 2 numerator rounds but 1"):
+        common.ratio_rounds([1.0, 2.0], [1.0], "speedup")
+    with pytest.raises(ValueError, match="speedup: denominator 0"):
+        common.ratio_rounds([1.0], [0.0], "speedup")
+
+
 def test_rollout_figures():
     bare = [rollout.Run(1000, 1.0), rollout.Run(1000, 2.0), rollout.Run(1000, 1.25)]  # 1000, 500, 800 tok/s
-    one = [rollout.Run(1000, 1.25, 1.0), rollout.Run(1000, 2.5, 2.0), rollout.Run(1000, 1.6, 1.5)]
-    two = [rollout.Run(1000, 0.5, 0.4), rollout.Run(1000, 1.0, 0.9), rollout.Run(900, 0.9, 0.8)]
+    one = [rollout.Run(1000, 1.25, 1.0), rollout.Run(1000, 2.5, 2.0), rollout.Run(1000, 1.6, 1.5)]  # 800, 400, 625
+    two = [rollout.Run(1000, 0.5, 0.4), rollout.Run(1000, 1.0, 0.9), rollout.Run(900, 0.9, 0.8)]  # 2000, 1000, 1000
+    bare_two = [rollout.Run(1000, 1.0), rollout.Run(1000, 0.8), rollout.Run(1000, 2.0)]  # 1000, 1250, 500
     figures = rollout.rollout_figures(bare, {"1_worker": one, "2_workers": two})
     assert figures["bare_tokens_per_s"]["median"] == 800.0
+    assert figures["bare_tokens_per_s"]["per_round"] == [1000.0, 500.0, 800.0]
     assert figures["memrl_1_worker_tokens_per_s"]["median"] == 625.0  # of 800, 400, 625
-    assert figures["fraction"] == figures["fraction_1_worker"] == pytest.approx(625 / 800)
-    assert figures["fraction_2_workers"] == pytest.approx(1000 / 800)
+    # Ratios round by round (800/1000, 400/500, 625/800), with their median and range.
+    fraction = figures["fraction"]
+    assert fraction is figures["fraction_1_worker"]
+    assert fraction["per_round"] == pytest.approx([0.8, 0.8, 0.78125])
+    assert (fraction["median"], fraction["min"], fraction["max"]) == pytest.approx((0.8, 0.78125, 0.8))
+    assert figures["fraction_2_workers"]["per_round"] == pytest.approx([2.0, 2.0, 1.25])
     assert figures["overhead_s"]["ray"] == pytest.approx(0.25)  # median of 0.25, 0.5, 0.1
     assert figures["overhead_s"]["engine"] == pytest.approx(1.5 - 1.25)
     assert figures["same_tokens"] is True
     assert figures["target_fraction"] == 0.9
     json.dumps(figures)  # what --json writes
+    # A row measured in its own phase is compared with the bare rounds of that phase.
+    phased = rollout.rollout_figures(bare, {"1_worker": one, "2_workers": two}, bare_for={"2_workers": bare_two})
+    assert phased["fraction_2_workers"]["per_round"] == pytest.approx([2.0, 0.8, 2.0])
+    assert phased["bare_2_workers_phase_tokens_per_s"]["per_round"] == [1000.0, 1250.0, 500.0]
+    assert phased["fraction_1_worker"] == fraction
     with pytest.raises(ValueError, match="1_worker"):
         rollout.rollout_figures(bare, {"2_workers": two})
+    with pytest.raises(ValueError, match="2_workers: 3 numerator rounds but 2"):
+        rollout.rollout_figures(bare, {"1_worker": one, "2_workers": two}, bare_for={"2_workers": bare_two[:2]})
 
 
 def test_sync_timing_and_figures():
@@ -223,18 +264,22 @@ def test_the_faster_trl_configuration_is_the_baseline():
 
 def test_rollout_engines_side_by_side():
     bare = [rollout.Run(1000, 1.0), rollout.Run(1000, 1.0)]
-    hf = rollout.rollout_figures(bare, {"1_worker": [rollout.Run(900, 1.0, 0.9)] * 2},
+    hf = rollout.rollout_figures(bare, {"1_worker": [rollout.Run(900, 1.0, 0.9), rollout.Run(800, 1.0, 0.9)]},
                                  [rollout.Run(950, 1.0)] * 2)
     vllm = rollout.rollout_figures([rollout.Run(3000, 1.0)] * 2,
                                    {"1_worker": [rollout.Run(2800, 1.0, 0.95)] * 2})
     figures = rollout.side_by_side({"vllm": vllm, "hf": hf})
-    assert figures["vllm_over_hf"] == pytest.approx(2800 / 900)
+    vllm_over_hf = figures["vllm_over_hf"]  # round by round: 2800/900, 2800/800
+    assert vllm_over_hf["per_round"] == pytest.approx([2800 / 900, 2800 / 800])
+    assert (vllm_over_hf["min"], vllm_over_hf["max"]) == pytest.approx((2800 / 900, 2800 / 800))
     rows = rollout.table_rows(figures["engines"])
     assert [r[0] for r in rows] == ["bare vllm.LLM.generate (1 thread)", "memrl vllm rollout, 1 worker",
                                     "bare transformers generate (1 thread)", "memrl HFEngine, no Ray",
                                     "memrl hf rollout, 1 worker"]
-    assert [r[1] for r in rows] == [3000.0, 2800.0, 1000.0, 950.0, 900.0]
-    assert rows[1][3] == pytest.approx(2800 / 3000) and rows[4][3] == pytest.approx(0.9)
+    # row, median tokens/s, min, max, vs bare (median over rounds), its range
+    assert [r[1:4] for r in rows] == [[3000.0] * 3, [2800.0] * 3, [1000.0] * 3, [950.0] * 3, [850.0, 800.0, 900.0]]
+    assert rows[1][4] == pytest.approx(2800 / 3000) and rows[4][4] == pytest.approx(0.85)
+    assert rows[4][5] == "0.800-0.900" and rows[2][4:] == [1.0, ""]
     assert "vllm_over_hf" not in rollout.side_by_side({"hf": hf})
     json.dumps(figures)
 

@@ -112,19 +112,38 @@ def test_benchmark_runs_and_reports_its_figures(tmp_path):
     out = tmp_path / "bench.json"
     figures = main([
         "--keys", "300", "--values-per-key", "5", "--questions", "2", "--completions", "3",
-        "--repeats", "1", "--scale-keys", "2000", "--scale-repeats", "3", "--json", str(out),
+        "--rounds", "3", "--scale-keys", "2000", "--scale-repeats", "3", "--json", str(out),
     ])
     written = json.loads(out.read_text())
-    assert written["speedup"] == pytest.approx(figures["speedup"])
+    assert written["design_speedup"]["median"] == pytest.approx(figures["design_speedup"]["median"])
+    # The headline compares the two designs on one encoder backend; the ONNX gain is its own figure.
+    rows = written["rows"]
+    assert written["design_speedup"]["sides"] == ["official", "memrl_paper_torch"]
+    assert rows["official"]["encoder_backend"] == rows["memrl_paper_torch"]["encoder_backend"] == "torch"
+    assert written["design_speedup"]["same_backend"] is True
+    assert written["onnx_gain"]["sides"] == ["memrl_paper_torch", "memrl_paper_onnx"]
+    assert written["design_and_onnx_speedup"]["sides"] == ["official", "memrl_paper_onnx"]
+    assert rows["memrl_reference"]["encoder_backend"] == "torch"
     # Counted from the texts each path handed its encoder: memrl encodes a step's 2 questions
     # and 6 reasonings once each; the official path encodes texts again per memory and per call.
     work = written["encoder_work"]
     assert work["memrl_texts_per_step"] == 8
     assert work["official_texts_per_step"] > work["memrl_texts_per_step"]
     assert work["official_tokens_per_step"] > work["memrl_tokens_per_step"]
-    # One timed step per path (--repeats 1); the ratios are of the medians reported beside them.
-    for path in ("official", "memrl_paper", "memrl_reference"):
-        assert len(written[f"{path}_times_s"]) == 1 and written[f"{path}_median_s"] > 0
-    assert written["speedup"] == pytest.approx(written["official_median_s"] / written["memrl_paper_median_s"])
-    assert written["speedup"] == pytest.approx(work["work_ratio"] * written["per_token_speedup"])
+    # Three timed rounds per row (the warm-up round dropped); each ratio is taken round by round
+    # and summarised as its median and range.
+    for row in rows.values():
+        assert len(row["times_s"]) == 3 and row["seconds"]["median"] > 0
+        assert row["seconds"]["min"] <= row["seconds"]["median"] <= row["seconds"]["max"]
+    for name, top, bottom in [("design_speedup", "official", "memrl_paper_torch"),
+                              ("onnx_gain", "memrl_paper_torch", "memrl_paper_onnx"),
+                              ("design_and_onnx_speedup", "official", "memrl_paper_onnx"),
+                              ("reference_mode_speedup", "official", "memrl_reference")]:
+        want = [t / b for t, b in zip(rows[top]["times_s"], rows[bottom]["times_s"])]
+        ratio = written[name]
+        assert ratio["per_round"] == pytest.approx(want)
+        assert (ratio["min"], ratio["median"], ratio["max"], ratio["n"]) == pytest.approx(
+            (min(want), sorted(want)[1], max(want), 3))
+    speedup = written["design_speedup"]["median"]
+    assert speedup == pytest.approx(work["work_ratio"] * written["per_token_speedup"])
     assert [(row["keys"], row["batch_queries"]) for row in written["search_scaling"]] == [(2000, 2)]
