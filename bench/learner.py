@@ -24,7 +24,7 @@ KL term when ``beta > 0``); the bare steps have no learning-rate schedule:
 A step's time is the reference log-probs plus the update (what a learner does per step). The
 variants take turns in rounds, one step each per round, each round starting one variant later
 than the one before, so a slow moment of a shared machine hits them alike; the first
-``--warmup-steps`` rounds are dropped. Tokens/s counts real tokens (prompt and completion of
+``--warmup-rounds`` rounds are dropped. Tokens/s counts real tokens (prompt and completion of
 every completion, none of the padding); ``pad share`` is the share of the positions a forward
 computes that are padding; ``computed`` counts those positions per step and ``logit rows`` the
 positions projected onto the vocabulary (policy forward; the packed layout computes a group's
