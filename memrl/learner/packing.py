@@ -171,14 +171,19 @@ def packed_completion_logprobs(
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(
             ~mask, torch.finfo(dtype).min
         )
+    # The vocabulary projection only at the columns that predict a completion token: not at
+    # the prompt's (nor at each completion's last token), a third of a packed row's positions.
+    width = packed.input_ids.shape[1]
+    source = packed.source.to(device)
+    columns = torch.unique(source % width)
     logits = model(
         input_ids=packed.input_ids.to(device),
         position_ids=packed.position_ids.to(device),
         attention_mask=mask,
-        logits_to_keep=0,  # every position: the packed layout has almost no other
+        logits_to_keep=columns,
         use_cache=False,
     ).logits
-    picked = logits.reshape(-1, logits.shape[-1])[packed.source.to(device)]
+    picked = logits[source // width, torch.searchsorted(columns, source % width)]
     logp = selected_logprobs(picked, packed.targets.to(device), temperature)
     out = torch.zeros(shape, dtype=torch.float32, device=device)
     return out.index_put((packed.rows.to(device), packed.cols.to(device)), logp)
