@@ -271,7 +271,7 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=str))
     report = write_report([t.run_dir for t in trials], out / "report")
     bands_png = plot_bands(bands, out / "accuracy_bands.png",
-                           title="Evaluation accuracy (greedy, held-out): mean ± std over seeds",
+                           title="Evaluation accuracy (greedy, held-out): mean ± std over seeds, within min–max",
                            target=target)
     table = format_table(rows)
     if differences:
