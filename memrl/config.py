@@ -21,14 +21,18 @@ from memrl.task_names import import_task_class
 
 # Rewards each method adds to the task's rule rewards (spec: R1 = rule rewards, Cosine = +
 # length reward, Memory-R = + exploit, Memory-R+ = + exploit + explore); memoryr+cosine is the
-# official script's combination of Memory-R+ with the cosine length reward.
-Method = Literal["r1", "cosine", "memoryr", "memoryr+", "memoryr+cosine"]
+# official script's combination of Memory-R+ with the cosine length reward. The controls:
+# explore (Memory-R+ without its exploit term) and r1+random (a random bonus matched to
+# Memory-R+'s intrinsic reward, no memory: does the memory matter, or any dense bonus?).
+Method = Literal["r1", "cosine", "memoryr", "memoryr+", "memoryr+cosine", "explore", "r1+random"]
 METHOD_REWARDS: dict[Method, frozenset[str]] = {
     "r1": frozenset(),
     "cosine": frozenset({"cosine"}),
     "memoryr": frozenset({"exploit"}),
     "memoryr+": frozenset({"exploit", "explore"}),
     "memoryr+cosine": frozenset({"exploit", "explore", "cosine"}),
+    "explore": frozenset({"explore"}),
+    "r1+random": frozenset({"random"}),
 }
 METHODS: tuple[Method, ...] = get_args(Method)
 
@@ -585,6 +589,47 @@ class MemoryConfig(_Section):
     )
 
 
+class RandomBonusConfig(_Section):
+    """The random bonus of method ``r1+random`` (memrl/rewards/random_bonus.py)."""
+
+    mean: float = Field(
+        default=0.0,
+        description=(
+            "mean of the per-completion Gaussian bonus, every step (method r1+random; "
+            "leave 0 with match_run)"
+        ),
+    )
+    std: float = Field(
+        default=0.0, ge=0,
+        description=(
+            "its standard deviation over a step's completions (method r1+random; leave 0 "
+            "with match_run)"
+        ),
+    )
+    match_run: str | None = Field(
+        default=None,
+        description=(
+            "a Memory-R+ run directory (or its metrics.jsonl): step t's bonus takes that run's "
+            "step-t mean and std of reward/intrinsic (λ_s·exploit + λ_e·explore per "
+            "completion) instead of mean/std; it must have logged every step of this run"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RandomBonusConfig:
+        if self.match_run is not None and (self.mean != 0.0 or self.std != 0.0):
+            raise ValueError(
+                f"random_bonus.match_run ({self.match_run!r}) and random_bonus.mean/std "
+                f"({self.mean}, {self.std}) both set: the matched run gives mean and std per "
+                "step; set one or the other"
+            )
+        return self
+
+    @property
+    def is_set(self) -> bool:
+        return self.match_run is not None or self.mean != 0.0 or self.std != 0.0
+
+
 class RewardSpecConfig(_Section):
     fn: str = Field(
         description="a built-in reward name or an import path 'package.module:function'",
@@ -632,7 +677,8 @@ class Config(_Section):
         default="memoryr+",
         description=(
             "r1: rule rewards; cosine: + cosine length reward; memoryr: + exploit; "
-            "memoryr+: + exploit + explore; memoryr+cosine: all three"
+            "memoryr+: + exploit + explore; memoryr+cosine: all three; explore: + explore "
+            "(Memory-R+ without exploit); r1+random: + a random bonus (random_bonus.*, no memory)"
         ),
     )
     official: bool = Field(
@@ -680,6 +726,10 @@ class Config(_Section):
             "the method's)"
         ),
     )
+    random_bonus: RandomBonusConfig = Field(
+        default_factory=RandomBonusConfig,
+        description="the random bonus of method r1+random (other methods ignore it)",
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="loggers")
     ray: RayConfig = Field(default_factory=RayConfig, description="the Ray cluster")
 
@@ -700,11 +750,17 @@ class Config(_Section):
                 "fractional share lets Ray put two ranks on the same one; give each learner "
                 "whole GPUs, or use one learner"
             )
+        if self.method == "r1+random" and not self.random_bonus.is_set:
+            raise ValueError(
+                "method r1+random: random_bonus.mean = random_bonus.std = 0 and no "
+                "random_bonus.match_run, so the bonus adds nothing; set random_bonus.mean and "
+                "random_bonus.std, or random_bonus.match_run to a Memory-R+ run"
+            )
         return self
 
     @property
     def uses_memory(self) -> bool:
-        return "exploit" in METHOD_REWARDS[self.method]
+        return bool({"exploit", "explore"} & METHOD_REWARDS[self.method])
 
     @property
     def uses_explore(self) -> bool:

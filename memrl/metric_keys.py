@@ -63,8 +63,13 @@ GROUPS: dict[str, str] = {
     "rollout": "The rollout workers, and preemption ([spot.md](spot.md)); counters are totals "
                "since the run (or its resume) started.",
     "health": "Failures survived.",
-    "memory": "The episodic-memory service, with a method that uses it (`memoryr*`): sizes "
-              "over all shards, hit rates and means of the step's lookups.",
+    "memory": "The episodic-memory service, with a method that uses it (`memoryr*`, `explore`): "
+              "sizes over all shards, hit rates and means of the step's lookups.",
+    "mechanism": "How the intrinsic terms (`memory_exploit`, `memory_explore`, `random_bonus`; "
+                 "unweighted, as in `reward/{component}/mean`) split over the step's completions: "
+                 "correct vs incorrect ones, worked vs direct answers (a direct answer's reasoning "
+                 "starts with 'The answer is', `memrl.tasks.base.is_direct_answer`). A key is "
+                 "left out of a step with no completion of its kind.",
     "eval": "The run's greedy evaluation on the held-out set, on lines of their own: at step 0 "
             "(`trainer.eval_before_after`), every `trainer.eval_every_steps` and after the last "
             "step.",
@@ -80,9 +85,15 @@ REWARD_TOTAL_MEAN = _key("reward/total/mean", "the total reward GRPO optimises: 
                          "sum of the components ([rewards.md](rewards.md))")
 REWARD_TOTAL_STD = _key("reward/total/std", "its standard deviation over the step's completions")
 REWARD_MEAN = _key("reward/{component}/mean", "one component before its weight: a rule reward, "
-                   "named by its `fn` (the config's `rewards[].fn`, else the task's), or a "
-                   "memory term (`memory_exploit`, `memory_explore`)")
+                   "named by its `fn` (the config's `rewards[].fn`, else the task's), or an "
+                   "intrinsic term (`memory_exploit`, `memory_explore`, `random_bonus`)")
 REWARD_STD = _key("reward/{component}/std", "its standard deviation over the step's completions")
+REWARD_INTRINSIC_MEAN = _key(
+    "reward/intrinsic/mean", "the intrinsic part of the total reward per completion, weights "
+    "included: λ_s·R̂_exploit + λ_e·R̂_explore, or the random bonus of `r1+random` (which "
+    "`random_bonus.match_run` matches step by step); only with such a term")
+REWARD_INTRINSIC_STD = _key("reward/intrinsic/std", "its standard deviation over the step's "
+                            "completions")
 
 # -- completions and advantages ------------------------------------------------------------------
 COMPLETION_LENGTH_MEAN = _key("completion/length/mean", "completion length", _TOKENS)
@@ -187,9 +198,9 @@ MEMORY_SUCCESS_KEYS = _key("memory/success_keys", "questions in the success memo
 MEMORY_SUCCESS_VALUES = _key("memory/success_values", "reasonings stored in the success memory",
                              _COUNT)
 MEMORY_FAILURE_KEYS = _key("memory/failure_keys", "questions in the failure memory "
-                           "(with the explore reward, `memoryr+*`)", _COUNT)
+                           "(with the explore reward, `memoryr+*`, `explore`)", _COUNT)
 MEMORY_FAILURE_VALUES = _key("memory/failure_values", "reasonings stored in the failure memory "
-                             "(`memoryr+*`)", _COUNT)
+                             "(`memoryr+*`, `explore`)", _COUNT)
 MEMORY_EXPLOIT_HIT_RATE = _key("memory/exploit_hit_rate", "share of the step's completions whose "
                                "success-memory lookup found neighbours", _FRACTION)
 MEMORY_EXPLORE_HIT_RATE = _key("memory/explore_hit_rate", "share of the step's completions whose "
@@ -215,6 +226,17 @@ MEMORY_RESTARTED = _key("memory/restarted", "1 when the running service is a res
                         "re-created it after a failure), else 0")
 MEMORY_NUM_SHARDS = _key("memory/num_shards", "shards the memory is split into "
                          "(`memory.num_shards`)", _COUNT)
+
+# -- the mechanism: intrinsic terms by outcome and by answer style (memrl.train.step_metrics) ---
+MECHANISM_CORRECT = _key("mechanism/{component}/correct", "mean of the intrinsic term over the "
+                         "step's correct completions")
+MECHANISM_INCORRECT = _key("mechanism/{component}/incorrect", "its mean over the incorrect ones")
+MECHANISM_WORKED = _key("mechanism/{component}/worked", "its mean over the worked answers "
+                        "(reasoning shown)")
+MECHANISM_DIRECT = _key("mechanism/{component}/direct", "its mean over the direct answers "
+                        "('The answer is N.')")
+MECHANISM_WORKED_FRAC = _key("mechanism/worked_frac", "share of the step's completions that are "
+                             "worked answers", _FRACTION)
 
 # -- evaluation (memrl.train.evaluate.GreedyEvalResult) ------------------------------------------
 EVAL_ACCURACY = _key("eval/accuracy", "share of held-out problems the correctness reward graded "

@@ -180,3 +180,18 @@ def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypa
     assert load_config("configs/default.yaml").task.name == "arith"
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_experiment.yaml")
+
+
+def test_the_control_methods_and_the_random_bonus_keys():
+    explore = load_config(None, ["method=explore"])
+    assert explore.uses_memory and explore.uses_explore  # the memory service, without exploit
+    cfg = load_config(None, ["method=r1+random", "random_bonus.mean=0.4", "random_bonus.std=0.2"])
+    assert not cfg.uses_memory and (cfg.random_bonus.mean, cfg.random_bonus.std) == (0.4, 0.2)
+    assert load_config(None, ["method=r1+random", "random_bonus.match_run=runs/m"]).random_bonus.match_run == "runs/m"
+    with pytest.raises(ConfigError, match=r"random_bonus.std: .*greater than or equal to 0 \(got -0.1\)"):
+        load_config(None, ["method=r1+random", "random_bonus.std=-0.1"])
+    with pytest.raises(ConfigError, match="method r1\\+random: random_bonus.mean = random_bonus.std = 0"):
+        load_config(None, ["method=r1+random"])
+    with pytest.raises(ConfigError, match="random_bonus.match_run .* and random_bonus.mean/std .* both set"):
+        load_config(None, ["method=r1+random", "random_bonus.match_run=runs/m", "random_bonus.std=0.1"])
+    assert load_config(None, ["method=r1", "random_bonus.std=0.1"]).method == "r1"  # read by r1+random only

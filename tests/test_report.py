@@ -232,5 +232,9 @@ def test_shorten_config_keeps_memory_only_for_memory_methods():
     assert short["rollout"] == {"num_workers": 2}
     assert "output_dir" not in short and "logging" not in short
     assert "memory" not in shorten_config({**config, "method": "cosine"})
+    assert "memory" in shorten_config({**config, "method": "explore"})
+    bonus = {**config, "random_bonus": {"mean": 0.0, "std": 0.2}}
+    assert "random_bonus" not in shorten_config(bonus)  # memoryr+ does not read it
+    assert shorten_config({**bonus, "method": "r1+random"})["random_bonus"] == {"mean": 0.0, "std": 0.2}
     hub = shorten_config({**config, "model": {"name_or_path": "Qwen/x", "tiny": {"a": 1}}})
     assert hub["model"] == {"name_or_path": "Qwen/x"}

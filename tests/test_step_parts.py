@@ -1,5 +1,6 @@
 """The driver's step parts without Ray: phase timing, step metrics, the run summary."""
 
+import dataclasses
 import json
 import time
 
@@ -46,7 +47,8 @@ def _work(**overrides) -> StepWork:
     scores = StepScores(total=np.array([1.0, 0.0, 0.5, 0.5]),
                         components={"correctness": np.array([1.0, 0.0, 0.0, 0.0])},
                         weights={"correctness": 1.0}, correct=np.array([True, False, False, False]),
-                        lengths=np.array([10, 64, 20, 30]), memory_seconds=0.25)
+                        lengths=np.array([10, 64, 20, 30]), direct=np.array([False, True, True, True]),
+                        memory_seconds=0.25)
     infos = [{"tokens": 60, "weight_version": 3, "generate_seconds": 2.0, "sync_seconds": 0.1},
              {"tokens": 64, "weight_version": 3, "generate_seconds": 4.0, "sync_seconds": 0.3}]
     values = dict(scores=scores, keep_groups=torch.tensor([True, False]),
@@ -77,6 +79,30 @@ def test_step_metrics_follow_their_definitions():
     assert m["throughput/generate_tokens_per_s"] == pytest.approx(124 / 3.0)
     assert m["data/prompts_sha1"] == prompts_digest([Record("a", "q", "1"), Record("b", "q", "2")])
     assert m["data/prompts_sha1"] != prompts_digest([Record("b", "q", "2"), Record("a", "q", "1")])
+
+
+def test_mechanism_metrics_split_the_intrinsic_terms_by_outcome_and_style():
+    # Completions: correct worked, wrong direct, wrong direct, wrong worked.
+    scores = StepScores(total=np.zeros(4), weights={"correctness": 1.0, "memory_exploit": 0.5, "memory_explore": 2.0},
+                        components={"correctness": np.array([1.0, 0.0, 0.0, 0.0]),
+                                    "memory_exploit": np.array([0.8, 0.2, 0.4, 0.6]),
+                                    "memory_explore": np.array([0.0, 1.0, 0.5, 0.5])},
+                        correct=np.array([True, False, False, False]), lengths=np.array([10, 10, 10, 10]),
+                        direct=np.array([False, True, True, False]))
+    m = step_metrics(_work(scores=scores))
+    assert m["mechanism/worked_frac"] == 0.5
+    assert m["mechanism/memory_exploit/correct"] == pytest.approx(0.8)
+    assert m["mechanism/memory_exploit/incorrect"] == pytest.approx(0.4)  # (0.2 + 0.4 + 0.6) / 3
+    assert m["mechanism/memory_exploit/worked"] == pytest.approx(0.7)
+    assert m["mechanism/memory_exploit/direct"] == pytest.approx(0.3)
+    assert m["mechanism/memory_explore/direct"] == pytest.approx(0.75)
+    # The intrinsic part, weights included: 0.5·exploit + 2·explore = 0.4, 2.1, 1.2, 1.3.
+    assert m["reward/intrinsic/mean"] == pytest.approx(1.25)
+    assert m["reward/intrinsic/std"] == pytest.approx(np.std([0.4, 2.1, 1.2, 1.3]))
+    # A split without completions is left out; a run without intrinsic terms logs none of it.
+    all_correct = dataclasses.replace(scores, correct=np.ones(4, dtype=bool))
+    assert "mechanism/memory_exploit/incorrect" not in step_metrics(_work(scores=all_correct))
+    assert not any(key.startswith(("mechanism/", "reward/intrinsic")) for key in step_metrics(_work()))
 
 
 def test_a_phase_that_did_not_run_logs_zero_time():

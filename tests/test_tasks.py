@@ -300,3 +300,15 @@ def test_registry():
         make_task("gsm9k")
     with pytest.raises(TypeError, match="unexpected keyword argument 'max_steps'"):
         make_task("countdown", max_steps=3)
+
+
+def test_direct_answers_are_told_from_worked_ones():
+    from memrl.tasks.base import is_direct_answer
+
+    task = make_task("arith", seed=0)
+    record = task.dataset("train")[0]
+    assert is_direct_answer(task.demonstration(record, direct=True))
+    assert not is_direct_answer(task.demonstration(record))
+    assert is_direct_answer("The answer is 7.")  # no tags: the whole text is the reasoning
+    assert not is_direct_answer("<reasoning>\nSam has 3. The answer is 7.\n</reasoning>")
+    assert not is_direct_answer("<reasoning>\n\n</reasoning>\n<answer>\n7\n</answer>\n")

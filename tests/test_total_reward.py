@@ -82,3 +82,35 @@ def test_step_total_is_the_weighted_sum_and_advantages_centre_per_group():
     np.testing.assert_allclose(advantages.numpy(), by_hand, rtol=1e-5, atol=1e-5)
     assert (advantages.abs().sum(dim=1) > 0).any()  # not all groups flat: the check has teeth
 
+
+
+def test_r1_random_adds_its_seeded_bonus_and_explore_has_no_exploit_term():
+    from memrl.rewards.random_bonus import draw_random_bonus
+    from memrl.rewards.total import RANDOM_BONUS
+
+    records = {"q0": Record(id="q0", question="1 + 1 = ?", answer="2")}
+    ids = ["q0"] * G
+    texts = [completion("1 + 1 = 2", "2"), completion("The answer is 2.", "2"),
+             completion("The answer is 3.", "3"), completion("1 + 1 = 3", "3")]
+    cfg = load_config(None, ["method=r1+random", "random_bonus.mean=0.3", "random_bonus.std=0.1", "seed=4"])
+    plan = build_reward_plan(cfg, build_task(cfg))
+    composer = RewardComposer(plan.specs)
+    scores = score_step([rollout(texts, ids)], records, plan, composer, 200, memory=None, step=7)
+    rule = [s.label for s in plan.specs]
+    assert list(scores.components) == [*rule, RANDOM_BONUS] and scores.weights[RANDOM_BONUS] == 1.0
+    bonus = draw_random_bonus(G, 0.3, 0.1, seed=4, step=7)
+    np.testing.assert_array_equal(scores.components[RANDOM_BONUS], bonus)
+    np.testing.assert_allclose(scores.total, sum(scores.components[n] for n in rule) + bonus, atol=1e-12)
+    again = score_step([rollout(texts, ids)], records, plan, composer, 200, memory=None, step=7)
+    np.testing.assert_array_equal(again.total, scores.total)  # a retried scoring call draws the same
+    assert scores.direct.tolist() == [False, True, True, False]
+    assert scores.correct.tolist() == [True, True, False, False]
+
+    explore = load_config(None, ["method=explore", f"memory.lambda_explore={LAMBDA_EXPLORE}"])
+    plan = build_reward_plan(explore, build_task(explore))
+    assert (plan.lambda_exploit, plan.lambda_explore) == (0.0, LAMBDA_EXPLORE)
+    memory = MemoryRewarder(MemorySettings.default(warmup=0, embedder="hash", device="cpu"), HashingEmbedder(16))
+    for step in range(2):
+        scores = score_step([rollout(texts, ids)], records, plan, RewardComposer(plan.specs), 200,
+                            memory.score_and_insert, step)
+    assert EXPLOIT not in scores.components and EXPLORE in scores.components

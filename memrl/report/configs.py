@@ -14,14 +14,14 @@ _UNINFORMATIVE = ("output_dir", "logging", "ray")
 _RESOURCE_SETTINGS = ("num_cpus", "num_gpus", "num_cpus_per_worker", "num_gpus_per_worker",
                       "gpu_memory_utilization", "num_shards", "micro_batch_size",
                       "gradient_checkpointing", "cache_dir", "timeout_s", "save_every_steps")
-_MEMORY_METHODS = ("memoryr", "memoryr+")
+_MEMORY_METHODS = ("memoryr", "memoryr+", "explore")
 
 
 def shorten_config(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape what a run learns: nulls, the output/logging/Ray sections,
     resource settings (CPUs, GPUs, micro-batches, timeouts, save interval), the memory section
-    of non-memory methods, the tiny-model section of hub models and the settings of tasks other
-    than ``task.name`` are left out."""
+    of non-memory methods, the random bonus of methods other than r1+random, the tiny-model
+    section of hub models and the settings of tasks other than ``task.name`` are left out."""
     method = config.get("method")
     task_name = (config.get("task") or {}).get("name")
     model_name = (config.get("model") or {}).get("name_or_path")
@@ -36,6 +36,8 @@ def shorten_config(config: dict[str, Any]) -> dict[str, Any]:
                     path and key in _RESOURCE_SETTINGS):
                 continue
             if here == ("memory",) and method not in _MEMORY_METHODS:
+                continue
+            if here == ("random_bonus",) and method != "r1+random":
                 continue
             if here == ("model", "tiny") and model_name != "tiny":
                 continue

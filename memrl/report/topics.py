@@ -21,7 +21,7 @@ from memrl.report.runs import Run
 # Components in the order the paper discusses them; unknown ones follow, sorted.
 _REWARD_ORDER = ("total", "correctness", "integer", "strict_format", "soft_format", "xmlcount",
                  "cosine_length", "countdown_format", "countdown_equation", "memory_exploit",
-                 "memory_explore")
+                 "memory_explore", "random_bonus", "intrinsic")
 _MEMORY_SIZES = ("memory/success_keys", "memory/success_values", "memory/failure_keys",
                  "memory/failure_values")
 _MEMORY_REWARDS = ("memory/exploit_mean", "memory/explore_mean", "reward/memory_exploit/mean",

@@ -17,6 +17,7 @@ import numpy as np
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer
 from memrl.rewards.total import RewardPlan, total_reward
+from memrl.tasks.base import is_direct_answer
 from memrl.types import Record, RolloutBatch
 from memrl.verify import extract_xml_reasoning
 
@@ -28,11 +29,12 @@ MemoryScorer = Callable[[list[str], list[str], list[bool], int], tuple[np.ndarra
 class StepScores:
     """Rewards of one step, one entry per completion in rollout order."""
 
-    total: np.ndarray  # [N] float64, R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore
+    total: np.ndarray  # [N] float64, R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore + b
     components: dict[str, np.ndarray]  # name -> [N] float64, unweighted
     weights: dict[str, float]  # name -> its weight in total (wᵢ, λ_s, λ_e)
     correct: np.ndarray  # [N] bool
     lengths: np.ndarray  # [N] int64, completion tokens
+    direct: np.ndarray  # [N] bool, answered without working (memrl.tasks.base.is_direct_answer)
     memory_seconds: float = 0.0
 
 
@@ -51,8 +53,8 @@ def concat_texts(batches: Sequence[RolloutBatch]) -> tuple[list[str], list[str],
 def score_step(batches: Sequence[RolloutBatch], records: dict[str, Record], plan: RewardPlan,
                composer: RewardComposer, max_completion_length: int,
                memory: MemoryScorer | None, step: int = 0) -> StepScores:
-    """Score every completion of a step: rule rewards, then memory rewards when the plan has a
-    memory term, then their total."""
+    """Score every completion of a step (``step``: 0-based): rule rewards, then memory rewards
+    when the plan has a memory term, the random bonus when it has one, then their total."""
     texts, ids, lengths = concat_texts(batches)
     missing = sorted({i for i in ids if i not in records})
     if missing:
@@ -79,10 +81,13 @@ def score_step(batches: Sequence[RolloutBatch], records: dict[str, Record], plan
         reasonings = [extract_xml_reasoning(t) for t in texts]
         exploit, explore = memory(list(batch.questions), reasonings, correct.tolist(), step)
         memory_seconds = time.perf_counter() - start
+    bonus = plan.random_bonus.draw(len(texts), step) if plan.random_bonus is not None else None
     reward = total_reward(
         rule.components, rule.weights,
         exploit=exploit if plan.lambda_exploit else None, lambda_exploit=plan.lambda_exploit,
         explore=explore if plan.lambda_explore else None, lambda_explore=plan.lambda_explore,
+        bonus=bonus,
     )
+    direct = np.array([is_direct_answer(t) for t in texts], dtype=bool)
     return StepScores(total=reward.total, components=reward.components, weights=reward.weights,
-                      correct=correct, lengths=lengths, memory_seconds=memory_seconds)
+                      correct=correct, lengths=lengths, direct=direct, memory_seconds=memory_seconds)

@@ -1,6 +1,6 @@
 """The total reward of a completion (docs/method.md, "Total reward"):
 
-    R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore                                        (1)
+    R = Σᵢ wᵢ·rᵢ + λ_s·R̂_exploit + λ_e·R̂_explore + b                                    (1)
 
 - rᵢ, wᵢ: the rule rewards (:mod:`memrl.rewards.rule`, :mod:`memrl.rewards.length`,
   :mod:`memrl.rewards.countdown` or a user's, computed by
@@ -8,7 +8,11 @@
   ``rewards`` list);
 - R̂_exploit, R̂_explore: the episodic-memory rewards, min-max normalised over their windows
   (:class:`memrl.memory.rewarder.MemoryRewarder`), unweighted;
-- λ_s, λ_e: ``memory.lambda_exploit`` and ``memory.lambda_explore``.
+- λ_s, λ_e: ``memory.lambda_exploit`` and ``memory.lambda_explore``;
+- b: the random bonus of ``r1+random`` (:mod:`memrl.rewards.random_bonus`), weight 1.
+
+λ_s·R̂_exploit + λ_e·R̂_explore + b is the intrinsic part of R (:func:`intrinsic_part`,
+logged as ``reward/intrinsic/*``).
 
 Which terms a method has (:data:`memrl.config.METHOD_REWARDS`, :func:`reward_plan`):
 
@@ -18,6 +22,8 @@ Which terms a method has (:data:`memrl.config.METHOD_REWARDS`, :func:`reward_pla
 ``memoryr``         rule rewards + λ_s·R̂_exploit
 ``memoryr+``        rule rewards + λ_s·R̂_exploit + λ_e·R̂_explore
 ``memoryr+cosine``  all of the above
+``explore``         rule rewards + λ_e·R̂_explore (Memory-R+ without exploit)
+``r1+random``       rule rewards + b (no memory)
 ==================  ==============================================
 
 This module is the one place where a weight multiplies a reward: the composer returns rᵢ
@@ -32,11 +38,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from memrl.config import METHOD_REWARDS, Method
+from memrl.rewards.random_bonus import RandomBonus
 from memrl.rewards.registry import RewardSpec, as_reward_values, check_weight
 
-# Component names of the memory terms (logged as reward/memory_exploit, reward/memory_explore).
+# Component names of the memory terms (logged as reward/memory_exploit, reward/memory_explore)
+# and of the random bonus (reward/random_bonus).
 EXPLOIT = "memory_exploit"
 EXPLORE = "memory_explore"
+RANDOM_BONUS = "random_bonus"
+INTRINSIC = (EXPLOIT, EXPLORE, RANDOM_BONUS)  # the terms that are not rule rewards
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class RewardPlan:
     correctness: str  # component whose value > 0.5 marks a correct answer
     lambda_exploit: float  # λ_s; 0: the method has no exploit term
     lambda_explore: float  # λ_e; 0: the method has no explore term
+    random_bonus: RandomBonus | None = None  # b's schedule; None: the method has no bonus
 
 
 @dataclass(frozen=True)
@@ -60,11 +71,16 @@ class TotalReward:
 
 def reward_plan(method: Method, task_rule_rewards: Sequence[str], correctness: str, *,
                 verifier: str, reference: bool, lambda_exploit: float, lambda_explore: float,
-                user_specs: Sequence[RewardSpec] | None = None) -> RewardPlan:
+                user_specs: Sequence[RewardSpec] | None = None,
+                random_bonus: RandomBonus | None = None) -> RewardPlan:
     """The terms of (1) for ``method``: the task's rule rewards (or ``user_specs``), the cosine
-    length reward for the ``cosine`` methods, λ_s for the Memory-R methods and λ_e for the
-    Memory-R+ ones (the λ of a method without that term is 0)."""
+    length reward for the ``cosine`` methods, λ_s for the methods with exploit, λ_e for those
+    with explore (the λ of a method without that term is 0), and ``random_bonus`` for
+    ``r1+random`` (required there, refused elsewhere)."""
     parts = METHOD_REWARDS[method]
+    if ("random" in parts) != (random_bonus is not None):
+        raise ValueError(f"method {method}: a random bonus is {'required' if 'random' in parts else 'not used'}"
+                         " (random_bonus.* is read by method r1+random only)")
     if user_specs is not None:
         specs = list(user_specs)
     else:
@@ -86,6 +102,7 @@ def reward_plan(method: Method, task_rule_rewards: Sequence[str], correctness: s
         correctness=correctness,
         lambda_exploit=lambda_exploit if "exploit" in parts else 0.0,
         lambda_explore=lambda_explore if "explore" in parts else 0.0,
+        random_bonus=random_bonus,
     )
 
 
@@ -97,6 +114,7 @@ def total_reward(
     lambda_exploit: float | None = None,
     explore: Sequence[float] | np.ndarray | None = None,
     lambda_explore: float | None = None,
+    bonus: Sequence[float] | np.ndarray | None = None,
 ) -> TotalReward:
     """R of (1) for ``N`` completions.
 
@@ -105,6 +123,7 @@ def total_reward(
         weights: rule-reward name -> wᵢ, the same names as ``rule``.
         exploit, explore: [N] R̂_exploit / R̂_explore, or None where the method has no such term.
         lambda_exploit, lambda_explore: λ_s / λ_e, required with their term.
+        bonus: [N] b, or None where the method has no random bonus.
     Returns:
         R [N] float64, every component [N] float64 (unweighted) and its weight.
     Raises:
@@ -120,9 +139,10 @@ def total_reward(
         )
     memory = [(EXPLOIT, exploit, lambda_exploit, "lambda_exploit"),
               (EXPLORE, explore, lambda_explore, "lambda_explore")]
-    for name, values, lam, key in memory:
+    for name in INTRINSIC:
         if name in rule:
-            raise ValueError(f"reward {name!r} is already the name of the memory term; rename it")
+            raise ValueError(f"reward {name!r} is already the name of an intrinsic term; rename it")
+    for name, values, lam, key in memory:
         if values is not None and lam is None:
             raise ValueError(f"total reward: {name} given without memory.{key}")
     n = len(next(iter(rule.values())))
@@ -138,6 +158,9 @@ def total_reward(
             check_weight(name, lam)
             components[name] = as_reward_values(name, values, n)  # [N]
             used[name] = float(lam)
+    if bonus is not None:
+        components[RANDOM_BONUS] = as_reward_values(RANDOM_BONUS, bonus, n)  # [N]
+        used[RANDOM_BONUS] = 1.0
 
     # 1. Σᵢ wᵢ·rᵢ over the rule rewards
     total = np.zeros(n, dtype=np.float64)
@@ -149,4 +172,15 @@ def total_reward(
     # 3. + λ_e·R̂_explore
     if EXPLORE in components:
         total += used[EXPLORE] * components[EXPLORE]
+    # 4. + b
+    if RANDOM_BONUS in components:
+        total += components[RANDOM_BONUS]
     return TotalReward(total=total, components=components, weights=used)
+
+
+def intrinsic_part(components: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray | None:
+    """λ_s·R̂_exploit + λ_e·R̂_explore + b of (1) per completion ([N] float64), from a
+    :class:`TotalReward`'s components and weights; None when it has no intrinsic term."""
+    terms = [weights[name] * np.asarray(components[name], dtype=np.float64)
+             for name in INTRINSIC if name in components]
+    return np.sum(terms, axis=0) if terms else None

@@ -303,3 +303,14 @@ def held_out(key: str) -> bool:
     the test split. Train and test draw only problems on their side, so they never overlap."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % HELD_OUT_BUCKETS == 0
+
+
+def is_direct_answer(completion: str) -> bool:
+    """Whether ``completion`` states its answer without working, the style of
+    :meth:`Task.demonstration` with ``direct``: its reasoning (the ``<reasoning>`` part, or the
+    whole text without the tag) starts with "The answer is". Every other completion counts as
+    worked. The embedded default's base answers directly by habit; RL's switch to worked answers
+    is what its training teaches (docs/findings.md)."""
+    from memrl.verify import extract_xml_reasoning  # math-verify loads slowly; scoring has it already
+
+    return extract_xml_reasoning(completion).startswith(DIRECT_ANSWER_OPENING)

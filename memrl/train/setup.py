@@ -15,6 +15,7 @@ from memrl.memory.settings import MemorySettings
 from memrl.model.loading import locate_model
 from memrl.model.recipe import tiny_base_recipe
 from memrl.model.warmstart import cached_tiny_model
+from memrl.rewards.random_bonus import RandomBonus, read_intrinsic_schedule
 from memrl.rewards.registry import RewardSpec
 from memrl.rewards.total import RewardPlan, reward_plan
 from memrl.tasks.base import Task
@@ -34,7 +35,18 @@ def build_reward_plan(cfg: Config, task: Task) -> RewardPlan:
         lambda_exploit=cfg.memory.lambda_exploit,
         lambda_explore=cfg.memory.lambda_explore,
         user_specs=user,
+        random_bonus=random_bonus(cfg) if cfg.method == "r1+random" else None,
     )
+
+
+def random_bonus(cfg: Config) -> RandomBonus:
+    """``r1+random``'s bonus: the configured mean/std, or the matched run's per step (read and
+    checked for every step of this run now, before anything starts)."""
+    bonus = cfg.random_bonus
+    if bonus.match_run is None:
+        return RandomBonus.constant(bonus.mean, bonus.std, cfg.seed)
+    means, stds = read_intrinsic_schedule(bonus.match_run, cfg.trainer.max_steps)
+    return RandomBonus(seed=cfg.seed, means=means, stds=stds)
 
 
 def cache_root(cfg: Config) -> Path:

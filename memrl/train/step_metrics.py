@@ -22,6 +22,7 @@ from memrl import metric_keys as k
 from memrl.cluster.capacity import ClusterState
 from memrl.errors import RuntimeFault
 from memrl.rewards.step_scores import StepScores
+from memrl.rewards.total import INTRINSIC, intrinsic_part
 from memrl.types import Record
 
 # The step's StepClock keys and the metric each one's duration is logged as (the clock's "sync"
@@ -74,6 +75,10 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
     for name, values in scores.components.items():
         mean_std = _mean_std(values)
         metrics[k.REWARD_MEAN.format(component=name)], metrics[k.REWARD_STD.format(component=name)] = mean_std
+    intrinsic = intrinsic_part(scores.components, scores.weights)
+    if intrinsic is not None:
+        metrics[k.REWARD_INTRINSIC_MEAN], metrics[k.REWARD_INTRINSIC_STD] = _mean_std(intrinsic)
+        metrics.update(mechanism_metrics(scores))
     metrics[k.ACCURACY] = float(scores.correct.mean())
     metrics[k.COMPLETION_LENGTH_MEAN], metrics[k.COMPLETION_LENGTH_STD] = _mean_std(scores.lengths.astype(float))
     metrics[k.COMPLETION_CLIPPED_FRAC] = float((scores.lengths >= work.max_completion_length).mean())
@@ -97,6 +102,22 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
     mean_generate_s = sum(float(i["generate_seconds"]) for i in infos) / len(infos)
     metrics[k.THROUGHPUT_GENERATE_TOKENS_PER_S] = tokens / max(mean_generate_s, 1e-9)
     metrics[k.DATA_PROMPTS_SHA1] = prompts_digest(work.records)
+    return metrics
+
+
+def mechanism_metrics(scores: StepScores) -> dict[str, float]:
+    """Each intrinsic term's mean over the correct, incorrect, worked and direct completions
+    (``mechanism/*``; a split with no completion is left out), and the share of worked ones."""
+    splits = {k.MECHANISM_CORRECT: scores.correct, k.MECHANISM_INCORRECT: ~scores.correct,
+              k.MECHANISM_WORKED: ~scores.direct, k.MECHANISM_DIRECT: scores.direct}
+    metrics: dict[str, float] = {k.MECHANISM_WORKED_FRAC: float((~scores.direct).mean())}
+    for name in INTRINSIC:
+        if name not in scores.components:
+            continue
+        values = scores.components[name]  # [N] unweighted
+        for key, mask in splits.items():
+            if mask.any():
+                metrics[key.format(component=name)] = float(values[mask].mean())
     return metrics
 
 
