@@ -600,14 +600,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             setups[name], [*shared, "method=r1"], model_path, args.steps,
                             args.warmup_steps, run_dir)
                     except Exception as error:  # e.g. TRL's vLLM mode may not run here
-                        trl_failures[name] = f"round {k + 1}: {type(error).__name__}: {error}"
-                        print(f"TRL {name} could not run: {trl_failures[name][:500]}")
+                        # the child's traceback (concurrent.futures attaches it as the cause)
+                        where = getattr(error.__cause__, "tb", "").strip().splitlines()[-4:-1]
+                        trl_failures[name] = f"round {k + 1}: {type(error).__name__}: {error}" + "".join(
+                            f"\n  {line.strip()}" for line in where)
+                        print(f"TRL {name} could not run: {trl_failures[name][:800]}")
                         trl_runs.pop(name, None)
                         continue
                     trl_runs.setdefault(name, []).append(steps_s)
                     trl_phases.setdefault(name, []).append(phases)
                     trl_ran[name] = ran
-                    label = f"TRL {name} ({ran['torch_threads']} threads seen)"
+                    label = f"TRL {name} (torch reports {ran['torch_threads']} thread(s))"
                 print(f"  {label}: {args.steps} steps in {time.perf_counter() - started:.1f} s "
                       f"(start-up included); steady {np.median(steps_s):.3f} s/step")
     finally:
