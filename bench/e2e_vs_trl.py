@@ -1,22 +1,42 @@
-"""Benchmark: seconds per GRPO step, memrl (local Ray; hf and vLLM engines) vs TRL's GRPOTrainer.
+"""Benchmark: seconds per GRPO step, memrl (local Ray; hf and vLLM engines) vs TRL's GRPOTrainer
+in its fastest configuration, in alternating rounds.
 
-Both train the embedded default's tiny model on arith with the same group size, batch,
-completion length, sampling, loss settings (KL coefficient beta, clip epsilons, loss
-aggregation, reward scaling), optimizer settings and step count, in one run:
+Both train the same model on arith with the same group size, batch, completion length,
+sampling, loss settings (KL coefficient beta, clip epsilons, loss aggregation, reward
+scaling), optimizer settings and step count:
 
 - memrl: ``memrl.train.loop.run_training`` with the default config and overrides (hf engine
-  unless the row says ``@vllm``, no evaluation, no checkpoint until the end, no TensorBoard).
-  The like-for-like row is method ``r1`` (rule rewards only); ``memoryr+`` (adds the
-  episodic-memory service) is an extra row, and ``r1@vllm`` (vLLM rollout workers; a default
-  row when a working vLLM is installed) another. A row may name a rollout mode, e.g.
-  ``r1:async`` (generation of step t+1 overlaps training of step t).
-- TRL: ``GRPOTrainer`` in this process with 1 torch thread, with transformers generation and,
-  when vLLM works here, again with TRL's own vLLM generation (``use_vllm=True``,
-  ``vllm_mode="colocate"``); the faster of the two is the baseline of ``speedup`` (a TRL mode
-  that fails to run is reported with its error). Both see the same prompts in the same order
-  (the records ``memrl train``'s prompt stream hands out, rendered by the same prompt builder,
-  not shuffled) and the same reward: memrl's R1 rule rewards (``RewardComposer`` over the
-  task's reward plan, correctness checked by ``memrl.verify``).
+  unless the row says ``@vllm``, no evaluation, no checkpoint until the end, no TensorBoard);
+  its driver and actors run one torch thread per process. The like-for-like row is the first
+  (default method ``r1``, rule rewards only); ``memoryr+`` (adds the episodic-memory service)
+  is an extra row, and ``r1@vllm`` (vLLM rollout workers; a default row when a working vLLM is
+  installed) another. A row may name a rollout mode, e.g. ``r1:async``.
+- TRL: ``GRPOTrainer`` in every configuration of ``--trl-configs``, ``BACKEND:THREADS``:
+  generation by ``transformers`` or by TRL's own vLLM (``use_vllm=True``,
+  ``vllm_mode="colocate"``), with 1 torch thread or ``all`` (``os.cpu_count()``). Each run has
+  a fresh process of its own whose OpenMP/MKL variables and ``torch.set_num_threads`` are set
+  to that count (the count torch then reports is recorded; vLLM's CPU backend pins threads
+  and keeps state a second run in one process would inherit). Gradient checkpointing is off
+  (TRL 1.16 turns it on by default; memrl does not recompute), and TRL loads its reference
+  model exactly when beta > 0 (memrl's learner computes reference log-probs then too). The
+  configuration with the lowest median seconds per step is the baseline; one that fails is
+  reported with its error. The JSON's ``trl_config`` records the baseline's settings
+  (``torch_threads``, ``gradient_checkpointing``, ``generation_backend``, ``reference_model``)
+  and ``trl_configs_tried`` all of them. Both see the same prompts in the same order (the
+  records ``memrl train``'s prompt stream hands out, rendered by the same prompt builder, not
+  shuffled) and the same reward: memrl's R1 rule rewards (``RewardComposer`` over the task's
+  reward plan, correctness checked by ``memrl.verify``).
+
+Rounds: ``--rounds`` rounds each run every memrl row and every TRL configuration once, memrl and
+TRL alternating, in reverse order every other round, so a drift of the shared machine lands
+on both sides. A run's median seconds per step is its round's value. ``speedup`` is the
+median over rounds of (the TRL baseline's value / the like-for-like row's value in the same
+round), given with its range, the per-round values and the lowest round.
+
+Model: ``--model-size tiny`` is the embedded default's model; ``34m`` a random Llama (hidden 512,
+8 layers, ``bench._common.RANDOM_SHAPES``) that cannot sample EOS (:func:`block_eos`), so every
+completion on both sides runs to ``grpo.max_completion_length`` and generation and training,
+not per-step overheads, take the time (the mean completion lengths are reported).
 
 A step's time is the wall-clock time between the end of consecutive optimizer steps (memrl:
 when the step's metrics are logged; TRL: ``on_step_end``), so everything between steps counts.
@@ -27,6 +47,7 @@ its ``metrics.jsonl`` (``time/*``; ``reference`` runs concurrently with ``score`
 Overrides that change ``task`` or ``model.tiny`` build (once) another tiny model.
 
 Run from the repository root: ``python -m bench.e2e_vs_trl --json e2e_vs_trl.json``
+(``--model-size 34m``; a quick look: ``--rounds 1 --trl-configs transformers:all``).
 """
 
 from __future__ import annotations
@@ -35,10 +56,14 @@ import argparse
 import contextlib
 import functools
 import math
+import multiprocessing
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +74,16 @@ from memrl.config import METHODS, Config
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer
 from memrl.rewards.total import total_reward
+from memrl.tasks import build_task
 from memrl.types import Record
 
-TARGET_SPEEDUP = 1.5  # issue 6: memrl >= 1.5x faster than TRL on this machine
+# Issue 25: memrl's median over rounds >= these multiples of TRL's fastest configuration, and
+# no round below TARGET_LOWEST_ROUND.
+TARGET_SPEEDUP = {"tiny": 1.5, "34m": 2.0}
+TARGET_LOWEST_ROUND = 1.3
+MODEL_SIZES = tuple(TARGET_SPEEDUP)
 PHASES = ("generate", "score", "memory", "reference", "train", "sync", "step")
+TRL_BACKENDS = ("transformers", "vllm")
 # memrl grpo.loss_aggregation / grpo.scale_rewards -> TRL's names for the same formulas
 TRL_LOSS_TYPE = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "dr_grpo": "dr_grpo"}
 TRL_SCALE_REWARDS = {"std": "group", "none": "none"}
@@ -75,12 +106,13 @@ def steady_intervals(end_times: Sequence[float], warmup_steps: int) -> list[floa
 
 def phase_breakdown(records: Sequence[dict[str, Any]], warmup_steps: int) -> dict[str, float]:
     """Median seconds of each memrl phase (``time/<phase>`` in metrics.jsonl) over the steps
-    after warm-up, plus the median generation throughput."""
+    after warm-up, plus the median generation throughput and mean completion length."""
     kept = [r for r in records if "time/step" in r and int(r["step"]) > warmup_steps]
     if not kept:
         raise ValueError(f"metrics.jsonl has no training step after warm-up step {warmup_steps}")
     out = {phase: float(np.median([r[f"time/{phase}"] for r in kept])) for phase in PHASES}
     out["tokens_per_s"] = float(np.median([r["throughput/tokens_per_s"] for r in kept]))
+    out["completion_tokens"] = float(np.median([r["completion/length/mean"] for r in kept]))
     return out
 
 
@@ -97,20 +129,99 @@ def trl_batch_split(batch_size: int, micro_batch_size: int) -> tuple[int, int]:
     return batch_size // accumulation, accumulation
 
 
-def e2e_figures(memrl_steps: dict[str, Sequence[float]], trl_steps: Sequence[float]) -> dict[str, Any]:
-    """Seconds-per-step summaries and ``speedup`` = TRL median / median of the first memrl row
-    (the like-for-like one); ``speedup_<row>`` for every row."""
-    if not memrl_steps:
-        raise ValueError("e2e_figures needs at least one memrl row")
-    trl = common.summarise(trl_steps)
-    figures: dict[str, Any] = {"trl_s_per_step": trl, "trl_steps_s": list(trl_steps), "memrl": {}}
-    for name, steps in memrl_steps.items():
-        summary = common.summarise(steps)
-        figures["memrl"][name] = {"s_per_step": summary, "steps_s": list(steps)}
-        figures[f"speedup_{name}"] = common.ratio(trl["median"], summary["median"], name)
-    figures["like_for_like_row"] = next(iter(memrl_steps))
-    figures["speedup"] = figures[f"speedup_{figures['like_for_like_row']}"]
-    figures["target_speedup"] = TARGET_SPEEDUP
+@dataclass(frozen=True)
+class TrlSetup:
+    """One TRL configuration: generation ``backend`` (``transformers`` or TRL's ``vllm``
+    colocate mode) and the torch ``threads`` of its process."""
+
+    backend: str
+    threads: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.threads}"
+
+
+def parse_trl_setup(text: str, cpus: int) -> TrlSetup:
+    """``"transformers:1"`` or ``"vllm:all"`` (``all`` = ``cpus`` threads) -> :class:`TrlSetup`."""
+    backend, _, threads = text.partition(":")
+    count = cpus if threads == "all" else int(threads) if threads.isdigit() else 0
+    if backend not in TRL_BACKENDS or count < 1:
+        raise ValueError(f"--trl-configs {text!r}: expected BACKEND:THREADS with BACKEND in "
+                         f"{TRL_BACKENDS} and THREADS a count >= 1 or 'all'")
+    return TrlSetup(backend, count)
+
+
+def default_trl_setups(cpus: int, on_vllm: bool) -> list[str]:
+    """transformers generation with 1 thread and with every core; TRL's vLLM mode with every
+    core when vLLM works here (deduplicated on a 1-core machine)."""
+    names = ["transformers:1", f"transformers:{cpus}", *([f"vllm:{cpus}"] if on_vllm else [])]
+    return list(dict.fromkeys(names))
+
+
+def round_order(memrl_rows: Sequence[str], trl_setups: Sequence[str], rounds: int) -> list[list[tuple[str, str]]]:
+    """The runs of each round as ``("memrl", row)`` / ``("trl", setup)``: memrl and TRL
+    alternate (rows and setups interleaved, the longer list's rest at the end) and every other
+    round runs in reverse, so a drift of the machine falls on both sides alike."""
+    if rounds < 1:
+        raise ValueError(f"--rounds {rounds}: must be >= 1")
+    memrl = [("memrl", r) for r in memrl_rows]
+    trl = [("trl", t) for t in trl_setups]
+    forward = [run for pair in zip(memrl, trl) for run in pair]
+    forward += memrl[len(trl):] + trl[len(memrl):]
+    return [forward if k % 2 == 0 else forward[::-1] for k in range(rounds)]
+
+
+def round_medians(runs: Sequence[Sequence[float]]) -> list[float]:
+    """Median seconds per step of each round's run."""
+    return [float(np.median(steps)) for steps in runs]
+
+
+def fastest(runs: dict[str, Sequence[float]]) -> str:
+    """The configuration with the lowest median of ``runs[name]`` (per-round medians or step
+    times): the baseline to beat."""
+    if not runs:
+        raise ValueError("fastest got no runs")
+    return min(runs, key=lambda name: float(np.median(runs[name])))
+
+
+def ratio_rounds(numerators: Sequence[float], denominators: Sequence[float], what: str) -> dict[str, Any]:
+    """Per-round ratios ``numerators[k] / denominators[k]``, their median, range and lowest."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError(f"{what}: {len(numerators)} round(s) against {len(denominators)}; need the "
+                         "same number, at least one")
+    values = [common.ratio(n, d, f"{what} round {k + 1}")
+              for k, (n, d) in enumerate(zip(numerators, denominators))]
+    return {"median": float(np.median(values)), "range": [min(values), max(values)],
+            "lowest": min(values), "rounds": values}
+
+
+def e2e_figures(memrl_runs: dict[str, Sequence[Sequence[float]]],
+                trl_runs: dict[str, Sequence[Sequence[float]]]) -> dict[str, Any]:
+    """Figures of the rounds: ``*_runs[name][k]`` are round ``k``'s steady step seconds.
+
+    The TRL baseline is the configuration with the lowest median of its round medians;
+    ``speedups[row]`` compares it with each memrl row round by round (TRL / memrl), and
+    ``speedup`` (with ``speedup_range``, ``speedup_rounds``, ``speedup_lowest_round``) is the
+    first, like-for-like row's."""
+    if not memrl_runs or not trl_runs:
+        raise ValueError("e2e_figures needs at least one memrl row and one TRL configuration")
+
+    def summary(runs: Sequence[Sequence[float]]) -> dict[str, Any]:
+        return {"s_per_step": common.summarise([s for run in runs for s in run]),
+                "round_medians": round_medians(runs), "steps_s": [list(run) for run in runs]}
+
+    figures: dict[str, Any] = {"memrl": {n: summary(r) for n, r in memrl_runs.items()},
+                               "trl_runs": {n: summary(r) for n, r in trl_runs.items()}}
+    baseline = fastest({n: f["round_medians"] for n, f in figures["trl_runs"].items()})
+    trl_rounds = figures["trl_runs"][baseline]["round_medians"]
+    figures["trl_baseline"] = baseline
+    figures["speedups"] = {n: ratio_rounds(trl_rounds, f["round_medians"], f"TRL {baseline} / memrl {n}")
+                           for n, f in figures["memrl"].items()}
+    row = figures["like_for_like_row"] = next(iter(memrl_runs))
+    headline = figures["speedups"][row]
+    figures.update(speedup=headline["median"], speedup_range=headline["range"],
+                   speedup_rounds=headline["rounds"], speedup_lowest_round=headline["lowest"])
     return figures
 
 
@@ -129,13 +240,6 @@ def parse_row(text: str) -> tuple[str, str, str]:
 def row_name(method: str, mode: str, engine: str) -> str:
     """The row's label: the method, then ``:async`` and ``@vllm`` when not the defaults."""
     return method + ("" if mode == "sync" else f":{mode}") + ("" if engine == "hf" else f"@{engine}")
-
-
-def fastest(runs: dict[str, Sequence[float]]) -> str:
-    """The configuration with the lowest median seconds per step (the baseline to beat)."""
-    if not runs:
-        raise ValueError("fastest got no runs")
-    return min(runs, key=lambda name: float(np.median(runs[name])))
 
 
 def trl_reward(records: Sequence[Record], composer: RewardComposer,
@@ -158,6 +262,73 @@ def trl_reward(records: Sequence[Record], composer: RewardComposer,
         return total_reward(rule.components, rule.weights).total.tolist()
 
     return memrl_rule_reward
+
+
+# -- the model ----------------------------------------------------------------------------------
+# Residual coordinate 0 of the EOS-free model: every token's embedding holds EOS_BLOCK_LEVEL
+# there, EOS's own row -EOS_BLOCK_DEPTH (see block_eos).
+EOS_BLOCK_LEVEL = 0.1
+EOS_BLOCK_DEPTH = 100.0
+
+
+def block_eos(model: Any, eos_ids: Sequence[int]) -> None:
+    """Make ``eos_ids`` unsamplable in a Llama with tied embeddings, in place.
+
+    Residual coordinate 0 is held constant: every token's embedding has ``EOS_BLOCK_LEVEL``
+    there and no attention or MLP block writes to it (row 0 of ``o_proj`` and ``down_proj``
+    and their biases are zero). After the final RMSNorm it is the same positive number at
+    every position, so it adds the same amount to every other token's logit (which sampling
+    ignores) and, through the EOS rows (``-EOS_BLOCK_DEPTH`` there; the embeddings are tied),
+    puts EOS's logit about ``EOS_BLOCK_DEPTH / EOS_BLOCK_LEVEL`` times that amount lower.
+    Positions whose input is EOS (the chat template's) keep their own coordinate, unread by
+    the others."""
+    import torch
+
+    if not model.config.tie_word_embeddings:
+        raise ValueError("block_eos needs tied embeddings (the EOS row is both input and output)")
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding[:, 0] = EOS_BLOCK_LEVEL
+        embedding[list(eos_ids), 0] = -EOS_BLOCK_DEPTH
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                projection.weight[0] = 0.0
+                if projection.bias is not None:
+                    projection.bias[0] = 0.0
+
+
+def full_length_model(size: str, cfg: Config, task: Any) -> str:
+    """Folder of ``bench._common.random_model(size)`` with EOS blocked (:func:`block_eos`):
+    every completion runs to the length limit, on memrl's engines and TRL's alike. Built once
+    beside it in the memrl cache."""
+    from transformers import AutoModelForCausalLM
+
+    from memrl.rollout.engine import checkpoint_eos_ids, load_tokenizer
+
+    base = common.random_model(size, cfg, task, "float32")
+    folder = Path(f"{base}-no-eos")
+    if (folder / "config.json").is_file():
+        return str(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    tokenizer = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    block_eos(model, checkpoint_eos_ids(base, tokenizer))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(folder)
+    return str(folder)
+
+
+def prepare_model(cfg: Config, size: str) -> tuple[Any, str, Any]:
+    """The task, model folder and tokenizer of ``--model-size``: ``tiny`` is the config's
+    model (``bench._common.prepare``), another size the EOS-free random model."""
+    from memrl.rollout.engine import load_tokenizer
+
+    if size == "tiny":
+        return common.prepare(cfg)
+    task = build_task(cfg)
+    model_path = full_length_model(size, cfg, task)
+    return task, model_path, load_tokenizer(model_path)
 
 
 # -- memrl --------------------------------------------------------------------------------------
@@ -221,8 +392,9 @@ def trl_rows(task: Any, tokenizer: Any, cfg: Config, steps: int) -> tuple[list[R
 
 def trl_config(cfg: Config, steps: int, out_dir: Path, use_vllm: bool = False) -> Any:
     """``GRPOConfig`` with memrl's settings under TRL's names (one optimizer step per
-    generation batch, on CPU, no shuffling, no checkpoints, logging every step). ``use_vllm``:
-    TRL's own vLLM generation in this process (``vllm_mode="colocate"``)."""
+    generation batch, on CPU, no shuffling, no checkpoints, logging every step) and no
+    gradient checkpointing (TRL 1.16's default recomputes every forward; memrl's learner does
+    not). ``use_vllm``: TRL's own vLLM generation in this process (``vllm_mode="colocate"``)."""
     from trl import GRPOConfig
 
     g, t = cfg.grpo, cfg.trainer
@@ -238,17 +410,29 @@ def trl_config(cfg: Config, steps: int, out_dir: Path, use_vllm: bool = False) -
         weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio, lr_scheduler_type="cosine",
         max_grad_norm=t.max_grad_norm, max_steps=steps, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, shuffle_dataset=False, dataloader_num_workers=0,
+        gradient_checkpointing=False,
         **({"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False,
             "vllm_max_model_length": g.max_prompt_length + g.max_completion_length}
            if use_vllm else {}),
     )
 
 
+def trl_config_fields(args: Any, torch_threads: int) -> dict[str, Any]:
+    """The settings of a ``GRPOConfig`` that decide TRL's speed, for the report."""
+    return {"generation_backend": "vllm" if args.use_vllm else "transformers",
+            "vllm_mode": args.vllm_mode if args.use_vllm else None,
+            "torch_threads": torch_threads, "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "reference_model": args.beta > 0, "beta": args.beta}
+
+
 def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
             warmup_steps: int, out_dir: Path, use_vllm: bool = False
-            ) -> tuple[list[float], dict[str, float]]:
+            ) -> tuple[list[float], dict[str, float], dict[str, Any]]:
     """Train with TRL (its vLLM generation with ``use_vllm``); returns steady-state step
-    seconds and TRL's phase medians."""
+    seconds, TRL's phase medians (and mean completion length) and what the trainer ran with:
+    :func:`trl_config_fields` of its arguments, the torch threads of this process, whether the
+    model was checkpointing gradients and whether a reference model was loaded."""
+    import torch
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOTrainer
@@ -287,6 +471,10 @@ def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
         def on_step_end(self, args, state, control, **kwargs):
             self.end_times.append(time.perf_counter())
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                phases.setdefault("completion_tokens", []).append(logs["completions/mean_length"])
+
     clock = StepEnds()
     trainer = TimedGRPOTrainer(
         model=model_path, processing_class=tokenizer, reward_funcs=timed_reward,
@@ -296,22 +484,66 @@ def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
     trainer.train()
     medians = {name: float(np.median(values[warmup_steps:])) for name, values in phases.items()
                if len(values) > warmup_steps}
-    return steady_intervals(clock.end_times, warmup_steps), medians
+    ran = {**trl_config_fields(trainer.args, torch.get_num_threads()),
+           "model_gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+           "reference_model_loaded": trainer.ref_model is not None}
+    return steady_intervals(clock.end_times, warmup_steps), medians, ran
+
+
+def trl_process(setup: TrlSetup, overrides: Sequence[str], model_path: str, steps: int,
+                warmup_steps: int, out_dir: Path) -> tuple[list[float], dict[str, float], dict[str, Any]]:
+    """:func:`run_trl` in a process of its own, with ``setup.threads`` torch threads (the
+    OpenMP/MKL variables too, for anything it starts)."""
+    import torch
+
+    from memrl.rollout.engine import load_tokenizer
+
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[key] = str(setup.threads)
+    torch.set_num_threads(setup.threads)
+    cfg = common.bench_config(overrides)
+    return run_trl(cfg, build_task(cfg), model_path, load_tokenizer(model_path), steps,
+                   warmup_steps, out_dir, use_vllm=setup.backend == "vllm")
+
+
+def run_trl_isolated(setup: TrlSetup, overrides: Sequence[str], model_path: str, steps: int,
+                     warmup_steps: int, out_dir: Path) -> tuple[list[float], dict[str, float], dict[str, Any]]:
+    """:func:`trl_process` in a fresh spawned process (its start-up is not timed)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(trl_process, setup, list(overrides), model_path, steps, warmup_steps,
+                           out_dir).result()
 
 
 # -- main ---------------------------------------------------------------------------------------
+def describe_trl(fields: dict[str, Any]) -> str:
+    """One line naming a TRL configuration's settings that decide its speed."""
+    return (f"{fields['generation_backend']} generation"
+            + (f" ({fields['vllm_mode']})" if fields.get("vllm_mode") else "")
+            + f", {fields['torch_threads']} torch thread(s), gradient checkpointing "
+            + ("on" if fields["gradient_checkpointing"] else "off")
+            + (f", reference model loaded (beta {fields['beta']})" if fields["reference_model"]
+               else ", no reference model (beta 0)"))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trainer")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
     parser.add_argument("--warmup-steps", type=int, default=2, help="first steps not timed")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each runs every memrl row and TRL configuration once")
+    parser.add_argument("--model-size", default="tiny", choices=MODEL_SIZES,
+                        help="tiny: the default's model; 34m: a random hidden-512 x 8-layer Llama "
+                             "whose completions all run to grpo.max_completion_length")
     parser.add_argument("--rows", nargs="+", default=None,
                         help="memrl rows, METHOD[:sync|async][@hf|vllm]; the first is compared "
                              "(speedup); default r1 memoryr+, then r1@vllm when vLLM works")
     parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True,
                         help="run TRL (off: memrl rows only, no speedup)")
-    parser.add_argument("--trl-vllm", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run TRL with its vLLM generation (colocate); default: when "
-                             "vLLM works here. The faster TRL configuration is the baseline")
+    parser.add_argument("--trl-configs", nargs="+", default=None,
+                        help="TRL configurations, BACKEND:THREADS with BACKEND transformers or vllm "
+                             "(TRL's colocate mode) and THREADS a count or all; the fastest is the "
+                             "baseline. Default transformers:1 transformers:all, and vllm:all when "
+                             "vLLM works here")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="config overrides for both sides, dotted.key=value "
                              "(e.g. grpo.max_completion_length=128)")
@@ -321,71 +553,92 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from memrl.rollout.availability import vllm_available
 
     on_vllm = vllm_available()
+    cpus = os.cpu_count() or 1
     args.rows = args.rows or ["r1", "memoryr+", *(["r1@vllm"] if on_vllm else [])]
-    rows = [parse_row(r) for r in args.rows]
-    trl_modes = ["hf", *(["vllm"] if (on_vllm if args.trl_vllm is None else args.trl_vllm) else [])]
+    rows = {row_name(*parse_row(r)): parse_row(r) for r in args.rows}
+    setups = {s.name: s for s in (parse_trl_setup(t, cpus) for t in
+                                  (args.trl_configs or default_trl_setups(cpus, on_vllm)))} if args.trl else {}
+    order = round_order(list(rows), list(setups), args.rounds)
 
     import ray
     import torch
 
     common.one_thread()
     cfg = common.bench_config(args.overrides)
-    task, model_path, tokenizer = common.prepare(cfg)
+    task, model_path, tokenizer = prepare_model(cfg, args.model_size)
+    # Both sides train this model; TRL's reward is the R1 rule rewards whatever the method.
+    shared = [*args.overrides, *([] if args.model_size == "tiny" else [f"model.name_or_path={model_path}"])]
     g = cfg.grpo
     work = args.keep or Path(tempfile.mkdtemp(prefix="memrl-e2e-"))
-    memrl_steps: dict[str, list[float]] = {}
-    phases: dict[str, dict[str, float]] = {}
-    trl_runs: dict[str, list[float]] = {}
-    trl_phases_by_mode: dict[str, dict[str, float]] = {}
+    memrl_runs: dict[str, list[list[float]]] = {name: [] for name in rows}
+    memrl_phases: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+    trl_runs: dict[str, list[list[float]]] = {}
+    trl_phases: dict[str, list[dict[str, float]]] = {}
+    trl_ran: dict[str, dict[str, Any]] = {}
     trl_failures: dict[str, str] = {}
     try:
-        for method, mode, engine in rows:
-            name = row_name(method, mode, engine)
-            run_cfg = common.bench_config([*args.overrides, *memrl_overrides(
-                method, mode, args.steps, work / f"memrl-{method}-{mode}-{engine}", engine)])
-            started = time.perf_counter()
-            memrl_steps[name], phases[name] = run_memrl(run_cfg, args.warmup_steps)
-            print(f"memrl {name}: {args.steps} steps in {time.perf_counter() - started:.1f} s "
-                  f"(start-up included); steady {np.median(memrl_steps[name]):.3f} s/step")
-        ray.shutdown()  # TRL gets the cores to itself
-        # TRL's reward is the R1 rule rewards whatever method the overrides name
-        trl_cfg = common.bench_config([*args.overrides, "method=r1"])
-        for trl_mode in trl_modes if args.trl else []:
-            started = time.perf_counter()
-            try:
-                trl_runs[trl_mode], trl_phases_by_mode[trl_mode] = run_trl(
-                    trl_cfg, task, model_path, tokenizer, args.steps, args.warmup_steps,
-                    work / f"trl-{trl_mode}", use_vllm=trl_mode == "vllm")
-            except Exception as error:  # TRL's vLLM mode may not run here
-                if trl_mode == "hf":
-                    raise
-                trl_failures[trl_mode] = f"{type(error).__name__}: {error}"
-                print(f"TRL with vLLM could not run here: {trl_failures[trl_mode][:500]}")
-                continue
-            print(f"TRL ({trl_mode} generation): {args.steps} steps in "
-                  f"{time.perf_counter() - started:.1f} s (start-up included); steady "
-                  f"{np.median(trl_runs[trl_mode]):.3f} s/step")
+        for k, runs in enumerate(order):
+            print(f"round {k + 1}/{args.rounds}: " + ", ".join(
+                f"memrl {n}" if kind == "memrl" else f"TRL {n}" for kind, n in runs))
+            for kind, name in runs:
+                started = time.perf_counter()
+                run_dir = work / f"{kind}-{name.replace(':', '-').replace('@', '-')}-round{k + 1}"
+                if kind == "memrl":
+                    method, mode, engine = rows[name]
+                    run_cfg = common.bench_config([*shared, *memrl_overrides(
+                        method, mode, args.steps, run_dir, engine)])
+                    steps_s, phases = run_memrl(run_cfg, args.warmup_steps)
+                    ray.shutdown()  # the next run (TRL's) gets the cores to itself
+                    memrl_runs[name].append(steps_s)
+                    memrl_phases[name].append(phases)
+                    label = f"memrl {name}"
+                elif name in trl_failures:
+                    continue
+                else:
+                    try:
+                        steps_s, phases, ran = run_trl_isolated(
+                            setups[name], [*shared, "method=r1"], model_path, args.steps,
+                            args.warmup_steps, run_dir)
+                    except Exception as error:  # e.g. TRL's vLLM mode may not run here
+                        # the child's traceback (concurrent.futures attaches it as the cause)
+                        where = getattr(error.__cause__, "tb", "").strip().splitlines()[-4:-1]
+                        trl_failures[name] = f"round {k + 1}: {type(error).__name__}: {error}" + "".join(
+                            f"\n  {line.strip()}" for line in where)
+                        print(f"TRL {name} could not run: {trl_failures[name][:800]}")
+                        trl_runs.pop(name, None)
+                        continue
+                    trl_runs.setdefault(name, []).append(steps_s)
+                    trl_phases.setdefault(name, []).append(phases)
+                    trl_ran[name] = ran
+                    label = f"TRL {name} (torch reports {ran['torch_threads']} thread(s))"
+                print(f"  {label}: {args.steps} steps in {time.perf_counter() - started:.1f} s "
+                      f"(start-up included); steady {np.median(steps_s):.3f} s/step")
     finally:
         ray.shutdown()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    baseline = fastest(trl_runs) if trl_runs else None
-    trl_steps = trl_runs.get(baseline, []) if baseline else []
-    trl_phases = trl_phases_by_mode.get(baseline, {}) if baseline else {}
-    if trl_steps:
-        figures = e2e_figures(memrl_steps, trl_steps)
+    def median_phases(per_round: list[dict[str, float]]) -> dict[str, float]:
+        return {key: float(np.median([p[key] for p in per_round if key in p]))
+                for key in dict.fromkeys(key for p in per_round for key in p)}
+
+    if trl_runs:
+        figures = e2e_figures(memrl_runs, trl_runs)
+        figures["trl_config"] = {"name": figures["trl_baseline"], **trl_ran[figures["trl_baseline"]]}
     else:
-        figures = {"memrl": {n: {"s_per_step": common.summarise(s), "steps_s": s}
-                             for n, s in memrl_steps.items()}}
-    figures["memrl_phases_s"] = phases
-    figures["trl_phases_s"] = trl_phases
-    figures["trl_baseline"] = baseline
-    figures["trl_runs"] = {m: {"s_per_step": common.summarise(v), "steps_s": v}
-                           for m, v in trl_runs.items()}
+        figures = {"memrl": {n: {"s_per_step": common.summarise([s for r in runs for s in r]),
+                                 "round_medians": round_medians(runs), "steps_s": runs}
+                             for n, runs in memrl_runs.items()}, "trl_runs": {}}
+    target = TARGET_SPEEDUP[args.model_size]
+    figures.update(target_speedup=target, target_lowest_round=TARGET_LOWEST_ROUND, rounds=args.rounds,
+                   order=[[f"{kind} {n}" for kind, n in runs] for runs in order])
+    figures["trl_configs_tried"] = {n: trl_ran.get(n, {"failed": trl_failures.get(n)}) for n in setups}
     figures["trl_failures"] = trl_failures
-    figures["config"] = {"steps": args.steps, "warmup_steps": args.warmup_steps,
-                         "rows": args.rows, "overrides": args.overrides, "model_path": model_path,
+    figures["memrl_phases_s"] = {n: median_phases(p) for n, p in memrl_phases.items()}
+    figures["trl_phases_s"] = {n: median_phases(p) for n, p in trl_phases.items()}
+    figures["config"] = {"steps": args.steps, "warmup_steps": args.warmup_steps, "rounds": args.rounds,
+                         "model_size": args.model_size, "rows": args.rows, "trl_configs": list(setups),
+                         "overrides": args.overrides, "model_path": model_path,
                          "num_generations": g.num_generations, "batch_size": g.batch_size,
                          "max_completion_length": g.max_completion_length, "beta": g.beta,
                          "clip": [g.clip_low, g.clip_high], "loss_aggregation": g.loss_aggregation,
@@ -393,32 +646,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "micro_batch_size": cfg.learner.micro_batch_size}
     figures["machine"] = {**common.machine(), "driver_torch_threads_after": torch.get_num_threads()}
     common.write_json(args.json, figures)
-
-    print()
-    print(f"{g.batch_size // g.num_generations} prompts x {g.num_generations} completions, "
-          f"<= {g.max_completion_length} tokens, beta {g.beta}, clip {g.clip_low}/{g.clip_high}, "
-          f"{g.loss_aggregation}; {args.steps} steps, first {args.warmup_steps} dropped; "
-          f"memrl: {cfg.rollout.num_workers} rollout workers (@vllm rows: vLLM engine, else hf)")
-    print("memrl phases, median s (reference overlaps score; train waits for it):")
-    print(common.format_table(["row", *PHASES, "tok/s"],
-                              [[n, *(p[k] for k in PHASES), p["tokens_per_s"]]
-                               for n, p in phases.items()]))
-    if trl_phases:
-        print("TRL phases, median s: " + ", ".join(f"{k} {v:.3f}" for k, v in trl_phases.items())
-              + " (rollout = generate + reward + reference log-probs)")
-    table = [[f"memrl {n}", s["s_per_step"]["median"], s["s_per_step"]["p90"],
-              figures.get(f"speedup_{n}", float("nan"))] for n, s in figures["memrl"].items()]
-    for trl_mode, run in figures["trl_runs"].items():
-        summary = run["s_per_step"]
-        table.append([f"TRL GRPOTrainer ({trl_mode} generation)", summary["median"],
-                      summary["p90"], common.ratio(figures["trl_s_per_step"]["median"],
-                                                   summary["median"], "TRL mode")])
-    print(common.format_table(["trainer", "median s/step", "p90", "TRL/this"], table))
-    if trl_steps:
-        print(f"speedup (TRL {baseline} generation, the faster TRL / memrl "
-              f"{figures['like_for_like_row']}) = {figures['speedup']:.2f} "
-              f"(target >= {TARGET_SPEEDUP})")
+    print_report(figures, cfg)
+    if args.trl and not trl_runs:
+        raise RuntimeError(f"no TRL configuration ran every round, so no baseline: {trl_failures}")
     return figures
+
+
+def print_report(figures: dict[str, Any], cfg: Config) -> None:
+    """The closing note: settings, phases, the per-round table, the headline and TRL's setup."""
+    g, c = cfg.grpo, figures["config"]
+    print()
+    print(f"model {c['model_size']}; {g.batch_size // g.num_generations} prompts x {g.num_generations} "
+          f"completions, <= {g.max_completion_length} tokens, beta {g.beta}, clip {g.clip_low}/"
+          f"{g.clip_high}, {g.loss_aggregation}; {c['steps']} steps per run, first {c['warmup_steps']} "
+          f"dropped; {c['rounds']} round(s), memrl and TRL alternating; memrl: "
+          f"{cfg.rollout.num_workers} rollout workers (@vllm rows: vLLM engine, else hf), 1 thread each")
+    print("memrl phases, median s (reference overlaps score; train waits for it):")
+    print(common.format_table(["row", *PHASES, "tok/s", "tokens"],
+                              [[n, *(p[k] for k in PHASES), p["tokens_per_s"], p["completion_tokens"]]
+                               for n, p in figures["memrl_phases_s"].items()]))
+    for name, p in figures["trl_phases_s"].items():
+        print(f"TRL {name} phases, median s: " + ", ".join(f"{k} {v:.3f}" for k, v in p.items())
+              + " (rollout = generate + reward + reference log-probs; completion_tokens: mean length)")
+    speedups = figures.get("speedups", {})
+    rounds = range(1, c["rounds"] + 1)
+    table = []
+    for side, runs in (("memrl", figures["memrl"]), ("TRL", figures["trl_runs"])):
+        for name, run in runs.items():
+            medians = run["round_medians"]
+            ratio = speedups.get(name) if side == "memrl" else None
+            table.append([f"{side} {name}", float(np.median(medians)), min(medians), max(medians),
+                          *medians, ratio["median"] if ratio else "",
+                          f"{ratio['range'][0]:.2f}-{ratio['range'][1]:.2f}" if ratio else ""])
+    print(common.format_table(["run", "median s/step", "min", "max", *(f"round {k}" for k in rounds),
+                               "TRL/this", "range"], table))
+    if "speedup" not in figures:
+        return
+    print(f"speedup (TRL {figures['trl_baseline']}, the fastest TRL configuration / memrl "
+          f"{figures['like_for_like_row']}), median over {c['rounds']} round(s) = {figures['speedup']:.2f} "
+          f"(range {figures['speedup_range'][0]:.2f}-{figures['speedup_range'][1]:.2f}; rounds "
+          + ", ".join(f"{r:.2f}" for r in figures["speedup_rounds"])
+          + f"; lowest {figures['speedup_lowest_round']:.2f}); target >= {figures['target_speedup']}, "
+          f"lowest round >= {figures['target_lowest_round']}")
+    ran = figures["trl_config"]
+    print(f"TRL baseline {ran['name']}: {describe_trl(ran)}; torch reported {ran['torch_threads']} "
+          f"thread(s), model checkpointing gradients: {ran['model_gradient_checkpointing']}")
+    for name, failure in figures["trl_failures"].items():
+        print(f"TRL {name} failed ({failure[:200]})")
 
 
 if __name__ == "__main__":

@@ -206,12 +206,12 @@ def test_steady_intervals_drop_warmup_steps():
 def test_phase_breakdown_uses_steps_after_warmup():
     def step(n, scale):
         return {"step": n, **{f"time/{p}": scale for p in e2e.PHASES},
-                "throughput/tokens_per_s": 100.0 * scale}
+                "throughput/tokens_per_s": 100.0 * scale, "completion/length/mean": 10.0 * scale}
 
     records = [step(1, 9.0), step(2, 1.0), step(3, 3.0), step(4, 2.0), {"step": 4, "eval/accuracy": 0.5}]
     phases = e2e.phase_breakdown(records, warmup_steps=1)
     assert phases["generate"] == 2.0 and phases["step"] == 2.0
-    assert phases["tokens_per_s"] == 200.0
+    assert phases["tokens_per_s"] == 200.0 and phases["completion_tokens"] == 20.0
     with pytest.raises(ValueError, match="after warm-up step 4"):
         e2e.phase_breakdown(records, warmup_steps=4)
 
@@ -228,14 +228,54 @@ def test_trl_batch_split_rejects_uneven_micro_batches():
         e2e.trl_batch_split(50, 16)
 
 
-def test_e2e_figures_compare_against_the_first_row():
-    figures = e2e.e2e_figures({"r1": [1.0, 2.0, 3.0], "memoryr+": [2.0, 4.0]}, [3.0, 4.0, 5.0])
+def test_e2e_figures_compare_round_by_round_against_the_fastest_trl_configuration():
+    memrl = {"r1": [[1.0, 1.0], [2.0, 2.0], [1.5]], "memoryr+": [[2.0], [2.5], [2.0]]}
+    # transformers:1's round medians 3, 3, 3 (median 3); transformers:2's 2.5, 5, 2 (median 2.5)
+    trl = {"transformers:1": [[3.0], [3.0], [3.0]], "transformers:2": [[2.0, 3.0], [5.0], [2.0]]}
+    figures = e2e.e2e_figures(memrl, trl)
+    assert figures["trl_baseline"] == "transformers:2"
     assert figures["like_for_like_row"] == "r1"
-    assert figures["speedup"] == figures["speedup_r1"] == 2.0
-    assert figures["speedup_memoryr+"] == pytest.approx(4.0 / 3.0)
-    assert figures["trl_s_per_step"]["median"] == 4.0
-    assert figures["memrl"]["memoryr+"]["steps_s"] == [2.0, 4.0]
+    # each round divided by the same round's baseline: 2.5/1, 5/2, 2/1.5
+    assert figures["speedup_rounds"] == pytest.approx([2.5, 2.5, 4 / 3])
+    assert figures["speedup"] == pytest.approx(2.5)
+    assert figures["speedup_range"] == pytest.approx([4 / 3, 2.5])
+    assert figures["speedup_lowest_round"] == pytest.approx(4 / 3)
+    assert figures["speedups"]["memoryr+"]["rounds"] == pytest.approx([1.25, 2.0, 1.0])
+    assert figures["speedups"]["memoryr+"]["median"] == pytest.approx(1.25)
+    assert figures["memrl"]["r1"]["round_medians"] == [1.0, 2.0, 1.5]
+    assert figures["memrl"]["r1"]["s_per_step"]["n"] == 5
+    assert figures["trl_runs"]["transformers:2"]["steps_s"] == [[2.0, 3.0], [5.0], [2.0]]
     json.dumps(figures)
+    with pytest.raises(ValueError, match=r"3 round\(s\) against 2"):
+        e2e.e2e_figures({"r1": [[1.0], [1.0]]}, trl)
+
+
+def test_ratio_rounds_median_range_and_lowest():
+    ratios = e2e.ratio_rounds([4.0, 3.0, 6.0, 2.0], [2.0, 2.0, 2.0, 1.0], "x")
+    assert ratios == {"median": 2.0, "range": [1.5, 3.0], "lowest": 1.5, "rounds": [2.0, 1.5, 3.0, 2.0]}
+    with pytest.raises(ValueError, match="x round 2"):
+        e2e.ratio_rounds([1.0, 1.0], [1.0, 0.0], "x")
+
+
+def test_rounds_alternate_memrl_and_trl_and_reverse_every_other_round():
+    order = e2e.round_order(["r1", "memoryr+"], ["transformers:1", "transformers:2", "vllm:2"], 3)
+    first = [("memrl", "r1"), ("trl", "transformers:1"), ("memrl", "memoryr+"),
+             ("trl", "transformers:2"), ("trl", "vllm:2")]
+    assert order == [first, first[::-1], first]
+    assert e2e.round_order(["r1", "memoryr+", "r1@vllm"], ["transformers:2"], 1) == [
+        [("memrl", "r1"), ("trl", "transformers:2"), ("memrl", "memoryr+"), ("memrl", "r1@vllm")]]
+    with pytest.raises(ValueError, match="--rounds 0"):
+        e2e.round_order(["r1"], ["transformers:1"], 0)
+
+
+def test_trl_setups_name_backend_and_threads():
+    assert e2e.parse_trl_setup("transformers:1", 2) == e2e.TrlSetup("transformers", 1)
+    assert e2e.parse_trl_setup("vllm:all", 16).name == "vllm:16"
+    for bad in ("hf:1", "vllm", "transformers:0", "transformers:two"):
+        with pytest.raises(ValueError, match=f"--trl-configs '{bad}'"):
+            e2e.parse_trl_setup(bad, 2)
+    assert e2e.default_trl_setups(2, on_vllm=True) == ["transformers:1", "transformers:2", "vllm:2"]
+    assert e2e.default_trl_setups(1, on_vllm=False) == ["transformers:1"]
 
 
 def test_parse_row():
@@ -256,8 +296,8 @@ def test_memrl_row_overrides_name_the_engine(tmp_path):
 
 
 def test_the_faster_trl_configuration_is_the_baseline():
-    assert e2e.fastest({"hf": [1.0, 2.0, 3.0], "vllm": [1.5, 1.5]}) == "vllm"
-    assert e2e.fastest({"hf": [1.0]}) == "hf"
+    assert e2e.fastest({"transformers:1": [1.0, 2.0, 3.0], "transformers:2": [1.5, 1.5]}) == "transformers:2"
+    assert e2e.fastest({"transformers:1": [1.0]}) == "transformers:1"
     with pytest.raises(ValueError, match="no runs"):
         e2e.fastest({})
 
@@ -297,6 +337,44 @@ def test_trl_config_carries_memrls_settings(tmp_path):
     on_vllm = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, use_vllm=True)
     assert (on_vllm.use_vllm, on_vllm.vllm_mode, on_vllm.vllm_max_model_length) == (True, "colocate",
                                                                           cfg.grpo.max_prompt_length + 64)
+
+
+def test_trl_config_fields_record_what_decides_trls_speed(tmp_path):
+    # TRL 1.16 turns gradient checkpointing on by default; the baseline must not recompute.
+    cfg = load_config(None, ["grpo.beta=0.04"])
+    args = e2e.trl_config(cfg, steps=5, out_dir=tmp_path)
+    assert args.gradient_checkpointing is False
+    assert e2e.trl_config_fields(args, torch_threads=2) == {
+        "generation_backend": "transformers", "vllm_mode": None, "torch_threads": 2,
+        "gradient_checkpointing": False, "reference_model": True, "beta": 0.04}
+    on_vllm = e2e.trl_config(load_config(None, ["grpo.beta=0.0"]), steps=5, out_dir=tmp_path, use_vllm=True)
+    fields = e2e.trl_config_fields(on_vllm, torch_threads=1)
+    assert (fields["generation_backend"], fields["vllm_mode"], fields["gradient_checkpointing"],
+            fields["reference_model"], fields["torch_threads"]) == ("vllm", "colocate", False, False, 1)
+
+
+def test_block_eos_leaves_eos_unsamplable():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=40, tie_word_embeddings=True, attention_bias=True)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(8, 40, (4, 24))
+    ids[:, 5] = 3  # EOS inside the prompt, as a chat template puts it
+    with torch.no_grad():
+        before = torch.log_softmax(model(ids).logits, -1)
+        e2e.block_eos(model, [3, 7])
+        after = torch.log_softmax(model(ids).logits, -1)
+    assert before[..., 3].max() > -10  # a random model samples EOS now and then
+    # every position but the EOS input's own, those after it too, puts EOS > 100 nats down
+    others = torch.arange(24) != 5
+    assert after[:, others][..., [3, 7]].max() < -100
+    assert torch.isfinite(after).all()
+    untied = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, vocab_size=20, tie_word_embeddings=False))
+    with pytest.raises(ValueError, match="tied embeddings"):
+        e2e.block_eos(untied, [3])
 
 
 def test_trl_reward_is_memrls_rule_reward():
