@@ -185,17 +185,6 @@ def fastest(runs: dict[str, Sequence[float]]) -> str:
     return min(runs, key=lambda name: float(np.median(runs[name])))
 
 
-def ratio_rounds(numerators: Sequence[float], denominators: Sequence[float], what: str) -> dict[str, Any]:
-    """Per-round ratios ``numerators[k] / denominators[k]``, their median, range and lowest."""
-    if len(numerators) != len(denominators) or not numerators:
-        raise ValueError(f"{what}: {len(numerators)} round(s) against {len(denominators)}; need the "
-                         "same number, at least one")
-    values = [common.ratio(n, d, f"{what} round {k + 1}")
-              for k, (n, d) in enumerate(zip(numerators, denominators))]
-    return {"median": float(np.median(values)), "range": [min(values), max(values)],
-            "lowest": min(values), "rounds": values}
-
-
 def e2e_figures(memrl_runs: dict[str, Sequence[Sequence[float]]],
                 trl_runs: dict[str, Sequence[Sequence[float]]]) -> dict[str, Any]:
     """Figures of the rounds: ``*_runs[name][k]`` are round ``k``'s steady step seconds.
@@ -216,12 +205,12 @@ def e2e_figures(memrl_runs: dict[str, Sequence[Sequence[float]]],
     baseline = fastest({n: f["round_medians"] for n, f in figures["trl_runs"].items()})
     trl_rounds = figures["trl_runs"][baseline]["round_medians"]
     figures["trl_baseline"] = baseline
-    figures["speedups"] = {n: ratio_rounds(trl_rounds, f["round_medians"], f"TRL {baseline} / memrl {n}")
+    figures["speedups"] = {n: common.ratio_rounds(trl_rounds, f["round_medians"], f"TRL {baseline} / memrl {n}")
                            for n, f in figures["memrl"].items()}
     row = figures["like_for_like_row"] = next(iter(memrl_runs))
     headline = figures["speedups"][row]
-    figures.update(speedup=headline["median"], speedup_range=headline["range"],
-                   speedup_rounds=headline["rounds"], speedup_lowest_round=headline["lowest"])
+    figures.update(speedup=headline["median"], speedup_range=[headline["min"], headline["max"]],
+                   speedup_rounds=headline["per_round"], speedup_lowest_round=headline["min"])
     return figures
 
 
@@ -677,7 +666,7 @@ def print_report(figures: dict[str, Any], cfg: Config) -> None:
             ratio = speedups.get(name) if side == "memrl" else None
             table.append([f"{side} {name}", float(np.median(medians)), min(medians), max(medians),
                           *medians, ratio["median"] if ratio else "",
-                          f"{ratio['range'][0]:.2f}-{ratio['range'][1]:.2f}" if ratio else ""])
+                          f"{ratio['min']:.2f}-{ratio['max']:.2f}" if ratio else ""])
     print(common.format_table(["run", "median s/step", "min", "max", *(f"round {k}" for k in rounds),
                                "TRL/this", "range"], table))
     if "speedup" not in figures:

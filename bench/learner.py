@@ -127,27 +127,17 @@ def logit_rows(variant: str, counts: dict[str, int]) -> int:
     return counts["completion"] if variant == "bare packed" else counts["packed"]
 
 
-def round_ratio(numerator: Sequence[float], denominator: Sequence[float], what: str
-                ) -> dict[str, float]:
-    """Median, min and max over rounds of ``numerator[i] / denominator[i]`` (seconds of the same
-    round); ``what`` names the ratio in errors."""
-    if len(numerator) != len(denominator):
-        raise ValueError(f"{what}: {len(numerator)} rounds against {len(denominator)}")
-    summary = common.summarise([common.ratio(a, b, f"{what}, round {i}")
-                                for i, (a, b) in enumerate(zip(numerator, denominator))])
-    return {key: summary[key] for key in ("median", "min", "max")}
-
-
 def learner_figures(seconds: dict[str, list[float]], real_tokens: int) -> dict[str, Any]:
     """Per variant: seconds per step (summary), real tokens/s (at the median) and ``vs_bare``,
-    its seconds over those of the bare step of its layout round by round (:func:`round_ratio`)."""
+    its seconds over those of the bare step of its layout round by round (:func:`bench._common.ratio_rounds`)."""
     out: dict[str, Any] = {}
     for name, values in seconds.items():
         summary = common.summarise(values)
         bare = bare_of(name)
         out[name] = {"seconds": summary,
                      "tokens_per_s": common.ratio(real_tokens, summary["median"], f"{name} tokens/s"),
-                     "vs_bare": round_ratio(values, seconds[bare], f"{name} / {bare}")}
+                     "vs_bare": {k: v for k, v in common.ratio_rounds(values, seconds[bare], f"{name} / {bare}").items()
+                                 if k in ("median", "min", "max")}}
     return out
 
 
@@ -156,7 +146,7 @@ def headline(seconds: dict[str, list[float]]) -> dict[str, Any]:
     ``overhead_vs_bare`` meets :data:`OVERHEAD_GOAL`."""
     out: dict[str, Any] = {}
     for name, numerator, denominator in HEADLINE_RATIOS:
-        spread = round_ratio(seconds[numerator], seconds[denominator], name)
+        spread = common.ratio_rounds(seconds[numerator], seconds[denominator], name)
         out[name] = spread["median"]
         out[f"{name}_range"] = [spread["min"], spread["max"]]
     out["overhead_goal"] = OVERHEAD_GOAL

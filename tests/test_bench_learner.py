@@ -59,7 +59,7 @@ def test_learner_figures_compare_each_variant_with_the_bare_step_of_its_layout()
     assert figures["bare packed"]["vs_bare"] == pytest.approx({"median": 1.0, "min": 1.0, "max": 1.0})
     with pytest.raises(KeyError):
         learner.learner_figures({"memrl": [1.0]}, real_tokens=10)
-    with pytest.raises(ValueError, match="memrl / bare packed: 2 rounds against 3"):
+    with pytest.raises(ValueError, match="memrl / bare packed: 2 numerator rounds but 3"):
         learner.learner_figures({"bare packed": [1.0, 1.0, 1.0], "memrl": [1.0, 1.0]}, 10)
 
 
