@@ -66,7 +66,8 @@ def test_grpo_steps_update_weights_workers_and_memory(ray_cluster, tmp_path):
     weights = {"memory_exploit": 0.5, "memory_explore": 2.0}
     for m in steps:
         terms = [k[len("reward/"):-len("/mean")] for k in m
-                 if k.startswith("reward/") and k.endswith("/mean") and k != "reward/total/mean"]
+                 if k.startswith("reward/") and k.endswith("/mean")
+                 and k not in ("reward/total/mean", "reward/intrinsic/mean")]  # sums of the terms
         assert {"correctness", "memory_exploit", "memory_explore"} <= set(terms)
         want = sum(weights.get(t, 1.0) * m[f"reward/{t}/mean"] for t in terms)
         assert m["reward/total/mean"] == pytest.approx(want, abs=1e-9)
