@@ -62,14 +62,19 @@ class LearnerWorker:
         self.rank = rank
         self.world_size = world_size
         self.trainer = PolicyTrainer(settings, progress=lambda stage: announce(name, stage))
-        self.train_threads = torch.get_num_threads()  # on a GPU the threads only launch kernels
-        if self.trainer.device == "cpu":
+
+        def threads(others_compute: bool) -> int:
+            if self.trainer.device != "cpu":  # on a GPU the threads only launch kernels
+                return torch.get_num_threads()
             # world_size: CPU learners are assumed to share one node, the cautious count
-            self.train_threads = resolve_train_threads(
-                settings.train_threads, rollout_overlaps=settings.rollout_overlaps, assigned_cpus=cpus,
-                cores=node_cores(), learners_on_node=world_size)
+            return resolve_train_threads(settings.train_threads, rollout_overlaps=others_compute,
+                                         assigned_cpus=cpus, cores=node_cores(), learners_on_node=world_size)
+
+        self.train_threads = threads(settings.rollout_overlaps)
+        self.reference_threads = threads(settings.rollout_overlaps or settings.scoring_overlaps_reference)
         print(f"{name}: {self.trainer.device}, {torch.get_num_threads()} torch thread(s), "
-              f"{self.train_threads} in the optimiser step", flush=True)
+              f"{self.reference_threads} in the reference pass, {self.train_threads} in the optimiser step",
+              flush=True)
         self._step: tuple[StepShard, torch.Tensor | None] | None = None
 
     def ping(self) -> dict[str, Any]:
@@ -95,8 +100,9 @@ class LearnerWorker:
         shard = shard_step(list(batches), self.rank, self.world_size,
                            self.trainer.settings.micro_batch_size)
         started = time.perf_counter()
-        ref_logp = (self.trainer.ref_logprobs(shard.batch)
-                    if self.trainer.reference is not None else None)
+        with torch_threads(self.reference_threads):
+            ref_logp = (self.trainer.ref_logprobs(shard.batch)
+                        if self.trainer.reference is not None else None)
         self._step = (shard, ref_logp)
         return {"rows": shard.global_seqs, "reference_seconds": time.perf_counter() - started}
 

@@ -86,10 +86,11 @@ def token_counts(batch: RolloutBatch, micro_batch_size: int) -> dict[str, int]:
     forward computes in the padded layout (``padded``) and in the packed one (``packed``, of
     which ``packed_real`` hold a token), micro-batch by micro-batch; and the positions projected
     onto the vocabulary: ``padded_logits`` (the last prompt position and every completion
-    column of each row) and ``completion`` (one per real completion token, the bare packed
-    step's; memrl's packed step projects all ``packed``)."""
+    column of each row), ``completion`` (one per real completion token, the bare packed
+    step's) and ``packed_logits`` (memrl's packed step: every row at each column where some row
+    predicts a completion token)."""
     real = int(batch.prompt_mask.sum() + batch.completion_mask.sum())
-    padded = packed = packed_real = 0
+    padded = packed = packed_real = packed_logits = 0
     passes = micro_batches_needed(batch.num_completions, micro_batch_size)
     for start, stop in micro_batch_bounds(batch.num_completions, passes):
         rows = slice(start, stop)
@@ -98,7 +99,10 @@ def token_counts(batch: RolloutBatch, micro_batch_size: int) -> dict[str, int]:
                                   batch.completion_ids[rows], batch.completion_mask[rows])
         packed += layout.computed_tokens
         packed_real += int(layout.row_lengths.sum())
+        width = layout.input_ids.shape[1]
+        packed_logits += layout.input_ids.shape[0] * int(torch.unique(layout.source % width).numel())
     return {"real": real, "padded": padded, "packed": packed, "packed_real": packed_real,
+            "packed_logits": packed_logits,
             "padded_logits": batch.num_completions * (batch.completion_ids.shape[1] + 1),
             "completion": int(batch.completion_mask.sum())}
 
@@ -124,7 +128,7 @@ def logit_rows(variant: str, counts: dict[str, int]) -> int:
     """Positions that ``variant``'s policy forward projects onto the vocabulary per step."""
     if is_padded(variant):
         return counts["padded_logits"]
-    return counts["completion"] if variant == "bare packed" else counts["packed"]
+    return counts["completion"] if variant == "bare packed" else counts["packed_logits"]
 
 
 def learner_figures(seconds: dict[str, list[float]], real_tokens: int) -> dict[str, Any]:

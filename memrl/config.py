@@ -511,7 +511,8 @@ class LearnerConfig(_Section):
     train_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description=(
-            "torch threads of each CPU learner during its optimiser step. auto: with "
+            "torch threads of each CPU learner during its optimiser step, and its reference "
+            "pass unless the method's memory service encodes meanwhile. auto: with "
             "rollout.mode sync the node's cores shared among its learners (the rollout "
             "workers wait meanwhile), with async its num_cpus (they generate meanwhile)"
         ),

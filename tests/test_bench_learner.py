@@ -37,10 +37,11 @@ def test_token_counts_and_padding_share():
     # real: prompts 2 + 2 + 3, completions 2 + 1 + 3; padded: 3 rows x 6; packed: 2 rows x 6
     # packed: the shared prompt once (2) + 3 + completions 6 = 11 real of 12 positions
     # logits: padded from the last prompt position, 3 rows x (3 + 1); completion tokens 2 + 1 + 3
-    assert counts == {"real": 13, "padded": 18, "packed": 12, "packed_real": 11,
+    # memrl's packed logits: columns 1-4 predict a completion token in some row, x 2 rows
+    assert counts == {"real": 13, "padded": 18, "packed": 12, "packed_real": 11, "packed_logits": 8,
                       "padded_logits": 12, "completion": 6}
     assert [learner.logit_rows(v, counts) for v in ("bare padded", "memrl padded", "bare packed",
-                                                    "memrl", "memrl Ray x2")] == [12, 12, 6, 12, 12]
+                                                    "memrl", "memrl Ray x2")] == [12, 12, 6, 8, 8]
     assert learner.pad_share(counts, packed=False) == pytest.approx(5 / 18)
     assert learner.pad_share(counts, packed=True) == pytest.approx(1 / 12)
     # one row per micro-batch: nothing shared, each row packed alone (6 + 3 + 6 positions)

@@ -72,7 +72,8 @@ class LearnerSettings:
     padding, one prompt per group) where the model allows it; the numbers do not depend on it.
     ``train_threads`` and ``rollout_overlaps`` (the rollout workers generate while the learner
     trains: ``rollout.mode`` async) set the threads of a CPU learner's optimiser step
-    (``memrl.learner.threads``).
+    (``memrl.learner.threads``); its reference pass takes as many unless
+    ``scoring_overlaps_reference`` (the memory service encodes while it runs).
     """
 
     model_path: str
@@ -93,6 +94,7 @@ class LearnerSettings:
     collective_timeout_s: float = default_of(TrainerConfig, "timeout_s")
     train_threads: TrainThreads = "auto"
     rollout_overlaps: bool = False
+    scoring_overlaps_reference: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -96,6 +96,7 @@ def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
         collective_timeout_s=t.timeout_s,
         train_threads=cfg.learner.train_threads,
         rollout_overlaps=cfg.rollout.mode == "async",
+        scoring_overlaps_reference=cfg.uses_memory,
     )
 
 
