@@ -67,7 +67,7 @@ class LearnerWorker:
             if self.trainer.device != "cpu":  # on a GPU the threads only launch kernels
                 return torch.get_num_threads()
             # world_size: CPU learners are assumed to share one node, the cautious count
-            return resolve_train_threads(settings.train_threads, rollout_overlaps=others_compute,
+            return resolve_train_threads(settings.train_threads, others_compute=others_compute,
                                          assigned_cpus=cpus, cores=node_cores(), learners_on_node=world_size)
 
         self.train_threads = threads(settings.rollout_overlaps)
@@ -85,7 +85,6 @@ class LearnerWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "device": self.trainer.device,
-            "train_threads": self.train_threads,
             "steps": self.trainer.steps,
             "weight_version": self.trainer.weight_version,
         }

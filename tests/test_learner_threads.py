@@ -22,7 +22,7 @@ from memrl.train.setup import learner_settings
 ])
 def test_train_threads_follow_what_else_computes_during_the_step(setting, overlaps, assigned, cores,
                                                                   learners, expected):
-    assert resolve_train_threads(setting, rollout_overlaps=overlaps, assigned_cpus=assigned, cores=cores,
+    assert resolve_train_threads(setting, others_compute=overlaps, assigned_cpus=assigned, cores=cores,
                                  learners_on_node=learners) == expected
 
 
@@ -30,7 +30,7 @@ def test_a_bad_thread_count_names_the_key():
     with pytest.raises(ConfigError, match="train_threads"):
         load_config(None, ["learner.train_threads=0"])
     with pytest.raises(ValueError, match="learner.train_threads = 0"):
-        resolve_train_threads(0, rollout_overlaps=False, assigned_cpus=1, cores=2, learners_on_node=1)
+        resolve_train_threads(0, others_compute=False, assigned_cpus=1, cores=2, learners_on_node=1)
 
 
 def test_the_config_reaches_the_learner_settings():

@@ -175,7 +175,8 @@ def packed_completion_logprobs(
     # the prompt's (nor at each completion's last token), a third of a packed row's positions.
     width = packed.input_ids.shape[1]
     source = packed.source.to(device)
-    columns = torch.unique(source % width)
+    row, column = source // width, source % width
+    columns = torch.unique(column)
     logits = model(
         input_ids=packed.input_ids.to(device),
         position_ids=packed.position_ids.to(device),
@@ -183,7 +184,7 @@ def packed_completion_logprobs(
         logits_to_keep=columns,
         use_cache=False,
     ).logits
-    picked = logits[source // width, torch.searchsorted(columns, source % width)]
+    picked = logits[row, torch.searchsorted(columns, column)]
     logp = selected_logprobs(picked, packed.targets.to(device), temperature)
     out = torch.zeros(shape, dtype=torch.float32, device=device)
     return out.index_put((packed.rows.to(device), packed.cols.to(device)), logp)

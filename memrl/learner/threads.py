@@ -1,10 +1,11 @@
-"""How many torch threads a CPU learner uses in its optimiser step.
+"""How many torch threads a CPU learner uses in its optimiser step and its reference pass.
 
 A step's phases mostly alternate: the rollout workers generate, the driver scores, then the
 learner trains while, in the synchronous rollout mode, every rollout worker waits for the new
 weights. A learner that keeps the one thread per Ray CPU it was given leaves the rest of the
-node idle for the longest phase of the step, so during the optimiser step (only) it takes the
-node's cores, shared among the node's learners. In the asynchronous mode the rollout workers
+node idle for the longest phase of the step, so during the optimiser step (and the reference
+pass, when no memory service encodes beside it) it takes the node's cores, shared among the
+node's learners. In the asynchronous mode the rollout workers
 generate the next step while the learner trains, so the learner keeps its own CPUs: two
 processes with several threads each on the same cores run many times slower than with one
 (shared/field-notes.md measured 22x for generation on 2 cores).
@@ -30,20 +31,20 @@ def node_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_train_threads(setting: TrainThreads, *, rollout_overlaps: bool, assigned_cpus: float,
+def resolve_train_threads(setting: TrainThreads, *, others_compute: bool, assigned_cpus: float,
                           cores: int, learners_on_node: int) -> int:
-    """Torch threads for the optimiser step.
+    """Torch threads for a phase of the learner (the optimiser step, the reference pass).
 
     ``setting``: a number is used as it is; ``"auto"`` gives the node's ``cores`` divided
-    among ``learners_on_node`` when nothing else computes during the step
-    (``rollout_overlaps`` False), else the learner's own ``assigned_cpus``. Never fewer than
+    among ``learners_on_node`` when nothing else computes during the phase
+    (``others_compute`` False), else the learner's own ``assigned_cpus``. Never fewer than
     the assigned CPUs, never fewer than one."""
     own = max(1, int(assigned_cpus))
     if setting != "auto":
         if setting < 1:
             raise ValueError(f"learner.train_threads = {setting!r}: must be >= 1 or 'auto'")
         return setting
-    if rollout_overlaps:
+    if others_compute:
         return own
     return max(own, cores // max(1, learners_on_node))
 
