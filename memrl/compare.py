@@ -12,9 +12,11 @@ inspected, reported or resumed on its own). The comparison reports, per method:
 and Memory-R+ minus each of R1, the random-bonus control (``r1+random``) and Memory-R, paired
 by seed, with a 95% Student-t interval and an exact two-sided sign test, for the methods that
 ran. ``accuracy_bands.png`` draws each method's evaluation accuracy over steps, mean ± std over
-seeds. Trials that already finished are not trained again. With both ``memoryr+`` and
-``r1+random`` and no ``random_bonus.*`` setting, each ``r1+random`` seed matches the bonus to
-the Memory-R+ trial of its seed (``random_bonus.match_run``), which is trained first.
+seeds; ``mechanism.png`` draws beside it the share of worked answers per method and Memory-R+'s
+intrinsic rewards by outcome and answer style, hit rates and memory sizes. Trials that already
+finished are not trained again. With both ``memoryr+`` and ``r1+random`` and no
+``random_bonus.*`` setting, each ``r1+random`` seed matches the bonus to the Memory-R+ trial of
+its seed (``random_bonus.match_run``), which is trained first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memrl import metric_keys as k
 from memrl.config import METHODS, ConfigError, load_config
 from memrl.report.table import markdown_table
 from memrl.run_dir import RunDir
@@ -177,7 +180,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
               "best %", "best min–max", "reached target", "steps to target", "collapse"]
     cells = []
     for r in rows:
-        collapse = ", ".join(f"{k}×{v}" for k, v in sorted(r["collapse"].items())) or "none"
+        collapse = ", ".join(f"{rule}×{n}" for rule, n in sorted(r["collapse"].items())) or "none"
         steps = "–" if r["steps_to_target_mean"] is None else f"{r['steps_to_target_mean']:.1f}"
         before = "–" if r["accuracy_before_mean"] is None else f"{100 * r['accuracy_before_mean']:.1f}"
         cells.append([r["method"], str(r["seeds"]), before, _pct(r["final_mean"], r["final_std"]),
@@ -188,11 +191,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, cells)
 
 
-def accuracy_band(series: Sequence[tuple[Sequence[int], Sequence[float]]]) -> dict[str, list[float]]:
-    """Evaluation accuracy over steps across seeds: for each step any seed evaluated at, the
-    mean, std (0 with one seed), min and max over the seeds that did, and their number.
+def metric_band(series: Sequence[tuple[Sequence[int], Sequence[float]]]) -> dict[str, list[float]]:
+    """A metric over steps across seeds: for each step any seed logged it at, the mean, std
+    (0 with one seed), min and max over the seeds that did, and their number.
 
-    ``series``: one ``(steps, accuracies)`` per seed."""
+    ``series``: one ``(steps, values)`` per seed."""
     by_step: dict[int, list[float]] = {}
     for steps, values in series:
         for step, value in zip(steps, values):
@@ -209,12 +212,39 @@ def accuracy_band(series: Sequence[tuple[Sequence[int], Sequence[float]]]) -> di
     return band
 
 
-def _eval_series(run_dir: Path) -> tuple[list[int], list[float]]:
-    from memrl.train.metrics import read_metrics
-
-    pairs = [(int(r["step"]), float(r["eval/accuracy"])) for r in read_metrics(run_dir)
-             if r.get("eval/accuracy") is not None]
+def _metric_series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pairs = [(int(r["step"]), float(r[key])) for r in records if r.get(key) is not None]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def mechanism_panels(records_by_method: dict[str, list[list[dict[str, Any]]]],
+                     method: str = "memoryr+") -> dict[str, dict[str, dict[str, list[float]]]]:
+    """The mechanism figure's panels, each a title -> {line label -> :func:`metric_band`}:
+    evaluation accuracy and the share of worked answers for every method, then ``method``'s
+    exploit and explore rewards (unweighted) over the correct, incorrect, worked and direct
+    completions, its memories' hit rates and sizes. ``records_by_method``: per method, each
+    seed's metric records. Panels whose metrics no run logged are left out."""
+    def bands(runs: list[list[dict[str, Any]]], key: str) -> dict[str, list[float]]:
+        return metric_band([_metric_series(records, key) for records in runs])
+
+    ours = records_by_method.get(method, [])
+    splits = {"correct": k.MECHANISM_CORRECT, "incorrect": k.MECHANISM_INCORRECT,
+              "worked": k.MECHANISM_WORKED, "direct": k.MECHANISM_DIRECT}
+    panels = {
+        "evaluation accuracy (greedy, held-out)":
+            {m: bands(runs, k.EVAL_ACCURACY) for m, runs in records_by_method.items()},
+        "share of worked answers (sampled)":
+            {m: bands(runs, k.MECHANISM_WORKED_FRAC) for m, runs in records_by_method.items()},
+        **{f"{method}: {term} reward by completion":
+           {split: bands(ours, key.format(component=component)) for split, key in splits.items()}
+           for term, component in (("exploit", "memory_exploit"), ("explore", "memory_explore"))},
+        f"{method}: memory hit rates": {"exploit": bands(ours, k.MEMORY_EXPLOIT_HIT_RATE),
+                                        "explore": bands(ours, k.MEMORY_EXPLORE_HIT_RATE)},
+        f"{method}: reasonings stored": {"success memory": bands(ours, k.MEMORY_SUCCESS_VALUES),
+                                         "failure memory": bands(ours, k.MEMORY_FAILURE_VALUES)},
+    }
+    return {title: lines for title, lines in panels.items()
+            if any(band["steps"] for band in lines.values())}
 
 
 def _trial_overrides(trial: Trial, trials: Sequence[Trial], match_bonus: bool) -> list[str]:
@@ -231,12 +261,13 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
                 seeds: Sequence[int], out: Path, *, target: float | None = None,
                 resume: str = "auto") -> dict[str, Any]:
     """Train every trial that has not finished yet, then write ``compare.json``,
-    ``compare.md``, ``accuracy_bands.png`` and the overlaid report under ``out``; returns the
-    comparison."""
+    ``compare.md``, ``accuracy_bands.png``, ``mechanism.png`` and the overlaid report under
+    ``out``; returns the comparison."""
     from memrl.report.plots import plot_bands
     from memrl.report.summary import summarise_run
     from memrl.report.write import write_report
     from memrl.train.loop import run_training
+    from memrl.train.metrics import read_metrics
 
     trials = plan_trials(methods, seeds, out)
     # r1+random takes its bonus's scale from Memory-R+'s run of the same seed, unless the
@@ -263,16 +294,19 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
     # What the memory adds: the paper's method against the baseline, the control and the
     # ablation, when both of a pair ran.
     differences = method_differences(summaries)
-    bands = {m: accuracy_band([_eval_series(t.run_dir) for t in trials if t.method == m])
-             for m in dict.fromkeys(methods)}
+    records = {m: [read_metrics(t.run_dir) for t in trials if t.method == m] for m in dict.fromkeys(methods)}
+    bands = {m: metric_band([_metric_series(runs, k.EVAL_ACCURACY) for runs in records[m]])
+             for m in records}
     result = {"config": config, "overrides": list(overrides), "target": target, "rows": rows,
               "differences": differences, "accuracy_bands": bands, "trials": summaries}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=str))
     report = write_report([t.run_dir for t in trials], out / "report")
-    bands_png = plot_bands(bands, out / "accuracy_bands.png",
+    bands_png = plot_bands({"evaluation accuracy": bands}, out / "accuracy_bands.png",
                            title="Evaluation accuracy (greedy, held-out): mean ± std over seeds, within min–max",
                            target=target)
+    mechanism_png = plot_bands(mechanism_panels(records), out / "mechanism.png",
+                               title="The mechanism: mean ± std over seeds, within min–max", target=target)
     table = format_table(rows)
     if differences:
         table += "\n\n" + "\n".join(f"- {format_difference(d)}" for d in differences)
@@ -282,6 +316,7 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
         f"Success: a seed whose evaluation reached the target, {100 * target:.1f}%; steps to "
         f"target: mean over those seeds. Differences: paired by seed, Student-t interval and "
         f"exact two-sided sign test (ties left out).\n\n"
-        f"Plots: [{bands_png.name}]({bands_png.relative_to(out)}), [{report.name}]({report.relative_to(out)})\n")
+        f"Plots: [{bands_png.name}]({bands_png.relative_to(out)}), "
+        f"[{mechanism_png.name}]({mechanism_png.relative_to(out)}), [{report.name}]({report.relative_to(out)})\n")
     print(table)
     return result

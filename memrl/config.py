@@ -63,15 +63,21 @@ def default_of(section: type[BaseModel], key: str) -> Any:
 
 
 class TinyModelConfig(_Section):
-    """The offline tiny Llama model built when ``model.name_or_path`` is ``tiny``."""
+    """The offline tiny model built when ``model.name_or_path`` is ``tiny``."""
 
+    # Qwen2 (q/k/v biases, a tokenizer class that splits every digit) is the second family the
+    # comparisons repeat on, so that a finding is not one architecture's artifact.
+    architecture: Literal["llama", "qwen2"] = Field(
+        default="llama",
+        description="model class: 'llama' (LlamaForCausalLM) or 'qwen2' (Qwen2ForCausalLM)",
+    )
     vocab_size: int = Field(
         default=512, ge=64,
         description="tokens of the BPE tokenizer trained on the task's text",
     )
     hidden_size: int = Field(
         default=128, ge=8,
-        description="width of the Llama model (a multiple of num_heads)",
+        description="width of the model (a multiple of num_heads)",
     )
     num_layers: int = Field(default=4, ge=1, description="transformer layers")
     num_heads: int = Field(default=4, ge=1, description="attention heads")

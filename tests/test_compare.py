@@ -6,10 +6,11 @@ import pytest
 from trainer_configs import FAST, TINY
 
 from memrl.compare import (
-    accuracy_band,
     aggregate,
     format_difference,
     format_table,
+    mechanism_panels,
+    metric_band,
     paired_difference,
     plan_trials,
     run_compare,
@@ -75,8 +76,8 @@ def test_exact_sign_test_p_values():
     assert sign_test([0.1, -0.1, 0.0])["p"] == 1.0 and sign_test([0.0, 0.0])["p"] == 1.0
 
 
-def test_accuracy_band_aggregates_seeds_per_step():
-    band = accuracy_band([([0, 10, 20], [0.1, 0.3, 0.5]), ([0, 10], [0.1, 0.5])])
+def test_metric_band_aggregates_seeds_per_step():
+    band = metric_band([([0, 10, 20], [0.1, 0.3, 0.5]), ([0, 10], [0.1, 0.5])])
     assert band["steps"] == [0, 10, 20] and band["seeds"] == [2, 2, 1]
     assert band["mean"] == pytest.approx([0.1, 0.4, 0.5])
     assert band["std"] == pytest.approx([0.0, 0.1414213, 0.0], rel=1e-5)
@@ -99,6 +100,30 @@ def _finished_trial(run_dir, method, seed, final):
     (run_dir / "summary.json").write_text(json.dumps({
         "method": method, "seed": seed, "steps": 10, "accuracy_before": 0.2, "accuracy_after": final,
         "best_accuracy": final}))
+
+
+def test_mechanism_panels_split_each_term_by_outcome_and_answer_style(tmp_path):
+    from memrl.report.plots import plot_bands
+
+    seed = [{"step": 1, "mechanism/worked_frac": 0.25, "mechanism/memory_exploit/correct": 0.8,
+             "mechanism/memory_exploit/incorrect": 0.2, "mechanism/memory_exploit/worked": 0.6,
+             "mechanism/memory_exploit/direct": 0.3, "memory/exploit_hit_rate": 0.5,
+             "memory/success_values": 3},
+            {"step": 2, "eval/accuracy": 0.4, "mechanism/worked_frac": 0.75}]
+    r1 = [[{"step": 1, "mechanism/worked_frac": 0.1}, {"step": 2, "eval/accuracy": 0.2}]]
+    panels = mechanism_panels({"memoryr+": [seed, seed], "r1": r1})
+    # No run logged an explore reward: that panel is left out.
+    assert list(panels) == ["evaluation accuracy (greedy, held-out)", "share of worked answers (sampled)",
+                            "memoryr+: exploit reward by completion", "memoryr+: memory hit rates",
+                            "memoryr+: reasonings stored"]
+    assert panels["share of worked answers (sampled)"]["memoryr+"]["mean"] == [0.25, 0.75]
+    assert panels["share of worked answers (sampled)"]["r1"]["mean"] == [0.1]
+    exploit = panels["memoryr+: exploit reward by completion"]
+    assert {split: band["mean"] for split, band in exploit.items()} == {
+        "correct": [0.8], "incorrect": [0.2], "worked": [0.6], "direct": [0.3]}
+    assert exploit["direct"]["seeds"] == [2]
+    assert panels["memoryr+: memory hit rates"]["explore"]["steps"] == []
+    assert plot_bands(panels, tmp_path / "mechanism.png", title="t").stat().st_size > 10_000
 
 
 def test_compare_of_finished_trials_reports_success_differences_sign_tests_and_bands(tmp_path):
@@ -159,6 +184,7 @@ def test_three_methods_two_seeds_micro_run(ray_cluster, tmp_path):
     assert saved["accuracy_bands"]["r1"]["steps"] == [0, 1, 2]
     assert "| memoryr+ | 2 |" in (out / "compare.md").read_text()
     assert (out / "report" / "accuracy.png").is_file() and (out / "accuracy_bands.png").is_file()
+    assert (out / "mechanism.png").is_file() and "mechanism.png" in (out / "compare.md").read_text()
     # Memory rewards exist only in the memory method's runs, with their mechanism split.
     memory_trials = [t for t in result["trials"] if t["method"] == "memoryr+"]
     assert all((out / t["run"] / "memory" / "final").is_dir() for t in memory_trials)

@@ -47,6 +47,27 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), TEXTS, **SIZES)
 
 
+def test_qwen2_tiny_model_has_its_family_s_biases_tokenizer_and_ids(tmp_path: Path) -> None:
+    folder = build_tiny_model(tmp_path, TEXTS, **SIZES, architecture="qwen2")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # transformers gives a qwen2 folder Qwen2's own tokenizer class (every digit its own token).
+    assert type(model).__name__ == "Qwen2ForCausalLM" and type(tokenizer).__name__ == "Qwen2Tokenizer"
+    attention = model.model.layers[0].self_attn
+    assert attention.q_proj.bias is not None and attention.o_proj.bias is None
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (
+        tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    pieces = [tokenizer.decode([i]) for i in tokenizer("12 + 7 = 19")["input_ids"]]
+    assert [p.strip() for p in pieces if any(c.isdigit() for c in p)] == ["1", "2", "7", "1", "9"]
+    for text in ROUND_TRIP + TEXTS:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert all(len(tokenizer(tag)["input_ids"]) == 1 for tag in FORMAT_TAGS)
+    with pytest.raises(ValueError, match="architecture 'gpt2'"):
+        build_tiny_model(tmp_path / "x", TEXTS, **SIZES, architecture="gpt2")
+
+
 def test_tokenizer_ids_survive_save_and_reload(tmp_path: Path) -> None:
     tokenizer = train_bpe_tokenizer(TEXTS, 300)
     tokenizer.save_pretrained(tmp_path)

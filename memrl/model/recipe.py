@@ -72,9 +72,12 @@ def tiny_base_recipe(cfg: Config, task: Task) -> TinyBaseRecipe:
             for r, completion in pairs
         ]
 
+    # The architecture enters the key only when it is not Llama: bases built before it was an
+    # option (the shipped default's among them) keep their keys.
     sizes = tiny.model_dump(exclude={"warmstart_steps", "warmstart_lr", "warmstart_batch_size",
                                      "warmstart_examples", "warmstart_free_text_fraction",
-                                     "habit_steps", "habit_lr", "habit_direct_fraction", "cache_dir"})
+                                     "habit_steps", "habit_lr", "habit_direct_fraction", "cache_dir"}
+                            | ({"architecture"} if tiny.architecture == "llama" else set()))
     spec: dict[str, Any] = {
         "model": sizes,
         "warmstart": {"steps": tiny.warmstart_steps, "lr": tiny.warmstart_lr,

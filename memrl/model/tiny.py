@@ -5,19 +5,29 @@ round-trips through ``decode(encode(text))``. Digit runs are pre-split from lett
 BPE then learns frequent numbers as single tokens (on small-number arithmetic a 1M-parameter
 model reached a given accuracy in fewer CPU seconds this way than with one token per digit,
 which keeps every number's spelling uniform at any size). The model is a
-``LlamaForCausalLM`` (a Qwen2 config would reload its tokenizer as a different class with
-different ids) and the folder is an ordinary Hugging Face folder that
-``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load.
+``LlamaForCausalLM`` or a ``Qwen2ForCausalLM`` and the folder is an ordinary Hugging Face
+folder that ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load. A Qwen2 folder's
+tokenizer reloads as ``Qwen2Tokenizer`` (transformers overrides the class for that model type):
+the same vocabulary, merges and special-token ids behind Qwen2's own pre-tokenizer, which splits
+every digit, so a Qwen2 base trains its tokenizer with ``split_digits`` and every loader
+(warm start, learner, engines) sees the ids a real Qwen2.5 folder's class produces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -33,6 +43,10 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# The model classes a tiny base can have (``model.tiny.architecture``).
+TINY_CONFIGS: dict[str, Callable[..., PretrainedConfig]] = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 
 
 def train_bpe_tokenizer(
@@ -97,10 +111,13 @@ def build_tiny_model(
     intermediate_size: int = 512,
     max_position_embeddings: int = 512,
     split_digits: bool = False,
+    architecture: str = "llama",
     seed: int = 0,
 ) -> Path:
-    """Train a tokenizer on ``texts``, initialise a random Llama model and save both.
+    """Train a tokenizer on ``texts``, initialise a random model and save both.
 
+    ``architecture`` is ``llama`` or ``qwen2`` (whose attention has q/k/v biases and whose
+    tokenizer splits every digit whatever ``split_digits`` says: module docstring).
     The folder at ``out_dir`` (created if needed) holds ``config.json``,
     ``generation_config.json``, ``model.safetensors`` and the tokenizer files. Input and
     output embeddings are tied. Initial weights depend only on ``seed`` and the shapes; the
@@ -109,13 +126,16 @@ def build_tiny_model(
     """
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if architecture not in TINY_CONFIGS:
+        raise ValueError(f"architecture {architecture!r}: choose one of {sorted(TINY_CONFIGS)}")
     out = Path(out_dir)
     tokenizer = train_bpe_tokenizer(
-        texts, vocab_size, split_digits=split_digits, model_max_length=max_position_embeddings
+        texts, vocab_size, split_digits=split_digits or architecture == "qwen2",
+        model_max_length=max_position_embeddings,
     )
     # transformers types a token id as int, str or a list of either; these are single tokens
     assert isinstance(tokenizer.eos_token_id, int) and isinstance(tokenizer.pad_token_id, int)
-    config = LlamaConfig(
+    config = TINY_CONFIGS[architecture](
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -130,7 +150,7 @@ def build_tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )

@@ -144,34 +144,37 @@ def plot_topic(topic: Topic, runs: Sequence[Run], findings: Sequence[Sequence[di
     return path
 
 
-def plot_bands(bands: Mapping[str, Mapping[str, Sequence[float]]], path: Path, *, title: str,
-               target: float | None = None) -> Path:
-    """Draw one line per method (its mean over seeds) with a band (mean ± std, clipped to its
-    seeds' min–max) to ``path``; ``bands``: method -> :func:`memrl.compare.accuracy_band`'s
-    dict. ``target``: a grey dotted line (the success threshold)."""
+def plot_bands(panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], path: Path, *,
+               title: str, target: float | None = None) -> Path:
+    """Draw one subplot per panel (its title -> its lines) to ``path``: each line (its label ->
+    :func:`memrl.compare.metric_band`'s dict) is its mean over seeds with a band (mean ± std,
+    clipped to its seeds' min–max). ``target``: a grey dotted line on the first panel (the
+    success threshold)."""
     from matplotlib.lines import Line2D
 
-    fig, (ax,) = _grid(1)
-    legend = []
-    for i, (method, band) in enumerate(bands.items()):
-        if not band["steps"]:
-            continue
-        steps, mean, std = (np.asarray(band[key], dtype=np.float64) for key in ("steps", "mean", "std"))
-        low = np.maximum(mean - std, np.asarray(band["min"], dtype=np.float64))
-        high = np.minimum(mean + std, np.asarray(band["max"], dtype=np.float64))
-        style = _Style(f"{method} ({max(band['seeds'])} seeds)", f"C{i % 10}",
-                       _RUN_LINESTYLES[i % len(_RUN_LINESTYLES)])
-        ax.fill_between(steps, low, high, color=style.color, alpha=0.2, linewidth=0)
-        _line(ax, steps, mean, 1, False, style)
-        legend.append(style)
-    if target is not None:
-        ax.axhline(target, color="grey", linestyle=":", linewidth=1.0)
-    ax.set_ylabel("accuracy")
-    _widen_flat(ax)
+    fig, axes = _grid(len(panels))
+    legend: dict[str, _Style] = {}  # one legend entry per label, one colour per label
+    for n, (ax, (panel, bands)) in enumerate(zip(axes, panels.items())):
+        for label, band in bands.items():
+            if not band["steps"]:
+                continue
+            i = list(legend).index(label) if label in legend else len(legend)
+            steps, mean, std = (np.asarray(band[key], dtype=np.float64) for key in ("steps", "mean", "std"))
+            low = np.maximum(mean - std, np.asarray(band["min"], dtype=np.float64))
+            high = np.minimum(mean + std, np.asarray(band["max"], dtype=np.float64))
+            style = legend.setdefault(label, _Style(f"{label} ({max(band['seeds'])} seeds)", f"C{i % 10}",
+                                                    _RUN_LINESTYLES[i % len(_RUN_LINESTYLES)]))
+            ax.fill_between(steps, low, high, color=style.color, alpha=0.2, linewidth=0)
+            _line(ax, steps, mean, 1, False, style)
+        if target is not None and n == 0:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1.0)
+        ax.set_title(panel, fontsize=10)
+        _widen_flat(ax)
     fig.suptitle(title, fontsize=12)
-    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, linewidth=2) for s in legend]
-    fig.legend(handles, [s.label for s in legend], loc="outside lower center",
-               ncols=min(3, max(1, len(legend))), fontsize=9, frameon=False)
+    styles = list(legend.values())
+    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, linewidth=2) for s in styles]
+    fig.legend(handles, [s.label for s in styles], loc="outside lower center",
+               ncols=min(4, max(1, len(styles))), fontsize=9, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
