@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build-base", help="build the config's offline tiny base model (tokenizer + warm start)",
         description="memrl build-base [CONFIG.yaml] [key=value ...] --out DIR: builds into "
         "DIR/<spec key> even where memrl ships that base. `memrl build-base --out "
-        "memrl/model/bases` rebuilds the shipped default base.",
+        "memrl/model/bases` rebuilds the shipped default base, `memrl build-base configs/sparse.yaml "
+        "--out memrl/model/bases` the sparse setting's.",
     )
     build.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE")
     build.add_argument("--out", required=True, help="folder that receives the base's folder")

@@ -69,7 +69,8 @@ GROUPS: dict[str, str] = {
                  "unweighted, as in `reward/{component}/mean`) split over the step's completions: "
                  "correct vs incorrect ones, worked vs direct answers (a direct answer's reasoning "
                  "starts with 'The answer is', `memrl.tasks.base.is_direct_answer`). A key is "
-                 "left out of a step with no completion of its kind.",
+                 "left out of a step with no completion of its kind; `mechanism/worked_frac` is "
+                 "logged by every method.",
     "eval": "The run's greedy evaluation on the held-out set, on lines of their own: at step 0 "
             "(`trainer.eval_before_after`), every `trainer.eval_every_steps` and after the last "
             "step.",

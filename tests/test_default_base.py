@@ -1,5 +1,6 @@
-"""The embedded default's base model ships with memrl: every machine starts from the same
-weights, never builds it, and its held-out accuracy is the README's "before" figure."""
+"""The shipped bases (the embedded default's and the sparse settings') ship with memrl: every
+machine starts from the same weights, never builds them, and their held-out accuracy is the
+README's and docs/findings.md's "before" figure."""
 
 import json
 from pathlib import Path
@@ -17,28 +18,40 @@ from memrl.rollout.hf_engine import HFEngine
 from memrl.tasks import build_task
 from memrl.train.setup import prepare_model
 
-# Greedy accuracy of the shipped base on the default's 200 held-out problems (README, "before").
-PINNED_CORRECT = 29
-PINNED_DIRECT = 199  # greedy answers that state the answer without working
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# Per shipped config: greedy correct answers of its base on the 200 held-out problems (README
+# and docs/findings.md, "before"), and how many of them state the answer without working.
+PINNED = {
+    "default.yaml": (29, 199),
+    "sparse.yaml": (25, 200),
+    "sparse_qwen2.yaml": (24, 200),
+}
 
 
-@pytest.fixture(scope="module")
-def default():
-    cfg = load_config(None, [])
+@pytest.fixture(scope="module", params=sorted(PINNED))
+def shipped(request):
+    cfg = load_config(CONFIGS / request.param, [])
     task = build_task(cfg)
-    return cfg, task, tiny_base_recipe(cfg, task)
+    return request.param, cfg, task, tiny_base_recipe(cfg, task)
 
 
-def test_the_default_config_runs_on_the_shipped_base_without_building(default, tmp_path, monkeypatch):
-    cfg, task, recipe = default
+def test_every_shipped_base_belongs_to_a_shipped_config():
+    keys = set()
+    for name in PINNED:
+        cfg = load_config(CONFIGS / name, [])
+        keys.add(spec_key(tiny_base_recipe(cfg, build_task(cfg)).spec))
+    assert sorted(p.name for p in SHIPPED_BASES.iterdir()) == sorted(keys)
+
+
+def test_the_config_runs_on_its_shipped_base_without_building(shipped, tmp_path, monkeypatch):
+    name, cfg, task, recipe = shipped
     folder = shipped_base(recipe.spec)
     assert folder is not None, (
-        f"no shipped base for the default config's spec {spec_key(recipe.spec)} (shipped: "
-        f"{sorted(p.name for p in SHIPPED_BASES.iterdir())}); the default's model.tiny or task "
-        "settings changed: rebuild with `memrl build-base --out memrl/model/bases`, re-measure "
-        "the README's figures and update this test")
+        f"no shipped base for configs/{name}'s spec {spec_key(recipe.spec)} (shipped: "
+        f"{sorted(p.name for p in SHIPPED_BASES.iterdir())}); its model.tiny or task settings "
+        f"changed: rebuild with `memrl build-base configs/{name} --out memrl/model/bases`, "
+        "re-measure the figures that quote it and update this test")
     assert json.loads((folder / SPEC_FILE).read_text()) == json.loads(json.dumps(recipe.spec))
-    assert sorted(p.name for p in SHIPPED_BASES.iterdir()) == [folder.name], "one shipped base only"
     monkeypatch.setenv("MEMRL_CACHE", str(tmp_path / "cache"))
     assert prepare_model(cfg, task) == str(folder)
     assert not (tmp_path / "cache").exists(), "the shipped base must not be rebuilt or copied"
@@ -46,8 +59,8 @@ def test_the_default_config_runs_on_the_shipped_base_without_building(default, t
         assert (folder / name).is_file(), name
 
 
-def test_shipped_base_answers_directly_and_its_accuracy_is_pinned(default):
-    cfg, task, recipe = default
+def test_shipped_base_answers_directly_and_its_accuracy_is_pinned(shipped):
+    name, cfg, task, recipe = shipped
     folder = shipped_base(recipe.spec)
     engine = HFEngine(str(folder), device="cpu", num_threads=2)
     records = list(task.dataset("test"))
@@ -66,7 +79,7 @@ def test_shipped_base_answers_directly_and_its_accuracy_is_pinned(default):
     correct = int(sum(correctness_reward(batch, mode="exact")))
     lenient = sum(a.correct for a in task.score_answers(records, texts, timeout_s=5.0))
     direct = sum(t.startswith("<reasoning>\nThe answer is") for t in texts)
-    assert (correct, direct) == (PINNED_CORRECT, PINNED_DIRECT)
+    assert (correct, direct) == PINNED[name]
     assert lenient == correct  # every answer is tagged: the graders agree on the base
 
 

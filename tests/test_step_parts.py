@@ -99,10 +99,12 @@ def test_mechanism_metrics_split_the_intrinsic_terms_by_outcome_and_style():
     # The intrinsic part, weights included: 0.5·exploit + 2·explore = 0.4, 2.1, 1.2, 1.3.
     assert m["reward/intrinsic/mean"] == pytest.approx(1.25)
     assert m["reward/intrinsic/std"] == pytest.approx(np.std([0.4, 2.1, 1.2, 1.3]))
-    # A split without completions is left out; a run without intrinsic terms logs none of it.
+    # A split without completions is left out; a run without intrinsic terms logs only the share.
     all_correct = dataclasses.replace(scores, correct=np.ones(4, dtype=bool))
     assert "mechanism/memory_exploit/incorrect" not in step_metrics(_work(scores=all_correct))
-    assert not any(key.startswith(("mechanism/", "reward/intrinsic")) for key in step_metrics(_work()))
+    plain = step_metrics(_work())
+    assert not any(key.startswith(("mechanism/memory", "mechanism/random", "reward/intrinsic")) for key in plain)
+    assert 0.0 <= plain["mechanism/worked_frac"] <= 1.0
 
 
 def test_a_phase_that_did_not_run_logs_zero_time():

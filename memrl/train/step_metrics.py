@@ -78,7 +78,8 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
     intrinsic = intrinsic_part(scores.components, scores.weights)
     if intrinsic is not None:
         metrics[k.REWARD_INTRINSIC_MEAN], metrics[k.REWARD_INTRINSIC_STD] = _mean_std(intrinsic)
-        metrics.update(mechanism_metrics(scores))
+    # Every method: the share of worked answers is what RL must raise, with or without a memory.
+    metrics.update(mechanism_metrics(scores))
     metrics[k.ACCURACY] = float(scores.correct.mean())
     metrics[k.COMPLETION_LENGTH_MEAN], metrics[k.COMPLETION_LENGTH_STD] = _mean_std(scores.lengths.astype(float))
     metrics[k.COMPLETION_CLIPPED_FRAC] = float((scores.lengths >= work.max_completion_length).mean())
@@ -107,7 +108,8 @@ def step_metrics(work: StepWork) -> dict[str, float | str]:
 
 def mechanism_metrics(scores: StepScores) -> dict[str, float]:
     """Each intrinsic term's mean over the correct, incorrect, worked and direct completions
-    (``mechanism/*``; a split with no completion is left out), and the share of worked ones."""
+    (``mechanism/*``; a split with no completion, or a term the method lacks, is left out), and
+    the share of worked ones."""
     splits = {k.MECHANISM_CORRECT: scores.correct, k.MECHANISM_INCORRECT: ~scores.correct,
               k.MECHANISM_WORKED: ~scores.direct, k.MECHANISM_DIRECT: scores.direct}
     metrics: dict[str, float] = {k.MECHANISM_WORKED_FRAC: float((~scores.direct).mean())}
