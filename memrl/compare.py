@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memrl import metric_keys as k
+from memrl.collapse import metric_series
 from memrl.config import METHODS, ConfigError, load_config
 from memrl.report.table import markdown_table
 from memrl.run_dir import RunDir
@@ -191,7 +192,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return markdown_table(header, cells)
 
 
-def metric_band(series: Sequence[tuple[Sequence[int], Sequence[float]]]) -> dict[str, list[float]]:
+def metric_band(series: Sequence[tuple[Iterable[int], Iterable[float]]]) -> dict[str, list[float]]:
     """A metric over steps across seeds: for each step any seed logged it at, the mean, std
     (0 with one seed), min and max over the seeds that did, and their number.
 
@@ -212,11 +213,6 @@ def metric_band(series: Sequence[tuple[Sequence[int], Sequence[float]]]) -> dict
     return band
 
 
-def _metric_series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    pairs = [(int(r["step"]), float(r[key])) for r in records if r.get(key) is not None]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
 def mechanism_panels(records_by_method: dict[str, list[list[dict[str, Any]]]],
                      method: str = "memoryr+") -> dict[str, dict[str, dict[str, list[float]]]]:
     """The mechanism figure's panels, each a title -> {line label -> :func:`metric_band`}:
@@ -225,7 +221,7 @@ def mechanism_panels(records_by_method: dict[str, list[list[dict[str, Any]]]],
     completions, its memories' hit rates and sizes. ``records_by_method``: per method, each
     seed's metric records. Panels whose metrics no run logged are left out."""
     def bands(runs: list[list[dict[str, Any]]], key: str) -> dict[str, list[float]]:
-        return metric_band([_metric_series(records, key) for records in runs])
+        return metric_band([metric_series(records, key) for records in runs])
 
     ours = records_by_method.get(method, [])
     splits = {"correct": k.MECHANISM_CORRECT, "incorrect": k.MECHANISM_INCORRECT,
@@ -295,7 +291,7 @@ def run_compare(config: str | None, overrides: Sequence[str], methods: Sequence[
     # ablation, when both of a pair ran.
     differences = method_differences(summaries)
     records = {m: [read_metrics(t.run_dir) for t in trials if t.method == m] for m in dict.fromkeys(methods)}
-    bands = {m: metric_band([_metric_series(runs, k.EVAL_ACCURACY) for runs in records[m]])
+    bands = {m: metric_band([metric_series(runs, k.EVAL_ACCURACY) for runs in records[m]])
              for m in records}
     result = {"config": config, "overrides": list(overrides), "target": target, "rows": rows,
               "differences": differences, "accuracy_bands": bands, "trials": summaries}

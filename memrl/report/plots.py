@@ -158,12 +158,14 @@ def plot_bands(panels: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
         for label, band in bands.items():
             if not band["steps"]:
                 continue
-            i = list(legend).index(label) if label in legend else len(legend)
+            if label not in legend:
+                i = len(legend)
+                legend[label] = _Style(f"{label} ({max(band['seeds'])} seeds)", f"C{i % 10}",
+                                       _RUN_LINESTYLES[i % len(_RUN_LINESTYLES)])
+            style = legend[label]
             steps, mean, std = (np.asarray(band[key], dtype=np.float64) for key in ("steps", "mean", "std"))
             low = np.maximum(mean - std, np.asarray(band["min"], dtype=np.float64))
             high = np.minimum(mean + std, np.asarray(band["max"], dtype=np.float64))
-            style = legend.setdefault(label, _Style(f"{label} ({max(band['seeds'])} seeds)", f"C{i % 10}",
-                                                    _RUN_LINESTYLES[i % len(_RUN_LINESTYLES)]))
             ax.fill_between(steps, low, high, color=style.color, alpha=0.2, linewidth=0)
             _line(ax, steps, mean, 1, False, style)
         if target is not None and n == 0:
