@@ -5,15 +5,19 @@ Both train the same model on arith with the same group size, batch, completion l
 sampling, loss settings (KL coefficient beta, clip epsilons, loss aggregation, reward
 scaling), optimizer settings and step count:
 
-- memrl: ``memrl.train.loop.run_training`` with the default config and overrides (hf engine
-  unless the row says ``@vllm``, no evaluation, no checkpoint until the end, no TensorBoard);
-  its driver and actors run one torch thread per process. The like-for-like row is the first
-  (default method ``r1``, rule rewards only); ``memoryr+`` (adds the episodic-memory service)
-  is an extra row, and ``r1@vllm`` (vLLM rollout workers; a default row when a working vLLM is
-  installed) another. A row may name a rollout mode, e.g. ``r1:async``.
-- TRL: ``GRPOTrainer`` in every configuration of ``--trl-configs``, ``BACKEND:THREADS``:
-  generation by ``transformers`` or by TRL's own vLLM (``use_vllm=True``,
-  ``vllm_mode="colocate"``), with 1 torch thread or ``all`` (``os.cpu_count()``). Each run has
+- memrl: ``memrl.train.loop.run_training`` with the default config and overrides (no
+  evaluation, no checkpoint until the end, no TensorBoard): the default's layout (one rollout
+  worker generating step t+1 while the learner trains step t, ``model.dtype: auto``, the vLLM
+  engine when it works here) unless the row names a mode or engine; its driver and actors run
+  one torch thread per process. The like-for-like row is the first (default ``r1``, rule
+  rewards only); ``memoryr+`` (adds the episodic-memory service) is an extra row, and
+  ``r1:sync`` (two synchronous workers, on-policy) another.
+- TRL: ``GRPOTrainer`` in every configuration of ``--trl-configs``, ``BACKEND:THREADS[:bf16]``:
+  generation by transformers' ``generate``, its continuous batching (``cb``) or TRL's own
+  vLLM (``use_vllm=True``, ``vllm_mode="colocate"``), with 1 torch thread or ``all``
+  (``os.cpu_count()``), in float32 or with ``bf16=True`` (float32 weights under bfloat16
+  autocast, the mixed precision memrl's ``model.dtype: auto`` computes in on a CPU with native
+  bfloat16, where the default list includes it). Each run has
   a fresh process of its own whose OpenMP/MKL variables and ``torch.set_num_threads`` are set
   to that count (the count torch then reports is recorded; vLLM's CPU backend pins threads
   and keeps state a second run in one process would inherit). Gradient checkpointing is off
@@ -21,8 +25,8 @@ scaling), optimizer settings and step count:
   model exactly when beta > 0 (memrl's learner computes reference log-probs then too). The
   configuration with the lowest median seconds per step is the baseline; one that fails is
   reported with its error. The JSON's ``trl_config`` records the baseline's settings
-  (``torch_threads``, ``gradient_checkpointing``, ``generation_backend``, ``reference_model``)
-  and ``trl_configs_tried`` all of them. Both see the same prompts in the same order (the
+  (``torch_threads``, ``precision``, ``gradient_checkpointing``, ``generation_backend``,
+  ``reference_model``) and ``trl_configs_tried`` all of them. Both see the same prompts in the same order (the
   records ``memrl train``'s prompt stream hands out, rendered by the same prompt builder, not
   shuffled) and the same reward: memrl's R1 rule rewards (``RewardComposer`` over the task's
   reward plan, correctness checked by ``memrl.verify``).
@@ -71,6 +75,7 @@ import numpy as np
 
 import bench._common as common  # first: one thread per process, offline hubs
 from memrl.config import METHODS, Config
+from memrl.model.precision import auto_dtype, native_bf16_cpu
 from memrl.rewards.batch import RewardBatch
 from memrl.rewards.registry import RewardComposer
 from memrl.rewards.total import total_reward
@@ -83,7 +88,12 @@ TARGET_SPEEDUP = {"tiny": 1.5, "34m": 2.0}
 TARGET_LOWEST_ROUND = 1.3
 MODEL_SIZES = tuple(TARGET_SPEEDUP)
 PHASES = ("generate", "score", "memory", "reference", "train", "sync", "step")
-TRL_BACKENDS = ("transformers", "vllm")
+ROLLOUT_MODES = ("sync", "async")
+# Rollout workers of a row that names its mode, on a machine of ``cores`` cores.
+ROLLOUT_WORKERS: dict[str, Callable[[int], int]] = {"sync": lambda cores: cores,
+                                                    "async": lambda cores: max(1, cores - 1)}
+TRL_BACKENDS = ("transformers", "cb", "vllm")
+TRL_PRECISIONS = ("fp32", "bf16")
 # memrl grpo.loss_aggregation / grpo.scale_rewards -> TRL's names for the same formulas
 TRL_LOSS_TYPE = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "dr_grpo": "dr_grpo"}
 TRL_SCALE_REWARDS = {"std": "group", "none": "none"}
@@ -131,31 +141,39 @@ def trl_batch_split(batch_size: int, micro_batch_size: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TrlSetup:
-    """One TRL configuration: generation ``backend`` (``transformers`` or TRL's ``vllm``
-    colocate mode) and the torch ``threads`` of its process."""
+    """One TRL configuration: generation ``backend`` (``transformers``' ``generate``, its
+    continuous batching ``cb`` or TRL's ``vllm`` colocate mode), the torch ``threads`` of its
+    process and the ``precision`` of its matmuls (``fp32``, or ``bf16``: TRL's ``bf16=True``,
+    float32 weights under bfloat16 autocast)."""
 
     backend: str
     threads: int
+    precision: str = "fp32"
 
     @property
     def name(self) -> str:
-        return f"{self.backend}:{self.threads}"
+        return f"{self.backend}:{self.threads}" + (":bf16" if self.precision == "bf16" else "")
 
 
 def parse_trl_setup(text: str, cpus: int) -> TrlSetup:
-    """``"transformers:1"`` or ``"vllm:all"`` (``all`` = ``cpus`` threads) -> :class:`TrlSetup`."""
-    backend, _, threads = text.partition(":")
+    """``"transformers:1"``, ``"vllm:all"`` (``all`` = ``cpus`` threads) or
+    ``"cb:all:bf16"`` -> :class:`TrlSetup`."""
+    backend, _, rest = text.partition(":")
+    threads, _, precision = rest.partition(":")
     count = cpus if threads == "all" else int(threads) if threads.isdigit() else 0
-    if backend not in TRL_BACKENDS or count < 1:
-        raise ValueError(f"--trl-configs {text!r}: expected BACKEND:THREADS with BACKEND in "
+    if backend not in TRL_BACKENDS or count < 1 or precision not in ("", *TRL_PRECISIONS):
+        raise ValueError(f"--trl-configs {text!r}: expected BACKEND:THREADS[:bf16] with BACKEND in "
                          f"{TRL_BACKENDS} and THREADS a count >= 1 or 'all'")
-    return TrlSetup(backend, count)
+    return TrlSetup(backend, count, precision or "fp32")
 
 
-def default_trl_setups(cpus: int, on_vllm: bool) -> list[str]:
-    """transformers generation with 1 thread and with every core; TRL's vLLM mode with every
-    core when vLLM works here (deduplicated on a 1-core machine)."""
-    names = ["transformers:1", f"transformers:{cpus}", *([f"vllm:{cpus}"] if on_vllm else [])]
+def default_trl_setups(cpus: int, on_vllm: bool, bf16: bool) -> list[str]:
+    """``generate`` with 1 thread and with every core, with every core in bfloat16 too when
+    the CPU multiplies bfloat16 natively (``bf16``), and TRL's vLLM mode with every core when
+    vLLM works here (deduplicated on a 1-core machine). Continuous batching (``cb``) is left
+    out: it generated 3-4x slower than ``generate`` here (docs/performance.md)."""
+    names = ["transformers:1", f"transformers:{cpus}",
+             *([f"transformers:{cpus}:bf16"] if bf16 else []), *([f"vllm:{cpus}"] if on_vllm else [])]
     return list(dict.fromkeys(names))
 
 
@@ -214,21 +232,21 @@ def e2e_figures(memrl_runs: dict[str, Sequence[Sequence[float]]],
     return figures
 
 
-def parse_row(text: str) -> tuple[str, str, str]:
-    """``"r1"``, ``"memoryr+:async"`` or ``"r1@vllm"`` -> (method, rollout mode, engine); the
-    engine defaults to ``hf``."""
-    spec, _, engine = text.partition("@")
-    method, _, mode = spec.partition(":")
-    mode, engine = mode or "sync", engine or "hf"
-    if method not in METHODS or mode not in ("sync", "async") or engine not in ("hf", "vllm"):
+def parse_row(text: str) -> tuple[str, str | None, str | None]:
+    """``"r1"``, ``"memoryr+:sync"`` or ``"r1:async@hf"`` -> (method, rollout mode, engine);
+    a part left out (None) is the config's (the default: async, engine auto)."""
+    spec, at, engine = text.partition("@")
+    method, colon, mode = spec.partition(":")
+    if (method not in METHODS or (colon and mode not in ROLLOUT_MODES)
+            or (at and engine not in ("hf", "vllm"))):
         raise ValueError(f"--rows {text!r}: expected METHOD[:MODE][@ENGINE] with METHOD in "
                          f"{METHODS}, MODE sync or async and ENGINE hf or vllm")
-    return method, mode, engine
+    return method, mode or None, engine or None
 
 
-def row_name(method: str, mode: str, engine: str) -> str:
-    """The row's label: the method, then ``:async`` and ``@vllm`` when not the defaults."""
-    return method + ("" if mode == "sync" else f":{mode}") + ("" if engine == "hf" else f"@{engine}")
+def row_name(method: str, mode: str | None, engine: str | None) -> str:
+    """The row's label: the method, then ``:MODE`` and ``@ENGINE`` where the row names them."""
+    return method + (f":{mode}" if mode else "") + (f"@{engine}" if engine else "")
 
 
 def trl_reward(records: Sequence[Record], composer: RewardComposer,
@@ -350,13 +368,19 @@ class StepClock:
             loop.MetricsWriter = base
 
 
-def memrl_overrides(method: str, mode: str, steps: int, run_dir: Path,
-                    engine: str = "hf") -> list[str]:
-    """Config overrides of one memrl row (start-up and bookkeeping kept out of the steps)."""
-    return [f"method={method}", f"rollout.mode={mode}", f"output_dir={run_dir}",
+def memrl_overrides(method: str, mode: str | None, steps: int, run_dir: Path,
+                    engine: str | None = None, cores: int = 2) -> list[str]:
+    """Config overrides of one memrl row (start-up and bookkeeping kept out of the steps). A
+    row that names its rollout mode gets that mode's layout on ``cores`` cores: ``sync`` one
+    rollout worker per core (they take turns with the learner), ``async`` one fewer (the
+    learner keeps a core while they generate)."""
+    layout = ([] if mode is None else
+              [f"rollout.mode={mode}", f"rollout.num_workers={ROLLOUT_WORKERS[mode](cores)}"])
+    return [f"method={method}", *layout, f"output_dir={run_dir}",
             f"trainer.max_steps={steps}", "trainer.save_every_steps=0",
             "trainer.eval_before_after=false", "trainer.eval_every_steps=0",
-            f"rollout.engine={engine}", "logging.progress_bar=false", "logging.tensorboard=false"]
+            *([f"rollout.engine={engine}"] if engine else []),
+            "logging.progress_bar=false", "logging.tensorboard=false"]
 
 
 def run_memrl(cfg: Config, warmup_steps: int) -> tuple[list[float], dict[str, float]]:
@@ -379,17 +403,19 @@ def trl_rows(task: Any, tokenizer: Any, cfg: Config, steps: int) -> tuple[list[R
     return records, [{"prompt": p, "record_id": r.id} for p, r in zip(prompts, records)]
 
 
-def trl_config(cfg: Config, steps: int, out_dir: Path, use_vllm: bool = False) -> Any:
+def trl_config(cfg: Config, steps: int, out_dir: Path, setup: TrlSetup = TrlSetup("transformers", 1)) -> Any:
     """``GRPOConfig`` with memrl's settings under TRL's names (one optimizer step per
     generation batch, on CPU, no shuffling, no checkpoints, logging every step) and no
     gradient checkpointing (TRL 1.16's default recomputes every forward; memrl's learner does
-    not). ``use_vllm``: TRL's own vLLM generation in this process (``vllm_mode="colocate"``)."""
+    not), generating and computing as ``setup`` says: TRL's own vLLM generation in this
+    process (``vllm_mode="colocate"``), transformers' continuous batching, or ``generate``;
+    ``bf16=True`` for the bfloat16 precision."""
     from trl import GRPOConfig
 
     g, t = cfg.grpo, cfg.trainer
     per_device, accumulation = trl_batch_split(g.batch_size, cfg.learner.micro_batch_size)
     return GRPOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False, seed=cfg.seed,
+        output_dir=str(out_dir), use_cpu=True, bf16=setup.precision == "bf16", fp16=False, seed=cfg.seed,
         per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
         temperature=g.temperature, top_p=g.top_p, top_k=0, num_iterations=1,
@@ -400,24 +426,27 @@ def trl_config(cfg: Config, steps: int, out_dir: Path, use_vllm: bool = False) -
         max_grad_norm=t.max_grad_norm, max_steps=steps, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, shuffle_dataset=False, dataloader_num_workers=0,
         gradient_checkpointing=False,
+        use_transformers_continuous_batching=setup.backend == "cb",
         **({"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": False,
             "vllm_max_model_length": g.max_prompt_length + g.max_completion_length}
-           if use_vllm else {}),
+           if setup.backend == "vllm" else {}),
     )
 
 
 def trl_config_fields(args: Any, torch_threads: int) -> dict[str, Any]:
     """The settings of a ``GRPOConfig`` that decide TRL's speed, for the report."""
-    return {"generation_backend": "vllm" if args.use_vllm else "transformers",
-            "vllm_mode": args.vllm_mode if args.use_vllm else None,
+    backend = ("vllm" if args.use_vllm else "transformers continuous batching"
+               if args.use_transformers_continuous_batching else "transformers")
+    return {"generation_backend": backend, "vllm_mode": args.vllm_mode if args.use_vllm else None,
+            "precision": "bf16" if args.bf16 else "fp32",
             "torch_threads": torch_threads, "gradient_checkpointing": bool(args.gradient_checkpointing),
             "reference_model": args.beta > 0, "beta": args.beta}
 
 
 def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
-            warmup_steps: int, out_dir: Path, use_vllm: bool = False
+            warmup_steps: int, out_dir: Path, setup: TrlSetup
             ) -> tuple[list[float], dict[str, float], dict[str, Any]]:
-    """Train with TRL (its vLLM generation with ``use_vllm``); returns steady-state step
+    """Train with TRL configured as ``setup`` says; returns steady-state step
     seconds, TRL's phase medians (and mean completion length) and what the trainer ran with:
     :func:`trl_config_fields` of its arguments, the torch threads of this process, whether the
     model was checkpointing gradients and whether a reference model was loaded."""
@@ -467,7 +496,7 @@ def run_trl(cfg: Config, task: Any, model_path: str, tokenizer: Any, steps: int,
     clock = StepEnds()
     trainer = TimedGRPOTrainer(
         model=model_path, processing_class=tokenizer, reward_funcs=timed_reward,
-        args=trl_config(cfg, steps, out_dir, use_vllm), train_dataset=Dataset.from_list(rows),
+        args=trl_config(cfg, steps, out_dir, setup), train_dataset=Dataset.from_list(rows),
         callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # keeps the table last on stdout
     trainer.train()
@@ -492,7 +521,7 @@ def trl_process(setup: TrlSetup, overrides: Sequence[str], model_path: str, step
     torch.set_num_threads(setup.threads)
     cfg = common.bench_config(overrides)
     return run_trl(cfg, build_task(cfg), model_path, load_tokenizer(model_path), steps,
-                   warmup_steps, out_dir, use_vllm=setup.backend == "vllm")
+                   warmup_steps, out_dir, setup)
 
 
 def run_trl_isolated(setup: TrlSetup, overrides: Sequence[str], model_path: str, steps: int,
@@ -508,7 +537,7 @@ def describe_trl(fields: dict[str, Any]) -> str:
     """One line naming a TRL configuration's settings that decide its speed."""
     return (f"{fields['generation_backend']} generation"
             + (f" ({fields['vllm_mode']})" if fields.get("vllm_mode") else "")
-            + f", {fields['torch_threads']} torch thread(s), gradient checkpointing "
+            + f", {fields.get('precision', 'fp32')}, {fields['torch_threads']} torch thread(s), gradient checkpointing "
             + ("on" if fields["gradient_checkpointing"] else "off")
             + (f", reference model loaded (beta {fields['beta']})" if fields["reference_model"]
                else ", no reference model (beta 0)"))
@@ -524,15 +553,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="tiny: the default's model; 34m: a random hidden-512 x 8-layer Llama "
                              "whose completions all run to grpo.max_completion_length")
     parser.add_argument("--rows", nargs="+", default=None,
-                        help="memrl rows, METHOD[:sync|async][@hf|vllm]; the first is compared "
-                             "(speedup); default r1 memoryr+, then r1@vllm when vLLM works")
+                        help="memrl rows, METHOD[:sync|async][@hf|vllm]: a mode or engine left "
+                             "out is the config's; a named mode brings its layout (sync: a "
+                             "rollout worker per core, async: one fewer). The first is compared "
+                             "(speedup); default r1 memoryr+ r1:sync")
     parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True,
                         help="run TRL (off: memrl rows only, no speedup)")
     parser.add_argument("--trl-configs", nargs="+", default=None,
-                        help="TRL configurations, BACKEND:THREADS with BACKEND transformers or vllm "
-                             "(TRL's colocate mode) and THREADS a count or all; the fastest is the "
-                             "baseline. Default transformers:1 transformers:all, and vllm:all when "
-                             "vLLM works here")
+                        help="TRL configurations, BACKEND:THREADS[:bf16] with BACKEND transformers "
+                             "(generate), cb (transformers' continuous batching) or vllm (TRL's "
+                             "colocate mode), THREADS a count or all, and :bf16 for TRL's bf16=True; "
+                             "the fastest is the baseline. Default transformers:1 transformers:all, "
+                             "transformers:all:bf16 when the CPU has native bfloat16, and vllm:all "
+                             "when vLLM works here")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[],
                         help="config overrides for both sides, dotted.key=value "
                              "(e.g. grpo.max_completion_length=128)")
@@ -543,10 +576,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     on_vllm = vllm_available()
     cpus = os.cpu_count() or 1
-    args.rows = args.rows or ["r1", "memoryr+", *(["r1@vllm"] if on_vllm else [])]
+    args.rows = args.rows or ["r1", "memoryr+", "r1:sync"]
     rows = {row_name(*parse_row(r)): parse_row(r) for r in args.rows}
     setups = {s.name: s for s in (parse_trl_setup(t, cpus) for t in
-                                  (args.trl_configs or default_trl_setups(cpus, on_vllm)))} if args.trl else {}
+                                  (args.trl_configs or default_trl_setups(
+                                      cpus, on_vllm, native_bf16_cpu())))} if args.trl else {}
     order = round_order(list(rows), list(setups), args.rounds)
 
     import ray
@@ -575,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if kind == "memrl":
                     method, mode, engine = rows[name]
                     run_cfg = common.bench_config([*shared, *memrl_overrides(
-                        method, mode, args.steps, run_dir, engine)])
+                        method, mode, args.steps, run_dir, engine, cpus)])
                     steps_s, phases = run_memrl(run_cfg, args.warmup_steps)
                     ray.shutdown()  # the next run (TRL's) gets the cores to itself
                     memrl_runs[name].append(steps_s)
@@ -648,8 +682,10 @@ def print_report(figures: dict[str, Any], cfg: Config) -> None:
     print(f"model {c['model_size']}; {g.batch_size // g.num_generations} prompts x {g.num_generations} "
           f"completions, <= {g.max_completion_length} tokens, beta {g.beta}, clip {g.clip_low}/"
           f"{g.clip_high}, {g.loss_aggregation}; {c['steps']} steps per run, first {c['warmup_steps']} "
-          f"dropped; {c['rounds']} round(s), memrl and TRL alternating; memrl: "
-          f"{cfg.rollout.num_workers} rollout workers (@vllm rows: vLLM engine, else hf), 1 thread each")
+          f"dropped; {c['rounds']} round(s), memrl and TRL alternating; memrl rows without a mode: "
+          f"rollout.mode {cfg.rollout.mode}, {cfg.rollout.num_workers} rollout worker(s) of 1 thread, "
+          f"engine {cfg.rollout.engine}, model.dtype {cfg.model.dtype} (auto here: "
+          f"{auto_dtype(on_cpu=True)})")
     print("memrl phases, median s (reference overlaps score; train waits for it):")
     print(common.format_table(["row", *PHASES, "tok/s", "tokens"],
                               [[n, *(p[k] for k in PHASES), p["tokens_per_s"], p["completion_tokens"]]

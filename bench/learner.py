@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +405,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with local_ray(bool(args.learners)):
         for name in args.models:
             path = default_path if name == "default" else larger_model(cfg, default_path)
-            settings = learner_settings(cfg, path)
+            # float32 on both sides: the bare steps are plain float32 PyTorch (model.dtype auto
+            # would train memrl's in bfloat16 on a CPU that has it natively).
+            settings = replace(learner_settings(cfg, path), bf16=False)
             seconds = measure_model(settings, batch, advantages, args.learners, args.rounds,
                                     args.warmup_rounds)
             result = learner_figures(seconds, counts["real"])

@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = common.bench_config(overrides)
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     task, model_path, tokenizer = common.prepare(cfg, args.model_size, dtype)
-    run_overrides = overrides + ([f"model.name_or_path={model_path}", f"model.dtype={dtype}"]
-                                 if args.model_size != "tiny" else [])
+    # The workers compute in the bare engines' dtype (model.dtype auto could differ from it).
+    run_overrides = overrides + [f"model.dtype={dtype}", *([f"model.name_or_path={model_path}"]
+                                                          if args.model_size != "tiny" else [])]
     g = cfg.grpo
     prompt_count = args.prompts or g.prompts_per_step
     prompts = common.render_prompts(task, tokenizer, common.stream_records(task, cfg, prompt_count), cfg)
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "max_tokens": template.max_tokens, "temperature": template.temperature,
                          "top_p": template.top_p, "repeats": args.repeats, "engines": engines,
                          "model": args.model_size, "model_path": model_path,
-                         "dtype": dtype if args.model_size != "tiny" else cfg.model.dtype,
+                         "dtype": dtype,
                          "overrides": overrides}
     figures["machine"] = common.machine()
     common.write_json(args.json, figures)

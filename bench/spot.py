@@ -73,6 +73,8 @@ OVERRIDES = [
     "logging.tensorboard=false", "memory.warmup=1", "trainer.warmup_ratio=0.0", "trainer.lr=1e-3",
     "trainer.timeout_s=120", "rollout.engine=hf", "memory.embedder=hash",
     "trainer.eval_before_after=false", "trainer.save_every_steps=1",
+    # Two synchronous workers, as FAST pins: a lost node leaves a worker that carries on.
+    "rollout.mode=sync", "rollout.num_workers=2", "model.dtype=float32",
     f"rollout.resources={{{SPOT}: 1}}", f"learner.resources={{{LEARNER}: 1}}",
     f"memory.resources={{{MEMORY}: 1}}",
 ]

@@ -155,7 +155,9 @@ class ModelConfig(_Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="weights' dtype; auto: bfloat16 on GPU, float32 on CPU",
+        description="compute dtype of learner and rollout engines (the learner keeps float32 "
+        "master weights); auto: bfloat16 on GPU and on a CPU with native bfloat16 matmuls "
+        "(AMX or AVX512-BF16), else float32",
     )
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig,
@@ -513,6 +515,15 @@ class LearnerConfig(_Section):
     gradient_checkpointing: bool = Field(
         default=False,
         description="recompute activations in the backward pass to save memory",
+    )
+    pack_row_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description=(
+            "longest packed row (a prompt and the completions of its group that follow it): a "
+            "longer group is cut into several rows, each with the prompt, since the attention "
+            "over a row costs its length squared; None: one row per group. Results do not "
+            "depend on it"
+        ),
     )
     train_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",

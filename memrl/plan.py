@@ -40,6 +40,7 @@ from memrl.cluster.placement import (
     take,
 )
 from memrl.config import Config
+from memrl.model.precision import auto_dtype
 from memrl.report.table import text_table
 
 GIB = 1024**3
@@ -194,7 +195,8 @@ def estimate_memory(cfg: Config, groups: list[ActorGroup], shape: ModelShape, gp
             else:
                 g.memory = f"{'GPU' if g.gpus else 'host'}: weights {_gib(weights)} + KV cache"
         elif g.name == "learner":
-            bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and g.gpus > 0)
+            bf16 = cfg.model.dtype == "bfloat16" or (
+                cfg.model.dtype == "auto" and auto_dtype(on_cpu=g.gpus == 0) == "bfloat16")
             need = learner_bytes(shape.params, cfg.learner.zero_stage, g.count, bf16, cfg.grpo.beta > 0)
             g.memory = (f"{'GPU' if g.gpus else 'host'}: {_gib(need)} (ZeRO-{cfg.learner.zero_stage}, "
                         f"{'bf16' if bf16 else 'fp32'}, {shape.params / 1e6:.1f}M params"

@@ -261,31 +261,40 @@ def test_rounds_alternate_memrl_and_trl_and_reverse_every_other_round():
         e2e.round_order(["r1"], ["transformers:1"], 0)
 
 
-def test_trl_setups_name_backend_and_threads():
-    assert e2e.parse_trl_setup("transformers:1", 2) == e2e.TrlSetup("transformers", 1)
+def test_trl_setups_name_backend_threads_and_precision():
+    assert e2e.parse_trl_setup("transformers:1", 2) == e2e.TrlSetup("transformers", 1, "fp32")
     assert e2e.parse_trl_setup("vllm:all", 16).name == "vllm:16"
-    for bad in ("hf:1", "vllm", "transformers:0", "transformers:two"):
+    assert e2e.parse_trl_setup("cb:all:bf16", 2) == e2e.TrlSetup("cb", 2, "bf16")
+    assert e2e.parse_trl_setup("transformers:2:bf16", 2).name == "transformers:2:bf16"
+    for bad in ("hf:1", "vllm", "transformers:0", "transformers:two", "transformers:2:fp16",
+                "transformers:2:bf16:x"):
         with pytest.raises(ValueError, match=f"--trl-configs '{bad}'"):
             e2e.parse_trl_setup(bad, 2)
-    assert e2e.default_trl_setups(2, on_vllm=True) == ["transformers:1", "transformers:2", "vllm:2"]
-    assert e2e.default_trl_setups(1, on_vllm=False) == ["transformers:1"]
+    assert e2e.default_trl_setups(2, on_vllm=True, bf16=True) == [
+        "transformers:1", "transformers:2", "transformers:2:bf16", "vllm:2"]
+    assert e2e.default_trl_setups(2, on_vllm=False, bf16=False) == ["transformers:1", "transformers:2"]
+    assert e2e.default_trl_setups(1, on_vllm=False, bf16=False) == ["transformers:1"]
 
 
 def test_parse_row():
-    assert e2e.parse_row("r1") == ("r1", "sync", "hf")
-    assert e2e.parse_row("memoryr+:async") == ("memoryr+", "async", "hf")
-    assert e2e.parse_row("r1@vllm") == ("r1", "sync", "vllm")
-    assert e2e.parse_row("r1:async@vllm") == ("r1", "async", "vllm")
-    for bad in ("ppo", "r1:fast", "r1@tpu"):
+    assert e2e.parse_row("r1") == ("r1", None, None)
+    assert e2e.parse_row("memoryr+:async") == ("memoryr+", "async", None)
+    assert e2e.parse_row("r1@vllm") == ("r1", None, "vllm")
+    assert e2e.parse_row("r1:sync@hf") == ("r1", "sync", "hf")
+    for bad in ("ppo", "r1:fast", "r1@tpu", "r1:", "r1@"):
         with pytest.raises(ValueError, match=f"--rows '{bad}'"):
             e2e.parse_row(bad)
     assert [e2e.row_name(*e2e.parse_row(r)) for r in ("r1", "r1:async@vllm")] == ["r1", "r1:async@vllm"]
 
 
-def test_memrl_row_overrides_name_the_engine(tmp_path):
-    assert "rollout.engine=hf" in e2e.memrl_overrides("r1", "sync", 3, tmp_path)
-    overrides = e2e.memrl_overrides("r1", "async", 3, tmp_path, "vllm")
-    assert {"rollout.engine=vllm", "rollout.mode=async", "method=r1"} <= set(overrides)
+def test_memrl_row_overrides_name_the_layout_and_engine(tmp_path):
+    plain = e2e.memrl_overrides("r1", None, 3, tmp_path)
+    assert not [o for o in plain if o.startswith(("rollout.mode", "rollout.num_workers", "rollout.engine"))]
+    assert {"rollout.mode=sync", "rollout.num_workers=2", "rollout.engine=hf"} <= set(
+        e2e.memrl_overrides("r1", "sync", 3, tmp_path, "hf", cores=2))
+    overrides = e2e.memrl_overrides("r1", "async", 3, tmp_path, "vllm", cores=2)
+    assert {"rollout.engine=vllm", "rollout.mode=async", "rollout.num_workers=1", "method=r1"} <= set(overrides)
+    assert "rollout.num_workers=1" in e2e.memrl_overrides("r1", "async", 3, tmp_path, cores=1)
 
 
 def test_the_faster_trl_configuration_is_the_baseline():
@@ -326,10 +335,12 @@ def test_trl_config_carries_memrls_settings(tmp_path):
     assert (args.loss_type, args.scale_rewards) == ("dapo", "group")
     assert (args.max_completion_length, args.temperature, args.top_k) == (64, 0.8, 0)
     assert args.max_steps == 5 and args.num_iterations == 1 and args.shuffle_dataset is False
-    assert args.use_vllm is False
-    on_vllm = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, use_vllm=True)
+    assert (args.use_vllm, args.use_transformers_continuous_batching, args.bf16) == (False, False, False)
+    on_vllm = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, setup=e2e.TrlSetup("vllm", 2))
     assert (on_vllm.use_vllm, on_vllm.vllm_mode, on_vllm.vllm_max_model_length) == (True, "colocate",
                                                                           cfg.grpo.max_prompt_length + 64)
+    batching = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, setup=e2e.TrlSetup("cb", 2, "bf16"))
+    assert (batching.use_transformers_continuous_batching, batching.use_vllm, batching.bf16) == (True, False, True)
 
 
 def test_trl_config_fields_record_what_decides_trls_speed(tmp_path):
@@ -338,12 +349,17 @@ def test_trl_config_fields_record_what_decides_trls_speed(tmp_path):
     args = e2e.trl_config(cfg, steps=5, out_dir=tmp_path)
     assert args.gradient_checkpointing is False
     assert e2e.trl_config_fields(args, torch_threads=2) == {
-        "generation_backend": "transformers", "vllm_mode": None, "torch_threads": 2,
+        "generation_backend": "transformers", "vllm_mode": None, "precision": "fp32", "torch_threads": 2,
         "gradient_checkpointing": False, "reference_model": True, "beta": 0.04}
-    on_vllm = e2e.trl_config(load_config(None, ["grpo.beta=0.0"]), steps=5, out_dir=tmp_path, use_vllm=True)
+    on_vllm = e2e.trl_config(load_config(None, ["grpo.beta=0.0"]), steps=5, out_dir=tmp_path,
+                             setup=e2e.TrlSetup("vllm", 1))
     fields = e2e.trl_config_fields(on_vllm, torch_threads=1)
     assert (fields["generation_backend"], fields["vllm_mode"], fields["gradient_checkpointing"],
             fields["reference_model"], fields["torch_threads"]) == ("vllm", "colocate", False, False, 1)
+    in_bf16 = e2e.trl_config(cfg, steps=5, out_dir=tmp_path, setup=e2e.TrlSetup("cb", 2, "bf16"))
+    fields = e2e.trl_config_fields(in_bf16, torch_threads=2)
+    assert (fields["generation_backend"], fields["precision"]) == ("transformers continuous batching", "bf16")
+    assert "bf16, 2 torch thread(s)" in e2e.describe_trl(fields)
 
 
 def test_block_eos_leaves_eos_unsamplable():

@@ -22,7 +22,7 @@ def test_default_config_is_the_embedded_cpu_default():
     assert tiny.habit_steps == 200 and tiny.habit_direct_fraction == 0.6
     assert cfg.task.arith.min_steps == cfg.task.arith.max_steps == 2
     assert TinyModelConfig().habit_steps == 0  # built-in: no second stage
-    assert cfg.rollout.num_workers == 2
+    assert (cfg.rollout.mode, cfg.rollout.num_workers, cfg.model.dtype) == ("async", 1, "auto")
     assert cfg.learner.num_learners == 1
     assert cfg.grpo.prompts_per_step * cfg.grpo.num_generations == cfg.grpo.batch_size
 

@@ -34,10 +34,10 @@ def test_a_bad_thread_count_names_the_key():
 
 
 def test_the_config_reaches_the_learner_settings():
-    sync = learner_settings(load_config(None, ["learner.train_threads=3"]), "m")
+    sync = learner_settings(load_config(None, ["learner.train_threads=3", "rollout.mode=sync"]), "m")
     assert (sync.train_threads, sync.rollout_overlaps) == (3, False)
     assert sync.scoring_overlaps_reference  # the default, Memory-R+: the memory encodes meanwhile
-    overlapped = learner_settings(load_config(None, ["rollout.mode=async", "method=r1"]), "m")
+    overlapped = learner_settings(load_config(None, ["method=r1"]), "m")  # the default's async
     assert (overlapped.train_threads, overlapped.rollout_overlaps) == ("auto", True)
     assert not overlapped.scoring_overlaps_reference  # R1's scoring is rule checks only
 

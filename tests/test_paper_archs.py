@@ -76,7 +76,7 @@ def learner(replica: Path, single_rank: None) -> PolicyTrainer:
 @pytest.fixture(scope="module")
 def rollout(replica: Path) -> RolloutBatch:
     """Rollouts of the replica by the transformers engine (the learner trains on them)."""
-    engine = HFEngine(str(replica), device="cpu")
+    engine = HFEngine(str(replica), device="cpu", dtype="float32")
     return engine.generate(chat_prompts(engine.tokenizer), RECORD_IDS, SETTINGS)
 
 

@@ -15,14 +15,14 @@ def test_plan_passes_the_default_on_the_session_cluster(ray_cluster, tmp_path):
     plan = build_plan(cfg)
     assert plan.first_problem is None, plan.table()
     assert [g.name for g in plan.groups] == ["rollout", "learner", "memory"]
-    assert "all 4 actors fit" in plan.table()
+    assert "all 3 actors fit" in plan.table()  # one rollout worker, the learner, the memory
     assert not (tmp_path / "run").exists()  # the writability probe leaves nothing behind
 
 
 def test_plan_refuses_gpus_and_unknown_custom_resources_on_the_session_cluster(ray_cluster, tmp_path):
     cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.num_gpus_per_worker=1"])
     problem = build_plan(cfg).first_problem
-    assert problem.name == "placement" and "rollout actor 1/2" in problem.detail and "GPU" in problem.detail
+    assert problem.name == "placement" and "rollout actor 1/1" in problem.detail and "GPU" in problem.detail
     cfg = load_config(None, [f"output_dir={tmp_path}", "learner.resources={spot_node: 1}"])
     problem = build_plan(cfg).first_problem
     assert problem.name == "placement" and "'spot_node'" in problem.detail
@@ -31,9 +31,10 @@ def test_plan_refuses_gpus_and_unknown_custom_resources_on_the_session_cluster(r
 def test_plan_places_custom_resources_the_session_cluster_has(ray_cluster, tmp_path):
     """The session node advertises rollout_node: 2 (tests/conftest.py): two workers asking
     0.5 each fit; two asking 1.5 each (3 in all) cannot be placed, and the plan says which."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.resources={rollout_node: 0.5}"])
+    two = [f"output_dir={tmp_path}", "rollout.num_workers=2"]
+    cfg = load_config(None, [*two, "rollout.resources={rollout_node: 0.5}"])
     assert build_plan(cfg).first_problem is None
-    cfg = load_config(None, [f"output_dir={tmp_path}", "rollout.resources={rollout_node: 1.5}"])
+    cfg = load_config(None, [*two, "rollout.resources={rollout_node: 1.5}"])
     problem = build_plan(cfg).first_problem
     assert problem.name == "placement" and "rollout actor 2/2" in problem.detail
     assert "rollout_node" in problem.detail

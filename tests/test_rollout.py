@@ -64,7 +64,17 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(model_path) -> HFEngine:
-    return HFEngine(str(model_path), device="cpu")
+    # float32, as the learner computes in the tests below that recompute its log-probs
+    return HFEngine(str(model_path), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_hf_engine_auto_computes_in_the_learners_dtype(model_path, monkeypatch, native):
+    from memrl.model import precision
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    model = HFEngine(str(model_path), device="cpu")._model
+    assert model.dtype == (torch.bfloat16 if native else torch.float32)
 
 
 def chat_prompts(tokenizer) -> list[str]:
@@ -393,7 +403,7 @@ def vllm_engine(vllm_model):
     from memrl.rollout.vllm_engine import VLLMEngine
 
     # ~25 s to start on 2 cores; shared by the engine tests.
-    return VLLMEngine(str(vllm_model), max_model_len=96)
+    return VLLMEngine(str(vllm_model), dtype="float32", max_model_len=96)
 
 
 @needs_vllm
@@ -402,7 +412,7 @@ def test_auto_engine_picks_an_installed_vllm():
 
 
 @needs_vllm
-def test_vllm_engine_generates_seeded_groups_in_the_learners_dtype(vllm_engine):
+def test_vllm_engine_generates_seeded_groups_in_the_dtype_it_is_given(vllm_engine):
     assert vllm_engine.dtype == "float32" and vllm_engine.device == ("cpu" if vllm_engine.on_cpu
                                                                      else "cuda")
     prompts = chat_prompts(vllm_engine.tokenizer)

@@ -21,6 +21,11 @@ FAST = [
     # transformers: these tests are about the trainer, and vLLM cannot run TINY's head size 16
     # (tests/test_rollout.py runs the trainer on vLLM).
     "rollout.engine=hf",
+    # The layout these end-to-end and fault tests were written for: two synchronous workers (a
+    # worker can die while another carries on) computing in float32 (resumed runs are compared
+    # with uninterrupted ones exactly). The default's own layout, one asynchronous worker in
+    # model.dtype auto, is the first-run and default-run tests'.
+    "rollout.mode=sync", "rollout.num_workers=2", "model.dtype=float32",
 ]
 
 

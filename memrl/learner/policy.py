@@ -51,6 +51,7 @@ from memrl.learner.packing import pack_completions, packable_attention, packed_c
 from memrl.learner.stats import token_weighted_mean
 from memrl.learner.threads import TrainThreads
 from memrl.model.loading import load_policy, loading_stage
+from memrl.model.precision import auto_dtype
 from memrl.types import RolloutBatch
 from memrl.weights import PackedWeights, WeightPacker
 
@@ -66,10 +67,12 @@ class LearnerSettings:
     ``micro_batch_size`` is completions per forward/backward pass (a memory budget; the result
     does not depend on it). ``temperature`` is the rollout's sampling temperature: logits are
     divided by it before the log-softmax, so learner and sampler log-probs are comparable.
-    ``bf16`` None means bf16 on CUDA and fp32 on CPU. ``zero_stage`` is DeepSpeed ZeRO 0–3.
+    ``bf16`` None means ``memrl.model.precision.auto_dtype``'s choice. ``zero_stage`` is DeepSpeed ZeRO 0–3.
     ``collective_timeout_s`` bounds every collective (a dead peer raises instead of hanging).
     ``pack_sequences`` runs forwards in the packed layout of ``memrl.learner.packing`` (no
     padding, one prompt per group) where the model allows it; the numbers do not depend on it.
+    ``pack_row_tokens`` cuts a group's packed row that would be longer into several
+    (``packing.split_long_rows``); None keeps one row per group.
     ``train_threads`` and ``rollout_overlaps`` (the rollout workers generate while the learner
     trains: ``rollout.mode`` async) set the threads of a CPU learner's optimiser step
     (``memrl.learner.threads``); its reference pass takes as many unless
@@ -90,6 +93,7 @@ class LearnerSettings:
     temperature: float = default_of(GRPOConfig, "temperature")
     gradient_checkpointing: bool = False
     pack_sequences: bool = True
+    pack_row_tokens: int | None = default_of(LearnerConfig, "pack_row_tokens")
     seed: int = default_of(Config, "seed")
     collective_timeout_s: float = default_of(TrainerConfig, "timeout_s")
     train_threads: TrainThreads = "auto"
@@ -234,7 +238,8 @@ class PolicyTrainer:
         deepspeed = load_deepspeed(self.device)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self.bf16 = self.device == "cuda" if settings.bf16 is None else settings.bf16
+        self.bf16 = (auto_dtype(self.device != "cuda") == "bfloat16" if settings.bf16 is None
+                     else settings.bf16)
         torch.manual_seed(settings.seed)
 
         # fp32 weights: with bf16 DeepSpeed casts the module and keeps fp32 master weights.
@@ -293,6 +298,7 @@ class PolicyTrainer:
                 batch.prompt_ids[rows], batch.prompt_mask[rows],
                 batch.completion_ids[rows], batch.completion_mask[rows],
                 pad_id=self.tokenizer.pad_token_id or 0,
+                max_row_tokens=self.settings.pack_row_tokens,
             )
             shape = (stop - start, batch.completion_ids.shape[1])
             return packed_completion_logprobs(

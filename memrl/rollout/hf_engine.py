@@ -29,6 +29,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
+from memrl.model.precision import auto_dtype
 from memrl.rollout.engine import (
     GenerationEngine,
     SamplingSettings,
@@ -77,7 +78,8 @@ class HFEngine(GenerationEngine):
     Args:
         model_path: Hugging Face model folder (config, weights, tokenizer).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when visible, else CPU.
-        dtype: torch dtype name for the weights, or ``"auto"`` for the checkpoint's dtype.
+        dtype: torch dtype name for the weights, or ``"auto"``: on CPU the learner's
+            (``memrl.model.precision.auto_dtype``), on CUDA the checkpoint's dtype.
         seed: seeds the engine's own stream of per-call seeds, used by requests without
             ``SamplingSettings.seed``; the process-wide torch RNG is left untouched.
         num_threads: torch intra-op threads for this process (``None`` leaves it unchanged).
@@ -99,6 +101,8 @@ class HFEngine(GenerationEngine):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._add_special_tokens = add_special_tokens
         self._tokenizer = load_tokenizer(model_path)
+        if dtype == "auto" and self._device.type == "cpu":
+            dtype = auto_dtype(on_cpu=True)  # the learner's, so behaviour log-probs match it
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype, None)
         if not (torch_dtype == "auto" or isinstance(torch_dtype, torch.dtype)):
             raise ValueError(f"HFEngine dtype {dtype!r} is not 'auto' or a torch dtype name")

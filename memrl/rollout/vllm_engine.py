@@ -17,16 +17,17 @@ stale weights are the failure RL systems hit most. The first load is compared wi
 checkpoint when its probe did not move. ``load_phases`` holds the seconds of the last load's
 ``reload`` (vLLM's copy into the live model) and ``verify`` (probe and fingerprint).
 
-The engine's dtype follows the learner's (``model.dtype``; ``auto`` is float32 on CPU and
-bfloat16 on CUDA, as in ``memrl.learner.policy``): vLLM's own ``auto`` would run a float32
-checkpoint in bfloat16 on CPU, and the behaviour log-probs would then differ from the learner's
-recomputation. On the CPU build the engine uses ``num_threads`` torch threads (the Ray actor's
-CPUs), leaves thread placement to the OS (``VLLM_CPU_OMP_THREADS_BIND=nobind``: several
-1-CPU workers share a node, and pinning each to "its" core would stack them on the same ones)
-and takes ``kv_cache_gib`` GiB of KV cache (``VLLM_CPU_KVCACHE_SPACE``). Chunked prefill is off
-on the CPU build: vLLM 0.32's CPU runner fails seeded requests whose prefill is split across
-steps (``RuntimeError: CPU Generator does not use offset``, as soon as a step's prompts exceed
-its 4096-token budget).
+The engine's dtype follows the learner's (``model.dtype``; ``auto`` is
+``memrl.model.precision.auto_dtype``: bfloat16 on CUDA and on a CPU with native bfloat16
+matmuls, float32 on other CPUs): vLLM's own ``auto`` would run a float32 checkpoint in bfloat16
+on any CPU, and the behaviour log-probs would then differ from the learner's recomputation. On
+the CPU build the engine uses ``num_threads`` torch threads (the Ray actor's CPUs), leaves
+thread placement to the OS (``VLLM_CPU_OMP_THREADS_BIND=nobind``: several 1-CPU workers share a
+node, and pinning each to "its" core would stack them on the same ones) and takes
+``kv_cache_gib`` GiB of KV cache (``VLLM_CPU_KVCACHE_SPACE``). Chunked prefill is off on the CPU
+build: vLLM 0.32's CPU runner fails seeded requests whose prefill is split across steps
+(``RuntimeError: CPU Generator does not use offset``, as soon as a step's prompts exceed its
+4096-token budget).
 
 Prompt budget: with ``max_model_len`` set, a prompt longer than ``max_model_len - max_tokens``
 is refused with an error naming the prompt, its length and the budget, before vLLM sees it
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 
 from memrl.errors import UnexplainedFault
+from memrl.model.precision import auto_dtype
 from memrl.rollout.availability import VLLM_SUPPORTED, check_engine
 from memrl.rollout.engine import (
     GenerationEngine,
@@ -124,14 +126,8 @@ def fingerprint(packed: PackedWeights) -> tuple[tuple[str, int, int], ...]:
     return tuple(prints)
 
 
-# The dtypes an engine runs in (model.dtype's choices; auto: learner_dtype).
+# The dtypes an engine runs in (model.dtype's choices; auto: memrl.model.precision.auto_dtype).
 EngineDtype = Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def learner_dtype(on_cpu: bool) -> Literal["float32", "bfloat16"]:
-    """The dtype memrl's learner trains in under ``model.dtype: auto``: float32 on CPU,
-    bfloat16 on CUDA (``memrl.learner.policy``); the engine runs in the same one."""
-    return "float32" if on_cpu else "bfloat16"
 
 
 def equals_checkpoint(model_path: str, tensors: dict[str, torch.Tensor]) -> bool:
@@ -156,7 +152,7 @@ class VLLMEngine(GenerationEngine):
 
     Args:
         model_path: Hugging Face model folder.
-        dtype: ``"auto"`` (the learner's: float32 on CPU, bfloat16 on CUDA), ``"bfloat16"``,
+        dtype: ``"auto"`` (the learner's, ``memrl.model.precision.auto_dtype``), ``"bfloat16"``,
             ``"float16"`` or ``"float32"`` (pass ``model.dtype``).
         seed: engine seed (requests without ``SamplingSettings.seed`` draw from it).
         gpu_memory_utilization: fraction of GPU memory vLLM may take (weights + KV cache; GPU).
@@ -204,7 +200,7 @@ class VLLMEngine(GenerationEngine):
         self._tokenizer = load_tokenizer(model_path)
         self._pad_id = int(self._tokenizer.pad_token_id)
         self._add_special_tokens = add_special_tokens
-        self.dtype = learner_dtype(self.on_cpu) if dtype == "auto" else dtype
+        self.dtype = auto_dtype(self.on_cpu) if dtype == "auto" else dtype
         self._max_model_len = max_model_len
         logging.getLogger(_RELOAD_LOGGER).addFilter(_not_the_harmless_reload_warning)
         self._llm = LLM(
