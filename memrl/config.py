@@ -516,15 +516,6 @@ class LearnerConfig(_Section):
         default=False,
         description="recompute activations in the backward pass to save memory",
     )
-    pack_row_tokens: Annotated[int, Field(ge=1)] | None = Field(
-        default=None,
-        description=(
-            "longest packed row (a prompt and the completions of its group that follow it): a "
-            "longer group is cut into several rows, each with the prompt, since the attention "
-            "over a row costs its length squared; None: one row per group. Results do not "
-            "depend on it"
-        ),
-    )
     train_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
         description=(

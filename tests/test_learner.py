@@ -23,7 +23,7 @@ from memrl.learner.batching import (
     slice_batch,
 )
 from memrl.learner.distributed import free_port, set_rank_env
-from memrl.learner.packing import pack_completions, split_long_rows
+from memrl.learner.packing import pack_completions
 from memrl.learner.policy import (
     LearnerSettings,
     PolicyTrainer,
@@ -214,25 +214,6 @@ def test_pack_completions_shares_each_prompt_and_skips_padding() -> None:
                          completion_ids, completion_mask)
 
 
-def test_long_groups_are_cut_into_rows_that_each_repeat_the_prompt() -> None:
-    # One group of 3 completions (lengths 3, 2, 3) on a 2-token prompt.
-    prompt_ids = torch.tensor([[7, 8]] * 3)
-    prompt_mask = torch.ones(3, 2, dtype=torch.long)
-    completion_ids = torch.tensor([[3, 4, 5], [10, 11, 0], [12, 13, 14]])
-    completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
-    lengths = completion_mask.sum(1)
-    assert split_long_rows([(0, 3)], prompt_mask.sum(1), lengths, None) == [(0, 3)]
-    assert split_long_rows([(0, 3)], prompt_mask.sum(1), lengths, 7) == [(0, 2), (2, 3)]  # 2+3+2, 2+3
-    assert split_long_rows([(0, 3)], prompt_mask.sum(1), lengths, 4) == [(0, 1), (1, 2), (2, 3)]  # never empty
-    packed = pack_completions(prompt_ids, prompt_mask, completion_ids, completion_mask, max_row_tokens=7)
-    assert packed.input_ids.tolist() == [[7, 8, 3, 4, 5, 10, 11], [7, 8, 12, 13, 14, 0, 0]]
-    assert packed.row_lengths.tolist() == [7, 5]
-    assert packed.targets.tolist() == [3, 4, 5, 10, 11, 12, 13, 14]
-    assert packed.source.tolist() == [1, 2, 3, 1, 5, 8, 9, 10]  # the second row's prompt ends at 7 + 1
-    with pytest.raises(ValueError, match="max_row_tokens = 0"):
-        pack_completions(prompt_ids, prompt_mask, completion_ids, completion_mask, max_row_tokens=0)
-
-
 def test_shard_step_and_step_inputs_count_the_whole_step() -> None:
     # Two rollout chunks (2 groups of 2, then 1 group of 2): 3 groups over 2 ranks.
     chunks = [make_batch(50, 2, 2, pad_id=0, seed=0), make_batch(50, 1, 2, pad_id=0, seed=1)]
@@ -376,23 +357,19 @@ def test_packed_and_padded_steps_give_the_same_gradients(
     batch = grouped_batch(model_dir, groups=3, group_size=4)
     advantages = torch.linspace(-1.0, 1.0, 12)
     results = {}
-    # Padded; packed one row per group; packed with rows cut to at most 2 completions' worth.
-    longest = int(batch.prompt_mask.sum(1).max() + 2 * batch.completion_mask.sum(1).max())
-    for layout, pack, cut in (("padded", False, None), ("packed", True, None), ("cut", True, longest)):
+    for pack in (False, True):
         trainer = cpu_trainer(make_settings(
             model_dir, micro_batch_size=3, lr=1e-4, zero_stage=stage, pack_sequences=pack,
-            pack_row_tokens=cut, loss=LossSettings(beta=0.04)))
+            loss=LossSettings(beta=0.04)))
         logp = trainer.logprobs(batch)
         stats = trainer.optimizer_step(batch, advantages)
-        results[layout] = (logp, stats, weights(trainer))
-    logp_a, stats_a, w_a = results["padded"]
-    for layout in ("packed", "cut"):
-        logp_b, stats_b, w_b = results[layout]
-        torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=0)
-        assert stats_b["loss"] == pytest.approx(stats_a["loss"], abs=1e-6)
-        assert stats_b["grad_norm"] == pytest.approx(stats_a["grad_norm"], rel=1e-5)
-        for key in w_a:
-            torch.testing.assert_close(w_b[key], w_a[key], atol=1e-6, rtol=0)
+        results[pack] = (logp, stats, weights(trainer))
+    (logp_a, stats_a, w_a), (logp_b, stats_b, w_b) = results[False], results[True]
+    torch.testing.assert_close(logp_b, logp_a, atol=1e-5, rtol=0)
+    assert stats_b["loss"] == pytest.approx(stats_a["loss"], abs=1e-6)
+    assert stats_b["grad_norm"] == pytest.approx(stats_a["grad_norm"], rel=1e-5)
+    for key in w_a:
+        torch.testing.assert_close(w_b[key], w_a[key], atol=1e-6, rtol=0)
 
 
 def test_grad_clipping_caps_the_update_and_reports_the_norm_before_clipping(

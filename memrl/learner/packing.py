@@ -63,53 +63,24 @@ def _segments(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[tuple
     return bounds
 
 
-def split_long_rows(bounds: list[tuple[int, int]], prompt_lens: torch.Tensor,
-                    completion_lens: torch.Tensor, max_row_tokens: int | None) -> list[tuple[int, int]]:
-    """``bounds`` (runs of completions sharing a prompt) cut so that each packed row, the
-    prompt and its run's completions, holds at most ``max_row_tokens`` tokens; a row keeps at
-    least one completion, and each cut repeats the prompt. ``None``: no cut."""
-    if max_row_tokens is None:
-        return bounds
-    out = []
-    for start, stop in bounds:
-        prompt = int(prompt_lens[start])
-        row_start, used = start, prompt
-        for i in range(start, stop):
-            length = int(completion_lens[i])
-            if i > row_start and used + length > max_row_tokens:
-                out.append((row_start, i))
-                row_start, used = i, prompt
-            used += length
-        out.append((row_start, stop))
-    return out
-
-
 def pack_completions(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     pad_id: int = 0,
-    max_row_tokens: int | None = None,
 ) -> PackedInputs:
     """The packed layout (module docstring) of rows with left-padded prompts [n, P] and
     right-padded completions [n, L]. Packed rows are right-padded to the longest; a pad
-    position attends only to itself (finite values, never read). ``max_row_tokens`` cuts a
-    group's row into several, each with the prompt (:func:`split_long_rows`): the attention
-    over a row costs its length squared, so on long completions a few shorter rows are faster
-    than one long one despite the repeated prompt."""
+    position attends only to itself (finite values, never read)."""
     n = completion_ids.shape[0]
     prompt_lens = prompt_mask.sum(dim=1)
     if n and int(prompt_lens.min()) < 1:
         row = int(prompt_lens.argmin())
         raise ValueError(f"row {row} has no real prompt token: nothing predicts its first token")
-    if max_row_tokens is not None and max_row_tokens < 1:
-        raise ValueError(f"max_row_tokens = {max_row_tokens}: must be >= 1 or None")
     ids_rows, pos_rows, seg_rows = [], [], []
     source, targets, rows, cols = [], [], [], []
-    bounds = split_long_rows(_segments(prompt_ids, prompt_mask), prompt_lens,
-                             completion_mask.sum(dim=1), max_row_tokens)
-    for start, stop in bounds:
+    for start, stop in _segments(prompt_ids, prompt_mask):
         prompt = prompt_ids[start][prompt_mask[start].bool()]
         p = len(prompt)
         ids, pos, seg = [prompt], [torch.arange(p)], [torch.zeros(p, dtype=torch.long)]

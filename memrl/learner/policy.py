@@ -71,8 +71,6 @@ class LearnerSettings:
     ``collective_timeout_s`` bounds every collective (a dead peer raises instead of hanging).
     ``pack_sequences`` runs forwards in the packed layout of ``memrl.learner.packing`` (no
     padding, one prompt per group) where the model allows it; the numbers do not depend on it.
-    ``pack_row_tokens`` cuts a group's packed row that would be longer into several
-    (``packing.split_long_rows``); None keeps one row per group.
     ``train_threads`` and ``rollout_overlaps`` (the rollout workers generate while the learner
     trains: ``rollout.mode`` async) set the threads of a CPU learner's optimiser step
     (``memrl.learner.threads``); its reference pass takes as many unless
@@ -93,7 +91,6 @@ class LearnerSettings:
     temperature: float = default_of(GRPOConfig, "temperature")
     gradient_checkpointing: bool = False
     pack_sequences: bool = True
-    pack_row_tokens: int | None = default_of(LearnerConfig, "pack_row_tokens")
     seed: int = default_of(Config, "seed")
     collective_timeout_s: float = default_of(TrainerConfig, "timeout_s")
     train_threads: TrainThreads = "auto"
@@ -298,7 +295,6 @@ class PolicyTrainer:
                 batch.prompt_ids[rows], batch.prompt_mask[rows],
                 batch.completion_ids[rows], batch.completion_mask[rows],
                 pad_id=self.tokenizer.pad_token_id or 0,
-                max_row_tokens=self.settings.pack_row_tokens,
             )
             shape = (stop - start, batch.completion_ids.shape[1])
             return packed_completion_logprobs(

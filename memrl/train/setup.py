@@ -82,7 +82,6 @@ def learner_settings(cfg: Config, model_path: str) -> LearnerSettings:
         zero_stage=cfg.learner.zero_stage,
         bf16={"auto": None, "bfloat16": True}.get(cfg.model.dtype, False),
         micro_batch_size=cfg.learner.micro_batch_size,
-        pack_row_tokens=cfg.learner.pack_row_tokens,
         loss=LossSettings(
             clip_low=g.clip_low,
             clip_high=g.clip_high,
