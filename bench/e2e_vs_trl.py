@@ -88,8 +88,7 @@ TARGET_SPEEDUP = {"tiny": 1.5, "34m": 2.0}
 TARGET_LOWEST_ROUND = 1.3
 MODEL_SIZES = tuple(TARGET_SPEEDUP)
 PHASES = ("generate", "score", "memory", "reference", "train", "sync", "step")
-ROLLOUT_MODES = ("sync", "async")
-# Rollout workers of a row that names its mode, on a machine of ``cores`` cores.
+# Rollout workers of a row that names its mode (rollout.mode), on a machine of ``cores`` cores.
 ROLLOUT_WORKERS: dict[str, Callable[[int], int]] = {"sync": lambda cores: cores,
                                                     "async": lambda cores: max(1, cores - 1)}
 TRL_BACKENDS = ("transformers", "cb", "vllm")
@@ -171,7 +170,8 @@ def default_trl_setups(cpus: int, on_vllm: bool, bf16: bool) -> list[str]:
     """``generate`` with 1 thread and with every core, with every core in bfloat16 too when
     the CPU multiplies bfloat16 natively (``bf16``), and TRL's vLLM mode with every core when
     vLLM works here (deduplicated on a 1-core machine). Continuous batching (``cb``) is left
-    out: it generated 3-4x slower than ``generate`` here (docs/performance.md)."""
+    out: on the 34M model it generated 2.3-3.4x slower than ``generate`` here
+    (docs/performance.md)."""
     names = ["transformers:1", f"transformers:{cpus}",
              *([f"transformers:{cpus}:bf16"] if bf16 else []), *([f"vllm:{cpus}"] if on_vllm else [])]
     return list(dict.fromkeys(names))
@@ -237,7 +237,7 @@ def parse_row(text: str) -> tuple[str, str | None, str | None]:
     a part left out (None) is the config's (the default: async, engine auto)."""
     spec, at, engine = text.partition("@")
     method, colon, mode = spec.partition(":")
-    if (method not in METHODS or (colon and mode not in ROLLOUT_MODES)
+    if (method not in METHODS or (colon and mode not in ROLLOUT_WORKERS)
             or (at and engine not in ("hf", "vllm"))):
         raise ValueError(f"--rows {text!r}: expected METHOD[:MODE][@ENGINE] with METHOD in "
                          f"{METHODS}, MODE sync or async and ENGINE hf or vllm")
@@ -537,7 +537,7 @@ def describe_trl(fields: dict[str, Any]) -> str:
     """One line naming a TRL configuration's settings that decide its speed."""
     return (f"{fields['generation_backend']} generation"
             + (f" ({fields['vllm_mode']})" if fields.get("vllm_mode") else "")
-            + f", {fields.get('precision', 'fp32')}, {fields['torch_threads']} torch thread(s), gradient checkpointing "
+            + f", {fields['precision']}, {fields['torch_threads']} torch thread(s), gradient checkpointing "
             + ("on" if fields["gradient_checkpointing"] else "off")
             + (f", reference model loaded (beta {fields['beta']})" if fields["reference_model"]
                else ", no reference model (beta 0)"))
